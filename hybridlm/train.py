@@ -1,0 +1,65 @@
+"""Command line: `python -m hybridlm.train --config=<experiment or file> --workdir=DIR [--config.<key>=<value> ...]`.
+
+Trains the named experiment (see `python -m experiments`), resuming from the latest checkpoint in DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import experiments
+from hybridlm.model.config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "An experiment name from `python -m experiments`, or the path of a config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the run's config.json live.")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _resolve_experiment(argv: list[str]) -> list[str]:
+  """Replaces `--config=NAME` (or `--config NAME`) with the experiment's file, which config_flags loads."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      i, value = i + 1, argv[i + 1]
+    elif arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    else:
+      continue
+    if not value.endswith(".py"):
+      argv[i] = f"{'--config=' if arg != '--config' else ''}{experiments.path(value)}"
+  return argv
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with experiment names and one-line errors for bad flags or config overrides."""
+  try:
+    return flags.FLAGS(_resolve_experiment(argv))
+  except experiments.UnknownExperimentError as e:
+    _fail(str(e))
+  except flags.Error as e:
+    _fail(f"{e}".splitlines()[0] + " (config keys and their defaults: python -m experiments --show=NAME)")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Keeps orbax's per-save INFO lines off the terminal.
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    _fail("both --config (an experiment name from `python -m experiments`) and --workdir are required")
+  from hybridlm.trainer import Trainer  # Imported late: flag errors come back before jax starts up.
+  try:
+    trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
+    _fail(str(e))
+  trainer.train()
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

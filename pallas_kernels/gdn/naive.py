@@ -1,0 +1,61 @@
+"""Naive gated delta rule: a ``lax.scan`` over time steps, the oracle for every faster version.
+
+Per batch b and head h, with state S in R^{K x V}, for t = 1..T:
+
+    S   = 0 if a new document starts at t
+    S   = exp(g_t) * S
+    v'  = beta_t * (v_t - S^T k_t)
+    S   = S + k_t v'^T
+    o_t = S^T (scale * q_t)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _time_step(
+    state: jax.Array, step: tuple[jax.Array, ...], scale: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Advances the state [B, H, K, V] by one token and returns (state, o_t [B, H, V])."""
+    q_t, k_t, v_t, g_t, beta_t, reset_t = step
+    state = jnp.where(reset_t[:, None, None, None], 0.0, state)
+    state = state * jnp.exp(g_t)[..., None, None]
+    predicted = jnp.einsum("bhk,bhkv->bhv", k_t, state, precision=_HIGHEST)
+    correction = beta_t[..., None] * (v_t - predicted)
+    state = state + k_t[..., :, None] * correction[..., None, :]
+    o_t = jnp.einsum("bhk,bhkv->bhv", scale * q_t, state, precision=_HIGHEST)
+    return state, o_t
+
+
+@jax.jit
+def naive_gated_delta_rule(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    initial_state: jax.Array,
+    resets: jax.Array,
+    scale: float | jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Runs the recurrence token by token.
+
+    Args:
+      q, k: [B, T, H, K]; v: [B, T, H, V]; g (log decay, <= 0), beta: [B, T, H]; all of one
+        floating dtype, the accumulation dtype (float32 or float64).
+      initial_state: [B, H, K, V] in the accumulation dtype.
+      resets: bool [B, T]; True where the state is zeroed before the token.
+      scale: multiplier applied to q.
+
+    Returns:
+      o [B, T, H, V] and the final state [B, H, K, V], both in the accumulation dtype.
+    """
+    steps = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta, resets))
+    final_state, o = jax.lax.scan(
+        lambda state, step: _time_step(state, step, scale), initial_state, steps
+    )
+    return jnp.moveaxis(o, 0, 1), final_state
