@@ -5,6 +5,7 @@ Trains the named experiment (see `python -m experiments`), resuming from the lat
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -24,18 +25,27 @@ def _fail(message: str) -> None:
 
 
 def _resolve_experiment(argv: list[str]) -> list[str]:
-  """Replaces `--config=NAME` (or `--config NAME`) with the experiment's file, which config_flags loads."""
+  """Replaces the experiment name in `--config=NAME` (or `--config NAME`) with its file, which config_flags loads."""
   argv = list(argv)
   for i, arg in enumerate(argv):
-    if arg == "--config" and i + 1 < len(argv):
-      i, value = i + 1, argv[i + 1]
-    elif arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
+    if arg.startswith("--config="):
+      value, prefix, index = arg.split("=", 1)[1], "--config=", i
+    elif arg == "--config" and i + 1 < len(argv):
+      value, prefix, index = argv[i + 1], "", i + 1
     else:
       continue
     if not value.endswith(".py"):
-      argv[i] = f"{'--config=' if arg != '--config' else ''}{experiments.path(value)}"
+      argv[index] = f"{prefix}{experiments.path(value)}"
   return argv
+
+
+def _unknown_key_message(argv: list[str], error: Exception) -> str:
+  key = re.findall(r"[A-Za-z_]\w*", str(error))[0]
+  suggestion = re.search(r'Did you mean "(\w+)"', str(error))
+  hint = f"did you mean {suggestion.group(1)!r}? " if suggestion else ""
+  overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  culprit = next((o for o in overrides if o.split(".")[-1] == key), ", ".join(overrides))
+  return f"{culprit}: the config has no key {key!r}; {hint}(keys and defaults: python -m experiments --show=NAME)"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -44,8 +54,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(_resolve_experiment(argv))
   except experiments.UnknownExperimentError as e:
     _fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of a missing key
+    _fail(_unknown_key_message(argv, e))
   except flags.Error as e:
-    _fail(f"{e}".splitlines()[0] + " (config keys and their defaults: python -m experiments --show=NAME)")
+    _fail(f"{e}".splitlines()[0] + " (keys and defaults: python -m experiments --show=NAME)")
 
 
 def main(argv: list[str]) -> None:

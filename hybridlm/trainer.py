@@ -63,7 +63,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                "opt_state": opt_state}
-  metrics = {"loss": loss, **parts, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+  metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
   return new_state, metrics
 
 
@@ -96,7 +96,7 @@ class Trainer:
 
   def _init_state(self) -> TrainState:
     def init() -> TrainState:
-      params = nnx.state(HybridLM(self.model_config, nnx.Rngs(self.config.seed)), nnx.Param).to_pure_dict()
+      params = nnx.to_pure_dict(nnx.state(HybridLM(self.model_config, nnx.Rngs(self.config.seed)), nnx.Param))
       return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
 
     return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()

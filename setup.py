@@ -1,0 +1,30 @@
+"""hybridlm: train hybrid attention + Gated DeltaNet language models in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="hybridlm",
+    version="0.1.0",
+    description="JAX/Flax training framework for hybrid attention + Gated DeltaNet language models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["hybridlm", "hybridlm.*", "pallas_kernels", "pallas_kernels.*",
+                                               "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "grain>=0.2.18",
+        "ml-collections>=1.1",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "hf": ["torch>=2.4", "transformers>=5.24", "safetensors>=0.4"],
+    },
+)
