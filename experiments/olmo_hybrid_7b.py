@@ -4,10 +4,22 @@ from experiments import _base
 
 
 def get_config():
-  model = _base.model_config(
-      vocab_size=_base.OLMO_VOCAB, d_model=3840, num_layers=32, layer_pattern=("gdn", "gdn", "gdn", "attn"),
-      num_heads=30, mlp_hidden=11008, max_seq_len=8192,
-      gdn=_base.gdn_config(num_heads=30, key_head_dim=96, value_head_dim=192))
-  return _base.run_config(
-      model, description=__doc__.strip(), seq_len=8192, batch_size=512, lr=3e-4, warmup_steps=2000,
-      num_steps=1_414_078)
+    model = _base.model_config(
+        vocab_size=_base.OLMO_VOCAB,
+        d_model=3840,
+        num_layers=32,
+        layer_pattern=("gdn", "gdn", "gdn", "attn"),
+        num_heads=30,
+        mlp_hidden=11008,
+        max_seq_len=8192,
+        gdn=_base.gdn_config(num_heads=30, key_head_dim=96, value_head_dim=192),
+    )
+    return _base.run_config(
+        model,
+        description=__doc__.strip(),
+        seq_len=8192,
+        batch_size=512,
+        lr=3e-4,
+        warmup_steps=2000,
+        num_steps=1_414_078,
+    )

@@ -4,4 +4,4 @@ from experiments import _tiny
 
 
 def get_config():
-  return _tiny.tiny_config(("gdn",), __doc__.strip())
+    return _tiny.tiny_config(("gdn",), __doc__.strip())

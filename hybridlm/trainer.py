@@ -29,130 +29,157 @@ TrainState = dict[str, Any]  # {"step": int32 [], "params": nested dict of array
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  """The run's batches: `train[step]` for every step, `heldout[i]` for i < len(heldout)."""
-  train: grain.MapDataset
-  heldout: grain.MapDataset
-  unigram_entropy: float
+    """The run's batches: `train[step]` for every step; `heldout[i]` is a fixed sample of held-out windows."""
+
+    train: grain.MapDataset
+    heldout: grain.MapDataset
+    unigram_entropy: float
 
 
 def load_data(config: config_dict.ConfigDict) -> Data:
-  """The built-in corpus cut into batches; raises ValueError if a split cannot fill one batch."""
-  data = config.data
-  corpus = load_builtin_corpus(data.max_bytes, data.heldout_fraction)
-  common = dict(seq_len=data.seq_len, batch_size=data.batch_size, eos_id=ByteTokenizer.eos_id,
-                document_ids=data.document_mask)
-  return Data(
-      train=make_lm_dataset(corpus.train, seed=config.seed, shuffle=True, name="training split", **common),
-      heldout=make_lm_dataset(corpus.heldout, seed=config.seed, shuffle=False, name="held-out split", **common),
-      unigram_entropy=unigram_entropy(corpus.train, ByteTokenizer.vocab_size))
+    """The built-in corpus cut into batches; raises ValueError if a split cannot fill one batch."""
+    data = config.data
+    corpus = load_builtin_corpus(data.max_bytes, data.heldout_fraction)
+    common = dict(
+        seq_len=data.seq_len, batch_size=data.batch_size, eos_id=ByteTokenizer.eos_id, document_ids=data.document_mask
+    )
+    return Data(
+        train=make_lm_dataset(corpus.train, seed=config.seed, shuffle=True, name="training split", **common),
+        heldout=make_lm_dataset(corpus.heldout, seed=config.seed, shuffle=True, name="held-out split", **common),
+        unigram_entropy=unigram_entropy(corpus.train, ByteTokenizer.vocab_size),
+    )
 
 
-def _forward_loss(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array],
-                  z_loss_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-  model = nnx.merge(graphdef, params)
-  logits = model(batch["inputs"], segment_ids=batch["segment_ids"])
-  return lm_loss(logits, batch["targets"], z_loss_weight)
+def _forward_loss(
+    graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array], z_loss_weight: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["inputs"], segment_ids=batch["segment_ids"])
+    return lm_loss(logits, batch["targets"], z_loss_weight)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               z_loss_weight: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids); returns the new state and metrics."""
-  grad_fn = jax.value_and_grad(functools.partial(_forward_loss, graphdef), has_aux=True)
-  (loss, parts), grads = grad_fn(state["params"], batch, z_loss_weight)
-  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-               "opt_state": opt_state}
-  metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
-  return new_state, metrics
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    z_loss_weight: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids); returns the new state and metrics."""
+    grad_fn = jax.value_and_grad(functools.partial(_forward_loss, graphdef), has_aux=True)
+    (loss, parts), grads = grad_fn(state["params"], batch, z_loss_weight)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = {
+        "step": state["step"] + 1,
+        "params": optax.apply_updates(state["params"], updates),
+        "opt_state": opt_state,
+    }
+    metrics = {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+    return new_state, metrics
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef) -> jax.Array:
-  """Mean next-token cross-entropy (nats) of the batch."""
-  return _forward_loss(graphdef, params, batch, 0.0)[1]["ce"]
+    """Mean next-token cross-entropy (nats) of the batch."""
+    return _forward_loss(graphdef, params, batch, 0.0)[1]["ce"]
 
 
 class Trainer:
-  """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`."""
+    """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`."""
 
-  def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
-    self.config = config
-    self.model_config: ModelConfig = run_config.validate(config)
-    self.workdir = pathlib.Path(workdir)
-    self.data = load_data(config)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.record_config(self.workdir, config)
-    self.mesh = sharding.data_parallel_mesh()
-    num_steps = config.train.num_steps
-    self.schedule = learning_rate_schedule(config.optim, num_steps)
-    self.optimizer = make_optimizer(config.optim, num_steps)
-    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridLM(self.model_config, nnx.Rngs(0))))
-    self.checkpointer = checkpoint.Checkpointer(self.workdir, config.train.keep_checkpoints)
-    self._train_step = jax.jit(
-        functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
-                          z_loss_weight=config.optim.z_loss),
-        donate_argnums=0)
-    self._eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef))
+    def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
+        self.config = config
+        self.model_config: ModelConfig = run_config.validate(config)
+        self.workdir = pathlib.Path(workdir)
+        self.data = load_data(config)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        checkpoint.record_config(self.workdir, config)
+        self.mesh = sharding.data_parallel_mesh()
+        num_steps = config.train.num_steps
+        self.schedule = learning_rate_schedule(config.optim, num_steps)
+        self.optimizer = make_optimizer(config.optim, num_steps)
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridLM(self.model_config, nnx.Rngs(0))))
+        self.checkpointer = checkpoint.Checkpointer(self.workdir, config.train.keep_checkpoints)
+        self._train_step = jax.jit(
+            functools.partial(
+                train_step,
+                graphdef=self.graphdef,
+                optimizer=self.optimizer,
+                schedule=self.schedule,
+                z_loss_weight=config.optim.z_loss,
+            ),
+            donate_argnums=0,
+        )
+        self._eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef))
 
-  def _init_state(self) -> TrainState:
-    def init() -> TrainState:
-      params = nnx.to_pure_dict(nnx.state(HybridLM(self.model_config, nnx.Rngs(self.config.seed)), nnx.Param))
-      return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
+    def _init_state(self) -> TrainState:
+        def init() -> TrainState:
+            params = nnx.to_pure_dict(nnx.state(HybridLM(self.model_config, nnx.Rngs(self.config.seed)), nnx.Param))
+            return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
 
-    return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
+        return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
 
-  def initial_state(self) -> TrainState:
-    """The latest checkpoint in the workdir if there is one, else freshly initialised parameters."""
-    step = self.checkpointer.latest_step()
-    if step is None:
-      return self._init_state()
-    abstract = jax.eval_shape(self._init_state)
-    replicated = sharding.replicated(self.mesh)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    state = self.checkpointer.restore(step, abstract)
-    tqdm.tqdm.write(f"resumed from the checkpoint at step {step} in {self.workdir / 'checkpoints'}")
-    return state
+    def initial_state(self) -> TrainState:
+        """The latest checkpoint in the workdir if there is one, else freshly initialised parameters."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return self._init_state()
+        abstract = jax.eval_shape(self._init_state)
+        replicated = sharding.replicated(self.mesh)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+        state = self.checkpointer.restore(step, abstract)
+        tqdm.tqdm.write(f"resumed from the checkpoint at step {step} in {self.workdir / 'checkpoints'}")
+        return state
 
-  def evaluate(self, params: Any) -> float:
-    """Mean held-out cross-entropy in nats over the first `config.train.eval_batches` held-out batches."""
-    count = min(self.config.train.eval_batches, len(self.data.heldout))
-    losses = [self._eval_step(params, sharding.put_batch(self.data.heldout[i], self.mesh)) for i in range(count)]
-    return float(np.mean(jax.device_get(losses)))
+    def evaluate(self, params: Any) -> float:
+        """Mean held-out cross-entropy in nats over `config.train.eval_batches` batches of windows drawn (with a fixed
+        seed) from across the whole held-out split, the same ones at every evaluation."""
+        batches = (self.data.heldout[i] for i in range(self.config.train.eval_batches))
+        losses = [self._eval_step(params, sharding.put_batch(batch, self.mesh)) for batch in batches]
+        return float(np.mean(jax.device_get(losses)))
 
-  def train(self) -> dict[str, float]:
-    """Trains to `config.train.num_steps` from wherever the workdir left off; returns the last logged metrics."""
-    train = self.config.train
-    state = self.initial_state()
-    start = int(state["step"])
-    tokens_per_step = self.config.data.batch_size * self.config.data.seq_len
-    writer = MetricsWriter(self.workdir)
-    last: dict[str, float] = {}
-    tqdm.tqdm.write(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
-    progress = tqdm.tqdm(total=train.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-      for step in range(start, train.num_steps):
-        state, metrics = self._train_step(state, sharding.put_batch(self.data.train[step], self.mesh))
-        done = step + 1
-        window_steps += 1
-        progress.update(1)
-        if done % train.log_every == 0 or done == train.num_steps:
-          last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          elapsed = time.perf_counter() - window_start
-          last["tokens_per_sec"] = window_steps * tokens_per_step / elapsed
-          writer.write(done, last)
-          progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-        if done % train.eval_every == 0 or done == train.num_steps:
-          last["eval_loss"] = self.evaluate(state["params"])
-          writer.write(done, {"eval_loss": last["eval_loss"]})
-          tqdm.tqdm.write(f"step {done}: held-out loss {last['eval_loss']:.4f} nats "
-                          f"(unigram entropy {self.data.unigram_entropy:.4f}), train loss {last.get('loss', 0):.4f}")
-        if done % train.checkpoint_every == 0 or done == train.num_steps:
-          self.checkpointer.save(done, state)
-        if done % train.log_every == 0:
-          window_start, window_steps = time.perf_counter(), 0  # eval and checkpoint time stay out of tokens/s
-    finally:
-      progress.close()
-      writer.close()
-      self.checkpointer.close()
-    return last
+    def train(self) -> dict[str, float]:
+        """Trains to `config.train.num_steps` from wherever the workdir left off; returns the last logged metrics."""
+        train = self.config.train
+        state = self.initial_state()
+        start = int(state["step"])
+        tokens_per_step = self.config.data.batch_size * self.config.data.seq_len
+        writer = MetricsWriter(self.workdir)
+        last: dict[str, float] = {}
+        tqdm.tqdm.write(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
+        progress = tqdm.tqdm(total=train.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            for step in range(start, train.num_steps):
+                state, metrics = self._train_step(state, sharding.put_batch(self.data.train[step], self.mesh))
+                done = step + 1
+                window_steps += 1
+                progress.update(1)
+                if done % train.log_every == 0 or done == train.num_steps:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    last["tokens_per_sec"] = window_steps * tokens_per_step / elapsed
+                    writer.write(done, last)
+                    progress.set_postfix(
+                        loss=f"{last['loss']:.4f}",
+                        lr=f"{last['lr']:.2e}",
+                        grad_norm=f"{last['grad_norm']:.3f}",
+                        tok_s=f"{last['tokens_per_sec']:.0f}",
+                    )
+                if done % train.eval_every == 0 or done == train.num_steps:
+                    last["eval_loss"] = self.evaluate(state["params"])
+                    writer.write(done, {"eval_loss": last["eval_loss"]})
+                    tqdm.tqdm.write(
+                        f"step {done}: held-out loss {last['eval_loss']:.4f} nats "
+                        f"(unigram entropy {self.data.unigram_entropy:.4f}), train loss {last.get('loss', 0):.4f}"
+                    )
+                if done % train.checkpoint_every == 0 or done == train.num_steps:
+                    self.checkpointer.save(done, state)
+                if done % train.log_every == 0:
+                    window_start, window_steps = time.perf_counter(), 0  # eval and checkpoint time stay out of tokens/s
+        finally:
+            progress.close()
+            writer.close()
+            self.checkpointer.close()
+        return last

@@ -7,37 +7,37 @@ import experiments
 
 
 def pytest_addoption(parser):
-  parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long-running; skipped unless --runslow is given")
+    config.addinivalue_line("markers", "slow: long-running; skipped unless --runslow is given")
 
 
 def pytest_collection_modifyitems(config, items):
-  if config.getoption("--runslow"):
-    return
-  skip = pytest.mark.skip(reason="slow: pass --runslow to run")
-  for item in items:
-    if "slow" in item.keywords:
-      item.add_marker(skip)
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def small_config(layer_pattern=("gdn", "attn")) -> config_dict.ConfigDict:
-  """tiny_hybrid shrunk further (width 32, 2 layers, 32-token sequences) so each compile takes seconds."""
-  config = experiments.get_config("tiny_hybrid")
-  model = config.model
-  model.d_model, model.num_layers, model.layer_pattern = 32, len(layer_pattern), layer_pattern
-  model.num_heads, model.num_kv_heads, model.mlp_hidden, model.sliding_window = 4, 2, 64, 8
-  model.gdn.num_key_heads, model.gdn.num_value_heads = 2, 4
-  model.gdn.key_head_dim, model.gdn.value_head_dim, model.gdn.chunk_size = 8, 12, 8
-  config.data.seq_len, config.data.batch_size, config.data.max_bytes = 32, 4, 400_000
-  config.data.heldout_fraction = 0.2
-  config.optim.warmup_steps = 2
-  config.train.update(num_steps=6, log_every=1, eval_every=3, eval_batches=2, checkpoint_every=3)
-  return config
+    """tiny_hybrid shrunk further (width 32, 2 layers, 32-token sequences) so each compile takes seconds."""
+    config = experiments.get_config("tiny_hybrid")
+    model = config.model
+    model.d_model, model.num_layers, model.layer_pattern = 32, len(layer_pattern), layer_pattern
+    model.num_heads, model.num_kv_heads, model.mlp_hidden, model.sliding_window = 4, 2, 64, 8
+    model.gdn.num_key_heads, model.gdn.num_value_heads = 2, 4
+    model.gdn.key_head_dim, model.gdn.value_head_dim, model.gdn.chunk_size = 8, 12, 8
+    config.data.seq_len, config.data.batch_size, config.data.max_bytes = 32, 4, 400_000
+    config.data.heldout_fraction = 0.2
+    config.optim.warmup_steps = 2
+    config.train.update(num_steps=6, log_every=1, eval_every=3, eval_batches=2, checkpoint_every=3)
+    return config
 
 
 @pytest.fixture
 def small_run_config() -> config_dict.ConfigDict:
-  return small_config()
+    return small_config()

@@ -13,34 +13,40 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("name", experiments.names())
 def test_every_experiment_validates(name):
-  run_config.validate(experiments.get_config(name))
+    run_config.validate(experiments.get_config(name))
 
 
 def test_listing_names_every_experiment():
-  result = _run("experiments")
-  assert result.returncode == 0, result.stderr
-  for name in ("olmo_hybrid_7b", "olmo3_7b", "tiny_hybrid", "tiny_transformer"):
-    assert name in result.stdout
-  assert "7.43B" in result.stdout and "7.30B" in result.stdout
+    result = _run("experiments")
+    assert result.returncode == 0, result.stderr
+    for name in ("olmo_hybrid_7b", "olmo3_7b", "tiny_hybrid", "tiny_transformer"):
+        assert name in result.stdout
+    assert "7.43B" in result.stdout and "7.30B" in result.stdout
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--config=no_such_run"], "unknown experiment 'no_such_run'"),
-    (["--config=tiny_hybrid", "--config.model.no_such_key=1"], "the config has no key 'no_such_key'"),
-    (["--config=tiny_hybrid", "--config.model.num_layers=6"], "config.model.num_layers=6 is not a positive multiple"),
-    (["--config=tiny_hybrid", "--config.model.layer_pattern=('gdn','mamba')"], "unknown layer types ['mamba']"),
-    (["--config=tiny_hybrid", "--config.model.num_heads=5"], "config.model.d_model=128 is not divisible by"),
-    (["--config=tiny_hybrid", "--config.data.seq_len=4096"], "sequence length 4096 is outside"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config=no_such_run"], "unknown experiment 'no_such_run'"),
+        (["--config=tiny_hybrid", "--config.model.no_such_key=1"], "the config has no key 'no_such_key'"),
+        (
+            ["--config=tiny_hybrid", "--config.model.num_layers=6"],
+            "config.model.num_layers=6 is not a positive multiple",
+        ),
+        (["--config=tiny_hybrid", "--config.model.layer_pattern=('gdn','mamba')"], "unknown layer types ['mamba']"),
+        (["--config=tiny_hybrid", "--config.model.num_heads=5"], "config.model.d_model=128 is not divisible by"),
+        (["--config=tiny_hybrid", "--config.data.seq_len=4096"], "sequence length 4096 is outside"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, args, expected):
-  workdir = tmp_path / "run"
-  result = _run("hybridlm.train", *args, f"--workdir={workdir}")
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
-  assert not workdir.exists()  # nothing was built
+    workdir = tmp_path / "run"
+    result = _run("hybridlm.train", *args, f"--workdir={workdir}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert not workdir.exists()  # nothing was built

@@ -27,9 +27,7 @@ def corpus():
 
 
 def _lm_dataset(tokens, **overrides):
-    kwargs = dict(
-        seq_len=7, batch_size=4, seed=0, shuffle=True, eos_id=EOS, document_ids=True
-    )
+    kwargs = dict(seq_len=7, batch_size=4, seed=0, shuffle=True, eos_id=EOS, document_ids=True)
     kwargs.update(overrides)
     return make_lm_dataset(tokens, **kwargs)
 
@@ -54,9 +52,7 @@ def test_tokenizer_round_trip_non_ascii():
 def test_tokenizer_special_ids():
     tok = ByteTokenizer()
     assert (tok.eos_id, tok.pad_id, tok.vocab_size) == (256, 257, 258)
-    ids = np.concatenate(
-        [tok.encode("ab"), [tok.eos_id], tok.encode("c"), [tok.pad_id] * 3]
-    )
+    ids = np.concatenate([tok.encode("ab"), [tok.eos_id], tok.encode("c"), [tok.pad_id] * 3])
     assert tok.decode(ids) == "abc"
     assert tok.decode(np.array([[0xC3], [tok.eos_id]])) == "\ufffd"
 

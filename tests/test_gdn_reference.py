@@ -86,9 +86,7 @@ def _run(impl: str, x: dict[str, jax.Array], **kwargs) -> tuple[jax.Array, jax.A
     return gated_delta_rule(*args, impl=impl, **{**defaults, **kwargs})
 
 
-def _numpy_recurrence(
-    x: dict[str, jax.Array], segment_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _numpy_recurrence(x: dict[str, jax.Array], segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Independent float64 transcription of the recurrence, one (b, h) at a time."""
     q, k, v, g, beta = (np.asarray(x[n], np.float64) for n in ("q", "k", "v", "g", "beta"))
     o = np.zeros(v.shape)
@@ -111,8 +109,14 @@ def test_naive_matches_independent_numpy_loop():
     x = _inputs(0, 37)
     segment_ids = _segment_ids(10, 37)
     o, final = gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"],
-        initial_state=x["initial_state"], segment_ids=segment_ids, impl="naive",
+        x["q"],
+        x["k"],
+        x["v"],
+        x["g"],
+        x["beta"],
+        initial_state=x["initial_state"],
+        segment_ids=segment_ids,
+        impl="naive",
     )  # default scale K ** -0.5
     o_ref, final_ref = _numpy_recurrence(x, np.asarray(segment_ids))
     assert _rel(o, o_ref) < 1e-5
@@ -140,9 +144,7 @@ def test_defaults_without_state_or_segments():
     x = _inputs(2, 37)
     del x["initial_state"]
     o_naive, s_naive = gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], impl="naive")
-    o_chunked, s_chunked = gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=CHUNK
-    )
+    o_chunked, s_chunked = gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], chunk_size=CHUNK)
     assert _rel(o_chunked, o_naive) < 1e-5
     assert _rel(s_chunked, s_naive) < 1e-5
 
@@ -160,8 +162,12 @@ def test_gradients_match():
     def grads(impl: str) -> tuple[jax.Array, ...]:
         def functional(*args: jax.Array) -> jax.Array:
             o, final = gated_delta_rule(
-                *args[:5], scale=SCALE, initial_state=args[5], segment_ids=segment_ids,
-                chunk_size=CHUNK, impl=impl,
+                *args[:5],
+                scale=SCALE,
+                initial_state=args[5],
+                segment_ids=segment_ids,
+                chunk_size=CHUNK,
+                impl=impl,
             )
             return jnp.sum(o * probe_o) + jnp.sum(final * probe_state)
 
@@ -223,10 +229,8 @@ def test_two_halves_equal_whole(impl: str):
     o_whole, s_whole = _run(impl, x, segment_ids=segment_ids)
     first = {n: x[n][:, :split] for n in ("q", "k", "v", "g", "beta")}
     second = {n: x[n][:, split:] for n in ("q", "k", "v", "g", "beta")}
-    o_first, s_first = _run(impl, {**first, "initial_state": x["initial_state"]},
-                            segment_ids=segment_ids[:, :split])
-    o_second, s_second = _run(impl, {**second, "initial_state": s_first},
-                              segment_ids=segment_ids[:, split:])
+    o_first, s_first = _run(impl, {**first, "initial_state": x["initial_state"]}, segment_ids=segment_ids[:, :split])
+    o_second, s_second = _run(impl, {**second, "initial_state": s_first}, segment_ids=segment_ids[:, split:])
     assert _rel(jnp.concatenate([o_first, o_second], axis=1), o_whole) < 1e-5
     assert _rel(s_second, s_whole) < 1e-5
 
@@ -249,25 +253,30 @@ def _spec(*shape: int, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
 # Shape-only stand-ins (T = 12): the checks must reject them from shapes and dtypes alone,
 # before any array is touched.
 _GOOD = dict(
-    q=_spec(B, 12, H, K), k=_spec(B, 12, H, K), v=_spec(B, 12, H, V), g=_spec(B, 12, H),
-    beta=_spec(B, 12, H), initial_state=_spec(B, H, K, V),
+    q=_spec(B, 12, H, K),
+    k=_spec(B, 12, H, K),
+    v=_spec(B, 12, H, V),
+    g=_spec(B, 12, H),
+    beta=_spec(B, 12, H),
+    initial_state=_spec(B, H, K, V),
 )
 _BAD_CASES = {
     "q_rank": ({"q": _spec(B, 12, H)}, r"q has shape \(2, 12, 2\); expected q \[B, T, H, K\]"),
-    "k_shape": ({"k": _spec(B, 12, H, K + 1)},
-                r"k has shape \(2, 12, 2, 17\) but q is \(2, 12, 2, 16\)"),
-    "v_time": ({"v": _spec(B, 10, H, V)},
-               r"v has shape \(2, 10, 2, 24\) but q is \(2, 12, 2, 16\); expected v \[B, T, H, V\] "
-               r"with B, T, H = 2, 12, 2$"),
+    "k_shape": ({"k": _spec(B, 12, H, K + 1)}, r"k has shape \(2, 12, 2, 17\) but q is \(2, 12, 2, 16\)"),
+    "v_time": (
+        {"v": _spec(B, 10, H, V)},
+        r"v has shape \(2, 10, 2, 24\) but q is \(2, 12, 2, 16\); expected v \[B, T, H, V\] "
+        r"with B, T, H = 2, 12, 2$",
+    ),
     "v_rank": ({"v": _spec(B, 12, H)}, r"v has shape \(2, 12, 2\) but q is"),
     "g_shape": ({"g": _spec(B, 12)}, r"g has shape \(2, 12\) but q is .* expected g \[B, T, H\]"),
     "beta_shape": ({"beta": _spec(B, 12, H, 1)}, r"beta has shape \(2, 12, 2, 1\)"),
-    "state_shape": ({"initial_state": _spec(B, H, V, K)},
-                    r"initial_state has shape \(2, 2, 24, 16\) .* = \(2, 2, 16, 24\)$"),
-    "segment_shape": ({"segment_ids": _spec(B, 11, dtype=jnp.int32)},
-                      r"segment_ids has shape \(2, 11\)"),
-    "segment_dtype": ({"segment_ids": _spec(B, 12)},
-                      r"segment_ids has dtype float32; expected an integer"),
+    "state_shape": (
+        {"initial_state": _spec(B, H, V, K)},
+        r"initial_state has shape \(2, 2, 24, 16\) .* = \(2, 2, 16, 24\)$",
+    ),
+    "segment_shape": ({"segment_ids": _spec(B, 11, dtype=jnp.int32)}, r"segment_ids has shape \(2, 11\)"),
+    "segment_dtype": ({"segment_ids": _spec(B, 12)}, r"segment_ids has dtype float32; expected an integer"),
     "integer_q": ({"q": _spec(B, 12, H, K, dtype=jnp.int32)}, r"q has dtype int32"),
     "impl": ({"impl": "fast"}, r"unknown impl 'fast'"),
     "chunk_zero": ({"chunk_size": 0}, r"chunk_size must be a positive int, got 0$"),

@@ -14,88 +14,88 @@ PATTERNS = {"hybrid": ("gdn", "attn"), "transformer": ("swa", "attn"), "pure_gdn
 
 
 def _model(pattern, **overrides) -> HybridLM:
-  config = small_config(pattern).model
-  config.update(overrides)
-  return HybridLM(ModelConfig.from_config(config), nnx.Rngs(0))
+    config = small_config(pattern).model
+    config.update(overrides)
+    return HybridLM(ModelConfig.from_config(config), nnx.Rngs(0))
 
 
 def _tokens(key, shape, vocab=258):
-  return jax.random.randint(jax.random.key(key), shape, 0, vocab)
+    return jax.random.randint(jax.random.key(key), shape, 0, vocab)
 
 
 def _rel_err(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 @pytest.mark.parametrize("name", PATTERNS)
 def test_causal_and_documents_independent(name):
-  """Changing token t changes no logit before t; a packed row equals its documents run alone."""
-  model = _model(PATTERNS[name])
-  forward = jax.jit(lambda tokens, segments: model(tokens, segment_ids=segments))
-  length, cut, t = 40, 17, 25
-  tokens = _tokens(1, (1, length))
-  changed = tokens.at[0, t].set((tokens[0, t] + 1) % 258)
-  segments = jnp.zeros_like(tokens)
-  base, after = forward(tokens, segments), forward(changed, segments)
-  np.testing.assert_array_equal(base[:, :t], after[:, :t])
-  assert float(jnp.abs(base[:, t:] - after[:, t:]).max()) > 1e-4
+    """Changing token t changes no logit before t; a packed row equals its documents run alone."""
+    model = _model(PATTERNS[name])
+    forward = jax.jit(lambda tokens, segments: model(tokens, segment_ids=segments))
+    length, cut, t = 40, 17, 25
+    tokens = _tokens(1, (1, length))
+    changed = tokens.at[0, t].set((tokens[0, t] + 1) % 258)
+    segments = jnp.zeros_like(tokens)
+    base, after = forward(tokens, segments), forward(changed, segments)
+    np.testing.assert_array_equal(base[:, :t], after[:, :t])
+    assert float(jnp.abs(base[:, t:] - after[:, t:]).max()) > 1e-4
 
-  packed_segments = (jnp.arange(length) >= cut).astype(jnp.int32)[None]
-  packed = forward(tokens, packed_segments)
-  first = forward(tokens[:, :cut], jnp.zeros((1, cut), jnp.int32))
-  second = forward(tokens[:, cut:], jnp.zeros((1, length - cut), jnp.int32))
-  assert _rel_err(packed[:, :cut], first) < 1e-5
-  assert _rel_err(packed[:, cut:], second) < 1e-5  # RoPE is relative, so the offset does not matter
+    packed_segments = (jnp.arange(length) >= cut).astype(jnp.int32)[None]
+    packed = forward(tokens, packed_segments)
+    first = forward(tokens[:, :cut], jnp.zeros((1, cut), jnp.int32))
+    second = forward(tokens[:, cut:], jnp.zeros((1, length - cut), jnp.int32))
+    assert _rel_err(packed[:, :cut], first) < 1e-5
+    assert _rel_err(packed[:, cut:], second) < 1e-5  # RoPE is relative, so the offset does not matter
 
 
 def test_sliding_window_limits_reach():
-  """In a sliding-window-only model a token beyond the reach of all windows changes nothing."""
-  model = _model(("swa", "swa"), sliding_window=4)
-  tokens = _tokens(2, (1, 24))
-  changed = tokens.at[0, 5].set((tokens[0, 5] + 1) % 258)
-  base, after = model(tokens), model(changed)
-  reach = 5 + 2 * (4 - 1)  # two layers, each sees 3 tokens back
-  np.testing.assert_array_equal(base[:, reach + 1:], after[:, reach + 1:])
-  assert float(jnp.abs(base[:, reach] - after[:, reach]).max()) > 1e-5
+    """In a sliding-window-only model a token beyond the reach of all windows changes nothing."""
+    model = _model(("swa", "swa"), sliding_window=4)
+    tokens = _tokens(2, (1, 24))
+    changed = tokens.at[0, 5].set((tokens[0, 5] + 1) % 258)
+    base, after = model(tokens), model(changed)
+    reach = 5 + 2 * (4 - 1)  # two layers, each sees 3 tokens back
+    np.testing.assert_array_equal(base[:, reach + 1 :], after[:, reach + 1 :])
+    assert float(jnp.abs(base[:, reach] - after[:, reach]).max()) > 1e-5
 
 
 def test_stack_is_scanned():
-  """The traced program does not grow with depth: layer groups run under one scan."""
-  tokens = _tokens(3, (1, 16))
+    """The traced program does not grow with depth: layer groups run under one scan."""
+    tokens = _tokens(3, (1, 16))
 
-  def num_equations(num_layers):
-    config = small_config(("gdn", "attn")).model
-    config.num_layers = num_layers
-    model = nnx.eval_shape(lambda: HybridLM(ModelConfig.from_config(config), nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-    return len(jax.make_jaxpr(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens).eqns)
+    def num_equations(num_layers):
+        config = small_config(("gdn", "attn")).model
+        config.num_layers = num_layers
+        model = nnx.eval_shape(lambda: HybridLM(ModelConfig.from_config(config), nnx.Rngs(0)))
+        graphdef, state = nnx.split(model)
+        return len(jax.make_jaxpr(lambda s, t: nnx.merge(graphdef, s)(t))(state, tokens).eqns)
 
-  assert num_equations(2) == num_equations(8)
+    assert num_equations(2) == num_equations(8)
 
 
 @pytest.mark.parametrize("name, expected", [("olmo_hybrid_7b", 7.43e9), ("olmo3_7b", 7.30e9)])
 def test_7b_parameter_counts(name, expected):
-  count = count_params(ModelConfig.from_config(experiments.get_config(name).model))
-  assert abs(count - expected) / expected < 0.005, count
+    count = count_params(ModelConfig.from_config(experiments.get_config(name).model))
+    assert abs(count - expected) / expected < 0.005, count
 
 
 def test_bf16_compute_tracks_fp32():
-  """Parameters stay fp32 while matmuls run in bf16; logits stay close to the fp32 model's."""
-  fp32, bf16 = _model(PATTERNS["hybrid"]), _model(PATTERNS["hybrid"], dtype="bfloat16")
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
-  tokens = _tokens(4, (2, 24))
-  logits = bf16(tokens)
-  assert logits.dtype == jnp.float32
-  assert _rel_err(logits, fp32(tokens)) < 5e-2
+    """Parameters stay fp32 while matmuls run in bf16; logits stay close to the fp32 model's."""
+    fp32, bf16 = _model(PATTERNS["hybrid"]), _model(PATTERNS["hybrid"], dtype="bfloat16")
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    tokens = _tokens(4, (2, 24))
+    logits = bf16(tokens)
+    assert logits.dtype == jnp.float32
+    assert _rel_err(logits, fp32(tokens)) < 5e-2
 
 
 def test_gdn_gate_init_ranges():
-  """A = exp(A_log) in (0, 16); softplus(dt_bias) = dt in [1e-4, 1e-1] (log-uniform from 1e-3, floored)."""
-  config = small_config(("gdn", "gdn")).model
-  config.gdn.num_key_heads, config.gdn.num_value_heads = 64, 64
-  model = HybridLM(ModelConfig.from_config(config), nnx.Rngs(5))
-  gdn = model.groups.blocks[0].gdn
-  a = jnp.exp(gdn.A_log[...])  # [num_groups = 1, heads]
-  dt = jax.nn.softplus(gdn.dt_bias[...])
-  assert a.shape == (1, 64) and float(a.min()) > 0 and float(a.max()) < 16 and float(a.max()) > 8
-  assert float(dt.min()) >= 1e-4 * 0.999 and float(dt.max()) <= 0.1 * 1.001 and float(dt.min()) < 1e-2
+    """A = exp(A_log) in (0, 16); softplus(dt_bias) = dt in [1e-4, 1e-1] (log-uniform from 1e-3, floored)."""
+    config = small_config(("gdn", "gdn")).model
+    config.gdn.num_key_heads, config.gdn.num_value_heads = 64, 64
+    model = HybridLM(ModelConfig.from_config(config), nnx.Rngs(5))
+    gdn = model.groups.blocks[0].gdn
+    a = jnp.exp(gdn.A_log[...])  # [num_groups = 1, heads]
+    dt = jax.nn.softplus(gdn.dt_bias[...])
+    assert a.shape == (1, 64) and float(a.min()) > 0 and float(a.max()) < 16 and float(a.max()) > 8
+    assert float(dt.min()) >= 1e-4 * 0.999 and float(dt.max()) <= 0.1 * 1.001 and float(dt.min()) < 1e-2

@@ -15,73 +15,77 @@ from hybridlm.trainer import Trainer
 
 
 def test_lm_loss_matches_optax_plus_z_loss():
-  logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3
-  targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
-  loss, parts = lm_loss(logits, targets, 1e-2)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-  z = (jax.nn.logsumexp(logits, -1) ** 2).mean()
-  np.testing.assert_allclose(parts["ce"], ce, rtol=1e-6)
-  np.testing.assert_allclose(loss, ce + 1e-2 * z, rtol=1e-6)
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+    loss, parts = lm_loss(logits, targets, 1e-2)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    z = (jax.nn.logsumexp(logits, -1) ** 2).mean()
+    np.testing.assert_allclose(parts["ce"], ce, rtol=1e-6)
+    np.testing.assert_allclose(loss, ce + 1e-2 * z, rtol=1e-6)
 
 
 @pytest.mark.parametrize("schedule", optim.SCHEDULES)
 def test_schedules_warm_up_then_decay_to_final(schedule):
-  config = config_dict.ConfigDict(dict(lr=1.0, schedule=schedule, warmup_steps=10, final_lr_ratio=0.1,
-                                       decay_fraction=0.2))
-  lr = optim.learning_rate_schedule(config, num_steps=110)
-  assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
-  assert float(lr(10)) == pytest.approx(1.0)
-  assert float(lr(110)) == pytest.approx(0.1, abs=1e-6)
-  if schedule == "wsd":
-    assert float(lr(89)) == pytest.approx(1.0) and float(lr(100)) == pytest.approx(0.55)
-  else:
-    assert 0.1 < float(lr(60)) < 1.0
+    config = config_dict.ConfigDict(
+        dict(lr=1.0, schedule=schedule, warmup_steps=10, final_lr_ratio=0.1, decay_fraction=0.2)
+    )
+    lr = optim.learning_rate_schedule(config, num_steps=110)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0)
+    assert float(lr(110)) == pytest.approx(0.1, abs=1e-6)
+    if schedule == "wsd":
+        assert float(lr(89)) == pytest.approx(1.0) and float(lr(100)) == pytest.approx(0.55)
+    else:
+        assert 0.1 < float(lr(60)) < 1.0
 
 
 def test_weight_decay_skips_only_embeddings():
-  params = {"embed": {"embedding": 1.0}, "lm_head": {"kernel": 1.0}, "final_norm": {"weight": 1.0}}
-  assert optim.weight_decay_mask(params) == {"embed": {"embedding": False}, "lm_head": {"kernel": True},
-                                            "final_norm": {"weight": True}}
+    params = {"embed": {"embedding": 1.0}, "lm_head": {"kernel": 1.0}, "final_norm": {"weight": 1.0}}
+    assert optim.weight_decay_mask(params) == {
+        "embed": {"embedding": False},
+        "lm_head": {"kernel": True},
+        "final_norm": {"weight": True},
+    }
 
 
 def test_steps_on_a_fixed_batch_reduce_the_loss(tmp_path, small_run_config):
-  small_run_config.train.num_steps = 100  # keeps the learning rate near its peak for these steps
-  trainer = Trainer(small_run_config, tmp_path)
-  state = trainer.initial_state()
-  batch = trainer.data.train[0]
-  losses = []
-  for _ in range(8):
-    state, metrics = trainer._train_step(state, batch)
-    losses.append(float(metrics["loss"]))
-  trainer.checkpointer.close()
-  assert losses[-1] < 0.9 * losses[0], losses
+    small_run_config.train.num_steps = 100  # keeps the learning rate near its peak for these steps
+    trainer = Trainer(small_run_config, tmp_path)
+    state = trainer.initial_state()
+    batch = trainer.data.train[0]
+    losses = []
+    for _ in range(8):
+        state, metrics = trainer._train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    trainer.checkpointer.close()
+    assert losses[-1] < 0.9 * losses[0], losses
 
 
 def _losses(workdir):
-  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {line["step"]: line["loss"] for line in lines if "loss" in line}
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
 
 
 def test_resume_continues_exactly(tmp_path, small_run_config):
-  """Stopping after a checkpoint and rerunning with the same workdir gives the unbroken run's losses, bitwise."""
-  unbroken = tmp_path / "unbroken"
-  last = Trainer(small_run_config, unbroken).train()
-  assert np.isfinite(last["eval_loss"]) and (unbroken / "tensorboard").is_dir()
+    """Stopping after a checkpoint and rerunning with the same workdir gives the unbroken run's losses, bitwise."""
+    unbroken = tmp_path / "unbroken"
+    last = Trainer(small_run_config, unbroken).train()
+    assert np.isfinite(last["eval_loss"]) and (unbroken / "tensorboard").is_dir()
 
-  resumed = tmp_path / "resumed"
-  first_half = small_run_config.copy_and_resolve_references()
-  first_half.train.num_steps = 3
-  Trainer(first_half, resumed).train()
-  trainer = Trainer(small_run_config, resumed)
-  assert int(trainer.initial_state()["step"]) == 3
-  trainer.train()
-  assert _losses(resumed) == _losses(unbroken)
-  assert sorted(_losses(resumed)) == [1, 2, 3, 4, 5, 6]
+    resumed = tmp_path / "resumed"
+    first_half = small_run_config.copy_and_resolve_references()
+    first_half.train.num_steps = 3
+    Trainer(first_half, resumed).train()
+    trainer = Trainer(small_run_config, resumed)
+    assert int(trainer.initial_state()["step"]) == 3
+    trainer.train()
+    assert _losses(resumed) == _losses(unbroken)
+    assert sorted(_losses(resumed)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_workdir_refuses_a_different_model(tmp_path, small_run_config):
-  Trainer(small_run_config, tmp_path).checkpointer.close()
-  other = small_run_config.copy_and_resolve_references()
-  other.model.d_model = 64
-  with pytest.raises(ValueError, match="config.model.d_model"):
-    Trainer(other, tmp_path)
+    Trainer(small_run_config, tmp_path).checkpointer.close()
+    other = small_run_config.copy_and_resolve_references()
+    other.model.d_model = 64
+    with pytest.raises(ValueError, match="config.model.d_model"):
+        Trainer(other, tmp_path)

@@ -19,9 +19,7 @@ from hybridlm.data.tokenizer import ByteTokenizer
 
 # Directory names never entered: installed third-party code, test suites (which
 # include deliberately malformed files) and bytecode caches.
-_SKIPPED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-)
+_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -57,11 +55,7 @@ def list_source_files(root: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in _SKIPPED_DIRS]
         rel_dir = os.path.relpath(dirpath, root)
-        paths.extend(
-            os.path.normpath(os.path.join(rel_dir, name))
-            for name in filenames
-            if name.endswith(".py")
-        )
+        paths.extend(os.path.normpath(os.path.join(rel_dir, name)) for name in filenames if name.endswith(".py"))
     return sorted(paths)
 
 
@@ -116,8 +110,7 @@ def load_builtin_corpus(max_bytes: int | None, heldout_fraction: float) -> Corpu
     """
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(
-            f"heldout_fraction must be in (0, 1), got {heldout_fraction}; "
-            "set data.heldout_fraction to e.g. 0.05"
+            f"heldout_fraction must be in (0, 1), got {heldout_fraction}; " "set data.heldout_fraction to e.g. 0.05"
         )
     if max_bytes is not None and max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
@@ -158,10 +151,7 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     if flat.size == 0:
         raise ValueError("unigram_entropy needs at least one token, got an empty array")
     if flat.min() < 0 or flat.max() >= vocab_size:
-        raise ValueError(
-            f"token ids must be in [0, {vocab_size}), got range "
-            f"[{flat.min()}, {flat.max()}]"
-        )
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got range " f"[{flat.min()}, {flat.max()}]")
     counts = np.bincount(flat, minlength=vocab_size)
     probs = counts[counts > 0] / flat.size
     return float(-np.sum(probs * np.log(probs)))

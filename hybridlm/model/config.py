@@ -16,120 +16,139 @@ GDN_IMPLS = ("auto", "chunked", "naive")
 
 
 class ConfigError(ValueError):
-  """A run's configuration cannot describe a working model or run; the message names the field and the fix."""
+    """A run's configuration cannot describe a working model or run; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
 class GDNConfig:
-  """Gated DeltaNet layer shape (Olmo Hybrid: 30 heads, key head dim 96, value head dim 192)."""
-  num_key_heads: int
-  num_value_heads: int
-  key_head_dim: int
-  value_head_dim: int
-  conv_kernel: int = 4
-  allow_neg_eigval: bool = True
-  norm_eps: float = 1e-5
-  chunk_size: int = 64
-  impl: str = "auto"
+    """Gated DeltaNet layer shape (Olmo Hybrid: 30 heads, key head dim 96, value head dim 192)."""
+
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int = 4
+    allow_neg_eigval: bool = True
+    norm_eps: float = 1e-5
+    chunk_size: int = 64
+    impl: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that fixes the network's parameters and computation.
+    """Everything that fixes the network's parameters and computation.
 
-  `layer_pattern` is one period of the stack, repeated `num_layers / len(layer_pattern)` times; each entry is
-  "gdn" (Gated DeltaNet block), "attn" (full causal attention) or "swa" (sliding-window attention).
-  """
-  vocab_size: int
-  d_model: int
-  num_layers: int
-  layer_pattern: tuple[str, ...]
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_hidden: int
-  gdn: GDNConfig
-  max_seq_len: int
-  use_rope: bool = True
-  rope_theta: float = 500_000.0
-  sliding_window: int = 4096
-  norm_eps: float = 1e-6
-  init_std: float = 0.02
-  param_dtype: str = "float32"
-  dtype: str = "bfloat16"
-  remat: bool = True
+    `layer_pattern` is one period of the stack, repeated `num_layers / len(layer_pattern)` times; each entry is
+    "gdn" (Gated DeltaNet block), "attn" (full causal attention) or "swa" (sliding-window attention).
+    """
 
-  @property
-  def num_groups(self) -> int:
-    return self.num_layers // len(self.layer_pattern)
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    layer_pattern: tuple[str, ...]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_hidden: int
+    gdn: GDNConfig
+    max_seq_len: int
+    use_rope: bool = True
+    rope_theta: float = 500_000.0
+    sliding_window: int = 4096
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    param_dtype: str = "float32"
+    dtype: str = "bfloat16"
+    remat: bool = True
 
-  @property
-  def layer_types(self) -> tuple[str, ...]:
-    return self.layer_pattern * self.num_groups
+    @property
+    def num_groups(self) -> int:
+        return self.num_layers // len(self.layer_pattern)
 
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        return self.layer_pattern * self.num_groups
 
-  @property
-  def params_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
 
-  @classmethod
-  def from_config(cls, model: Any) -> "ModelConfig":
-    """Builds and validates from a `config.model` ConfigDict (or any mapping with the same keys)."""
-    fields = dict(model)
-    gdn = GDNConfig(**dict(fields.pop("gdn")))
-    fields["layer_pattern"] = tuple(fields["layer_pattern"])
-    if fields.get("head_dim") is None:
-      fields["head_dim"] = _default_head_dim(fields)
-    config = cls(gdn=gdn, **fields)
-    config.validate()
-    return config
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
 
-  def validate(self) -> None:
-    """Raises ConfigError naming the first field that cannot work."""
-    _check(self.layer_pattern, "config.model.layer_pattern is empty; give one period such as ('gdn', 'gdn', 'gdn', 'attn')")
-    unknown = [t for t in self.layer_pattern if t not in LAYER_TYPES]
-    _check(not unknown, f"config.model.layer_pattern has unknown layer types {unknown}; use {LAYER_TYPES}")
-    _check(self.num_layers > 0 and self.num_layers % len(self.layer_pattern) == 0,
-           f"config.model.num_layers={self.num_layers} is not a positive multiple of the layer pattern's length "
-           f"{len(self.layer_pattern)} ({self.layer_pattern}); change one of them")
-    for name in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_hidden", "max_seq_len"):
-      _check(getattr(self, name) > 0, f"config.model.{name}={getattr(self, name)} must be positive")
-    _check(self.num_heads % self.num_kv_heads == 0,
-           f"config.model.num_heads={self.num_heads} is not a multiple of config.model.num_kv_heads="
-           f"{self.num_kv_heads}; grouped-query attention needs whole groups")
-    _check(not self.use_rope or self.head_dim % 2 == 0,
-           f"config.model.head_dim={self.head_dim} is odd; RoPE needs an even head dim (or set use_rope=False)")
-    _check(not self.use_rope or self.rope_theta > 0, f"config.model.rope_theta={self.rope_theta} must be positive")
-    _check(SLIDING_ATTENTION not in self.layer_pattern or self.sliding_window > 0,
-           f"config.model.sliding_window={self.sliding_window} must be positive for 'swa' layers")
-    gdn = self.gdn
-    for name in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim", "conv_kernel", "chunk_size"):
-      _check(getattr(gdn, name) > 0, f"config.model.gdn.{name}={getattr(gdn, name)} must be positive")
-    _check(gdn.num_value_heads % gdn.num_key_heads == 0,
-           f"config.model.gdn.num_value_heads={gdn.num_value_heads} is not a multiple of "
-           f"config.model.gdn.num_key_heads={gdn.num_key_heads}")
-    _check(gdn.impl in GDN_IMPLS, f"config.model.gdn.impl={gdn.impl!r} is not one of {GDN_IMPLS}")
-    for name in ("dtype", "param_dtype"):
-      _check(getattr(self, name) in DTYPES, f"config.model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
+    @classmethod
+    def from_config(cls, model: Any) -> "ModelConfig":
+        """Builds and validates from a `config.model` ConfigDict (or any mapping with the same keys)."""
+        fields = dict(model)
+        gdn = GDNConfig(**dict(fields.pop("gdn")))
+        fields["layer_pattern"] = tuple(fields["layer_pattern"])
+        if fields.get("head_dim") is None:
+            fields["head_dim"] = _default_head_dim(fields)
+        config = cls(gdn=gdn, **fields)
+        config.validate()
+        return config
 
-  def check_seq_len(self, seq_len: int) -> None:
-    """Raises ConfigError when the model cannot take sequences of `seq_len` tokens."""
-    _check(0 < seq_len <= self.max_seq_len,
-           f"sequence length {seq_len} is outside what the model takes (1..config.model.max_seq_len="
-           f"{self.max_seq_len}); lower config.data.seq_len or raise config.model.max_seq_len")
+    def validate(self) -> None:
+        """Raises ConfigError naming the first field that cannot work."""
+        _check(
+            self.layer_pattern,
+            "config.model.layer_pattern is empty; give one period such as ('gdn', 'gdn', 'gdn', 'attn')",
+        )
+        unknown = [t for t in self.layer_pattern if t not in LAYER_TYPES]
+        _check(not unknown, f"config.model.layer_pattern has unknown layer types {unknown}; use {LAYER_TYPES}")
+        _check(
+            self.num_layers > 0 and self.num_layers % len(self.layer_pattern) == 0,
+            f"config.model.num_layers={self.num_layers} is not a positive multiple of the layer pattern's length "
+            f"{len(self.layer_pattern)} ({self.layer_pattern}); change one of them",
+        )
+        for name in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_hidden", "max_seq_len"):
+            _check(getattr(self, name) > 0, f"config.model.{name}={getattr(self, name)} must be positive")
+        _check(
+            self.num_heads % self.num_kv_heads == 0,
+            f"config.model.num_heads={self.num_heads} is not a multiple of config.model.num_kv_heads="
+            f"{self.num_kv_heads}; grouped-query attention needs whole groups",
+        )
+        _check(
+            not self.use_rope or self.head_dim % 2 == 0,
+            f"config.model.head_dim={self.head_dim} is odd; RoPE needs an even head dim (or set use_rope=False)",
+        )
+        _check(not self.use_rope or self.rope_theta > 0, f"config.model.rope_theta={self.rope_theta} must be positive")
+        _check(
+            SLIDING_ATTENTION not in self.layer_pattern or self.sliding_window > 0,
+            f"config.model.sliding_window={self.sliding_window} must be positive for 'swa' layers",
+        )
+        gdn = self.gdn
+        for name in ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim", "conv_kernel", "chunk_size"):
+            _check(getattr(gdn, name) > 0, f"config.model.gdn.{name}={getattr(gdn, name)} must be positive")
+        _check(
+            gdn.num_value_heads % gdn.num_key_heads == 0,
+            f"config.model.gdn.num_value_heads={gdn.num_value_heads} is not a multiple of "
+            f"config.model.gdn.num_key_heads={gdn.num_key_heads}",
+        )
+        _check(gdn.impl in GDN_IMPLS, f"config.model.gdn.impl={gdn.impl!r} is not one of {GDN_IMPLS}")
+        for name in ("dtype", "param_dtype"):
+            _check(getattr(self, name) in DTYPES, f"config.model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raises ConfigError when the model cannot take sequences of `seq_len` tokens."""
+        _check(
+            0 < seq_len <= self.max_seq_len,
+            f"sequence length {seq_len} is outside what the model takes (1..config.model.max_seq_len="
+            f"{self.max_seq_len}); lower config.data.seq_len or raise config.model.max_seq_len",
+        )
 
 
 def _default_head_dim(fields: dict[str, Any]) -> int:
-  d_model, num_heads = fields["d_model"], fields["num_heads"]
-  _check(num_heads > 0 and d_model % num_heads == 0,
-         f"config.model.d_model={d_model} is not divisible by config.model.num_heads={num_heads}; "
-         "change one of them or set config.model.head_dim")
-  return d_model // num_heads
+    d_model, num_heads = fields["d_model"], fields["num_heads"]
+    _check(
+        num_heads > 0 and d_model % num_heads == 0,
+        f"config.model.d_model={d_model} is not divisible by config.model.num_heads={num_heads}; "
+        "change one of them or set config.model.head_dim",
+    )
+    return d_model // num_heads
 
 
 def _check(ok: Any, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)
+    if not ok:
+        raise ConfigError(message)

@@ -19,90 +19,92 @@ _L2_EPS = 1e-6
 
 
 def _a_log_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-  low, high = _A_RANGE
-  a = jax.random.uniform(key, shape, jnp.float32, low, high)
-  return jnp.log(a).astype(dtype)
+    low, high = _A_RANGE
+    a = jax.random.uniform(key, shape, jnp.float32, low, high)
+    return jnp.log(a).astype(dtype)
 
 
 def _dt_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-  log_low, log_high = math.log(_DT_RANGE[0]), math.log(_DT_RANGE[1])
-  dt = jnp.exp(jax.random.uniform(key, shape, jnp.float32, log_low, log_high))
-  dt = jnp.maximum(dt, _DT_FLOOR)
-  return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse softplus
+    log_low, log_high = math.log(_DT_RANGE[0]), math.log(_DT_RANGE[1])
+    dt = jnp.exp(jax.random.uniform(key, shape, jnp.float32, log_low, log_high))
+    dt = jnp.maximum(dt, _DT_FLOOR)
+    return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse softplus
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
-  """x: [..., K] -> x / sqrt(sum(x^2) + eps), in float32."""
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + _L2_EPS)
+    """x: [..., K] -> x / sqrt(sum(x^2) + eps), in float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + _L2_EPS)
 
 
 class CausalConv(nnx.Module):
-  """Depthwise causal 1-D convolution (no bias) followed by SiLU: [B, T, C] -> [B, T, C]."""
+    """Depthwise causal 1-D convolution (no bias) followed by SiLU: [B, T, C] -> [B, T, C]."""
 
-  def __init__(self, config: ModelConfig, channels: int, rngs: nnx.Rngs):
-    kernel = config.gdn.conv_kernel
-    bound = 1.0 / math.sqrt(kernel)  # PyTorch's default for a depthwise conv, fan_in = kernel
-    self.weight = nnx.Param(jax.random.uniform(rngs.params(), (kernel, channels), config.params_dtype, -bound, bound))
-    self.dtype = config.compute_dtype
+    def __init__(self, config: ModelConfig, channels: int, rngs: nnx.Rngs):
+        kernel = config.gdn.conv_kernel
+        bound = 1.0 / math.sqrt(kernel)  # PyTorch's default for a depthwise conv, fan_in = kernel
+        self.weight = nnx.Param(
+            jax.random.uniform(rngs.params(), (kernel, channels), config.params_dtype, -bound, bound)
+        )
+        self.dtype = config.compute_dtype
 
-  def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document)."""
-    kernel = self.weight.shape[0]
-    x = x.astype(self.dtype)
-    weight = self.weight[...].astype(self.dtype)
-    out = x * weight[-1]
-    for shift in range(1, kernel):
-      shifted = jnp.pad(x, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
-      same_doc = jnp.pad(segment_ids, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift] == segment_ids
-      out = out + jnp.where(same_doc[..., None], shifted, 0) * weight[-1 - shift]
-    return jax.nn.silu(out)
+    def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document)."""
+        kernel = self.weight.shape[0]
+        x = x.astype(self.dtype)
+        weight = self.weight[...].astype(self.dtype)
+        out = x * weight[-1]
+        for shift in range(1, kernel):
+            shifted = jnp.pad(x, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
+            same_doc = jnp.pad(segment_ids, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift] == segment_ids
+            out = out + jnp.where(same_doc[..., None], shifted, 0) * weight[-1 - shift]
+        return jax.nn.silu(out)
 
 
 class GatedDeltaNet(nnx.Module):
-  """Olmo Hybrid's Gated DeltaNet mixer: [B, T, d_model] -> [B, T, d_model].
+    """Olmo Hybrid's Gated DeltaNet mixer: [B, T, d_model] -> [B, T, d_model].
 
-  q, k, v = SiLU(causal_conv(proj(x))); q, k L2-normalised per head; beta = sigmoid(b_proj(x)) (x2 when negative
-  eigenvalues are allowed); g = -exp(A_log) * softplus(a_proj(x) + dt_bias); o = gated_delta_rule(q, k, v, g, beta);
-  out = o_proj(RMSNorm(o) * o_norm * SiLU(g_proj(x))) with the norm per value head.
-  """
+    q, k, v = SiLU(causal_conv(proj(x))); q, k L2-normalised per head; beta = sigmoid(b_proj(x)) (x2 when negative
+    eigenvalues are allowed); g = -exp(A_log) * softplus(a_proj(x) + dt_bias); o = gated_delta_rule(q, k, v, g, beta);
+    out = o_proj(RMSNorm(o) * o_norm * SiLU(g_proj(x))) with the norm per value head.
+    """
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    gdn = config.gdn
-    key_width = gdn.num_key_heads * gdn.key_head_dim
-    value_width = gdn.num_value_heads * gdn.value_head_dim
-    self.q_proj = linear(config, config.d_model, key_width, rngs)
-    self.k_proj = linear(config, config.d_model, key_width, rngs)
-    self.v_proj = linear(config, config.d_model, value_width, rngs)
-    self.a_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
-    self.b_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
-    self.g_proj = linear(config, config.d_model, value_width, rngs)
-    self.o_proj = linear(config, value_width, config.d_model, rngs)
-    self.q_conv = CausalConv(config, key_width, rngs)
-    self.k_conv = CausalConv(config, key_width, rngs)
-    self.v_conv = CausalConv(config, value_width, rngs)
-    self.A_log = nnx.Param(_a_log_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
-    self.dt_bias = nnx.Param(_dt_bias_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
-    self.o_norm = nnx.Param(jnp.ones((gdn.value_head_dim,), config.params_dtype))
-    self.config = config
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        gdn = config.gdn
+        key_width = gdn.num_key_heads * gdn.key_head_dim
+        value_width = gdn.num_value_heads * gdn.value_head_dim
+        self.q_proj = linear(config, config.d_model, key_width, rngs)
+        self.k_proj = linear(config, config.d_model, key_width, rngs)
+        self.v_proj = linear(config, config.d_model, value_width, rngs)
+        self.a_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
+        self.b_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
+        self.g_proj = linear(config, config.d_model, value_width, rngs)
+        self.o_proj = linear(config, value_width, config.d_model, rngs)
+        self.q_conv = CausalConv(config, key_width, rngs)
+        self.k_conv = CausalConv(config, key_width, rngs)
+        self.v_conv = CausalConv(config, value_width, rngs)
+        self.A_log = nnx.Param(_a_log_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
+        self.dt_bias = nnx.Param(_dt_bias_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
+        self.o_norm = nnx.Param(jnp.ones((gdn.value_head_dim,), config.params_dtype))
+        self.config = config
 
-  def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """x: [B, T, d_model]; segment_ids: int [B, T] (the recurrent state restarts at each new document)."""
-    gdn = self.config.gdn
-    b, t, _ = x.shape
-    heads_per_key = gdn.num_value_heads // gdn.num_key_heads
-    q = self.q_conv(self.q_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
-    k = self.k_conv(self.k_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
-    v = self.v_conv(self.v_proj(x), segment_ids).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
-    q = jnp.repeat(_l2_normalize(q), heads_per_key, axis=2).astype(v.dtype)
-    k = jnp.repeat(_l2_normalize(k), heads_per_key, axis=2).astype(v.dtype)
-    beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
-    if gdn.allow_neg_eigval:
-      beta = 2.0 * beta
-    a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
-    g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
-    o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl)
-    gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
-    normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
-    o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)
-    return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim))
+    def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """x: [B, T, d_model]; segment_ids: int [B, T] (the recurrent state restarts at each new document)."""
+        gdn = self.config.gdn
+        b, t, _ = x.shape
+        heads_per_key = gdn.num_value_heads // gdn.num_key_heads
+        q = self.q_conv(self.q_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
+        k = self.k_conv(self.k_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
+        v = self.v_conv(self.v_proj(x), segment_ids).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
+        q = jnp.repeat(_l2_normalize(q), heads_per_key, axis=2).astype(v.dtype)
+        k = jnp.repeat(_l2_normalize(k), heads_per_key, axis=2).astype(v.dtype)
+        beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
+        if gdn.allow_neg_eigval:
+            beta = 2.0 * beta
+        a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+        g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
+        o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl)
+        gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
+        normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
+        o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)
+        return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim))

@@ -10,51 +10,57 @@ from hybridlm.model.config import ModelConfig
 
 
 def linear(config: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
-  """A bias-free projection [..., in] -> [..., out]; weights in `param_dtype`, matmul in `dtype`."""
-  return nnx.Linear(
-      in_features, out_features, use_bias=False, dtype=config.compute_dtype, param_dtype=config.params_dtype,
-      kernel_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0), rngs=rngs)
+    """A bias-free projection [..., in] -> [..., out]; weights in `param_dtype`, matmul in `dtype`."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=False,
+        dtype=config.compute_dtype,
+        param_dtype=config.params_dtype,
+        kernel_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0),
+        rngs=rngs,
+    )
 
 
 class RMSNorm(nnx.Module):
-  """x / rms(x) * weight over the last axis, computed in float32; output in the input's dtype."""
+    """x / rms(x) * weight over the last axis, computed in float32; output in the input's dtype."""
 
-  def __init__(self, width: int, eps: float, param_dtype: jnp.dtype):
-    self.weight = nnx.Param(jnp.ones((width,), param_dtype))
-    self.eps = eps
+    def __init__(self, width: int, eps: float, param_dtype: jnp.dtype):
+        self.weight = nnx.Param(jnp.ones((width,), param_dtype))
+        self.eps = eps
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [..., width] -> [..., width]."""
-    return (self.weight[...].astype(jnp.float32) * normalize_rms(x, self.eps)).astype(x.dtype)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., width] -> [..., width]."""
+        return (self.weight[...].astype(jnp.float32) * normalize_rms(x, self.eps)).astype(x.dtype)
 
 
 def normalize_rms(x: jax.Array, eps: float) -> jax.Array:
-  """x / sqrt(mean(x^2) + eps) over the last axis, in float32."""
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
+    """x / sqrt(mean(x^2) + eps) over the last axis, in float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
 class SwiGLU(nnx.Module):
-  """down(silu(gate(x)) * up(x)): [..., d_model] -> [..., d_model]."""
+    """down(silu(gate(x)) * up(x)): [..., d_model] -> [..., d_model]."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.gate_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
-    self.up_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
-    self.down_proj = linear(config, config.mlp_hidden, config.d_model, rngs)
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.gate_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
+        self.up_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
+        self.down_proj = linear(config, config.mlp_hidden, config.d_model, rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding, half-split layout (dims i and i + D/2 rotate together).
+    """Rotary position embedding, half-split layout (dims i and i + D/2 rotate together).
 
-  x: [B, T, H, D]; positions: int [B, T]. Angles and the rotation are computed in float32.
-  """
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1])
-  angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, D/2]
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x.dtype)
+    x: [B, T, H, D]; positions: int [B, T]. Angles and the rotation are computed in float32.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1])
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, D/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)

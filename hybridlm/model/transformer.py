@@ -15,95 +15,103 @@ from hybridlm.model.layers import RMSNorm, SwiGLU, linear
 
 
 class AttentionBlock(nnx.Module):
-  """Olmo 3's reordered-norm block: h = x + norm(attn(x)); out = h + norm(mlp(h))."""
+    """Olmo 3's reordered-norm block: h = x + norm(attn(x)); out = h + norm(mlp(h))."""
 
-  def __init__(self, config: ModelConfig, sliding: bool, rngs: nnx.Rngs):
-    self.attention = Attention(config, sliding, rngs)
-    self.post_attention_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-    self.mlp = SwiGLU(config, rngs)
-    self.post_mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
+    def __init__(self, config: ModelConfig, sliding: bool, rngs: nnx.Rngs):
+        self.attention = Attention(config, sliding, rngs)
+        self.post_attention_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
+        self.mlp = SwiGLU(config, rngs)
+        self.post_mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
 
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """x: [B, T, d_model]; positions, segment_ids: int [B, T]."""
-    h = x + self.post_attention_norm(self.attention(x, positions, segment_ids))
-    return h + self.post_mlp_norm(self.mlp(h))
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """x: [B, T, d_model]; positions, segment_ids: int [B, T]."""
+        h = x + self.post_attention_norm(self.attention(x, positions, segment_ids))
+        return h + self.post_mlp_norm(self.mlp(h))
 
 
 class GDNBlock(nnx.Module):
-  """Pre-norm Gated DeltaNet block (as Olmo Hybrid's linear-attention decoder layer):
-  h = x + gdn(norm(x)); out = h + mlp(norm(h))."""
+    """Pre-norm Gated DeltaNet block (as Olmo Hybrid's linear-attention decoder layer):
+    h = x + gdn(norm(x)); out = h + mlp(norm(h))."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.gdn_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-    self.gdn = GatedDeltaNet(config, rngs)
-    self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-    self.mlp = SwiGLU(config, rngs)
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.gdn_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
+        self.gdn = GatedDeltaNet(config, rngs)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
+        self.mlp = SwiGLU(config, rngs)
 
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """x: [B, T, d_model]; segment_ids: int [B, T]; positions unused (GDN needs none)."""
-    del positions
-    h = x + self.gdn(self.gdn_norm(x), segment_ids)
-    return h + self.mlp(self.mlp_norm(h))
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """x: [B, T, d_model]; segment_ids: int [B, T]; positions unused (GDN needs none)."""
+        del positions
+        h = x + self.gdn(self.gdn_norm(x), segment_ids)
+        return h + self.mlp(self.mlp_norm(h))
 
 
 class LayerGroup(nnx.Module):
-  """One period of `config.layer_pattern`: its blocks applied in order."""
+    """One period of `config.layer_pattern`: its blocks applied in order."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.blocks = nnx.List([
-        GDNBlock(config, rngs) if kind == GDN else AttentionBlock(config, kind == SLIDING_ATTENTION, rngs)
-        for kind in config.layer_pattern
-    ])
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.blocks = nnx.List(
+            [
+                GDNBlock(config, rngs) if kind == GDN else AttentionBlock(config, kind == SLIDING_ATTENTION, rngs)
+                for kind in config.layer_pattern
+            ]
+        )
 
-  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    for block in self.blocks:
-      x = block(x, positions, segment_ids)
-    return x
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            x = block(x, positions, segment_ids)
+        return x
 
 
 class HybridLM(nnx.Module):
-  """Decoder-only LM over any mix of GDN, full- and sliding-attention layers.
+    """Decoder-only LM over any mix of GDN, full- and sliding-attention layers.
 
-  The `num_groups` copies of the layer group are stored stacked (leading axis num_groups) and run with one
-  `lax.scan`, so compile time does not grow with depth.
-  """
+    The `num_groups` copies of the layer group are stored stacked (leading axis num_groups) and run with one
+    `lax.scan`, so compile time does not grow with depth.
+    """
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.config = config
-    self.embed = nnx.Embed(
-        config.vocab_size, config.d_model, dtype=config.compute_dtype, param_dtype=config.params_dtype,
-        embedding_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0), rngs=rngs)
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = nnx.Embed(
+            config.vocab_size,
+            config.d_model,
+            dtype=config.compute_dtype,
+            param_dtype=config.params_dtype,
+            embedding_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0),
+            rngs=rngs,
+        )
 
-    @nnx.split_rngs(splits=config.num_groups)
-    @nnx.vmap(in_axes=(0,), out_axes=0)
-    def make_groups(rngs: nnx.Rngs) -> LayerGroup:
-      return LayerGroup(config, rngs)
+        @nnx.split_rngs(splits=config.num_groups)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_groups(rngs: nnx.Rngs) -> LayerGroup:
+            return LayerGroup(config, rngs)
 
-    self.groups = make_groups(rngs)
-    self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-    self.lm_head = linear(config, config.d_model, config.vocab_size, rngs)
+        self.groups = make_groups(rngs)
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
+        self.lm_head = linear(config, config.d_model, config.vocab_size, rngs)
 
-  def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
-    """tokens: int [B, T]; segment_ids: int [B, T] (packed documents, default one document); positions: int [B, T]
-    (default 0..T-1). Returns float32 logits [B, T, vocab_size]."""
-    if segment_ids is None:
-      segment_ids = jnp.zeros_like(tokens)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x = self.embed(tokens)
-    graphdef, stacked = nnx.split(self.groups)
+    def __call__(
+        self, tokens: jax.Array, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """tokens: int [B, T]; segment_ids: int [B, T] (packed documents, default one document); positions: int [B, T]
+        (default 0..T-1). Returns float32 logits [B, T, vocab_size]."""
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(tokens)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed(tokens)
+        graphdef, stacked = nnx.split(self.groups)
 
-    def run_group(x: jax.Array, group_state: nnx.State) -> tuple[jax.Array, None]:
-      return nnx.merge(graphdef, group_state)(x, positions, segment_ids), None
+        def run_group(x: jax.Array, group_state: nnx.State) -> tuple[jax.Array, None]:
+            return nnx.merge(graphdef, group_state)(x, positions, segment_ids), None
 
-    if self.config.remat:
-      run_group = jax.checkpoint(run_group, prevent_cse=False)
-    x, _ = jax.lax.scan(run_group, x, stacked)
-    return self.lm_head(self.final_norm(x)).astype(jnp.float32)
+        if self.config.remat:
+            run_group = jax.checkpoint(run_group, prevent_cse=False)
+        x, _ = jax.lax.scan(run_group, x, stacked)
+        return self.lm_head(self.final_norm(x)).astype(jnp.float32)
 
 
 def count_params(config: ModelConfig) -> int:
-  """Parameter count from abstract shapes only (nothing is allocated)."""
-  model = nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0)))
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    """Parameter count from abstract shapes only (nothing is allocated)."""
+    model = nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -92,9 +92,7 @@ def _wy_factors(
     return wu[..., : k.shape[-1]], wu[..., k.shape[-1] :]
 
 
-def _state_step(
-    state: jax.Array, chunk: tuple[jax.Array, ...]
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def _state_step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Carries the state [B, H, K, V] over one chunk.
 
     Returns the next state and (the state before the chunk, v_new [B, H, C, V]).

@@ -17,9 +17,7 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _time_step(
-    state: jax.Array, step: tuple[jax.Array, ...], scale: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def _time_step(state: jax.Array, step: tuple[jax.Array, ...], scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Advances the state [B, H, K, V] by one token and returns (state, o_t [B, H, V])."""
     q_t, k_t, v_t, g_t, beta_t, reset_t = step
     state = jnp.where(reset_t[:, None, None, None], 0.0, state)
@@ -55,7 +53,5 @@ def naive_gated_delta_rule(
       o [B, T, H, V] and the final state [B, H, K, V], both in the accumulation dtype.
     """
     steps = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta, resets))
-    final_state, o = jax.lax.scan(
-        lambda state, step: _time_step(state, step, scale), initial_state, steps
-    )
+    final_state, o = jax.lax.scan(lambda state, step: _time_step(state, step, scale), initial_state, steps)
     return jnp.moveaxis(o, 0, 1), final_state

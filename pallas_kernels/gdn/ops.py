@@ -78,10 +78,7 @@ def _check_shapes(
         )
     for name, x in (("g", g), ("beta", beta)):
         if x.shape != (batch, length, heads):
-            _fail(
-                f"{name} has shape {x.shape} but q is {q.shape}; "
-                f"expected {name} [B, T, H] = {q.shape[:3]}"
-            )
+            _fail(f"{name} has shape {x.shape} but q is {q.shape}; " f"expected {name} [B, T, H] = {q.shape[:3]}")
     state_shape = (batch, heads, key_dim, v.shape[3])
     if initial_state is not None and initial_state.shape != state_shape:
         _fail(
@@ -163,9 +160,7 @@ def gated_delta_rule(
     dtype = _accumulation_dtype([x for x in floating.values() if x is not None])
     if initial_state is None:
         initial_state = jnp.zeros((batch, heads, key_dim, v.shape[3]), dtype)
-    q, k, v_acc, g, beta, initial_state = (
-        jnp.asarray(x, dtype) for x in (q, k, v, g, beta, initial_state)
-    )
+    q, k, v_acc, g, beta, initial_state = (jnp.asarray(x, dtype) for x in (q, k, v, g, beta, initial_state))
     resets = _reset_flags(segment_ids, batch, length)
     scale = key_dim**-0.5 if scale is None else scale
     run = _IMPLEMENTATIONS[_resolve_impl(impl)]
