@@ -107,3 +107,11 @@ def run_config(
         )
     )
     return config
+
+
+def olmo_7b_pretraining(model: config_dict.ConfigDict, description: str) -> config_dict.ConfigDict:
+    """The Olmo 3 / Olmo Hybrid 7B pretraining stage: 8192-token sequences, 512 per batch (4M tokens), AdamW at
+    3e-4 with 2000 warmup steps and cosine decay over 1,414,078 steps (~5.93T tokens)."""
+    return run_config(
+        model, description=description, seq_len=8192, batch_size=512, lr=3e-4, warmup_steps=2000, num_steps=1_414_078
+    )

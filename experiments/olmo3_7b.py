@@ -14,12 +14,4 @@ def get_config():
         max_seq_len=8192,
         gdn=_base.gdn_config(num_heads=32, key_head_dim=96, value_head_dim=192),
     )
-    return _base.run_config(
-        model,
-        description=__doc__.strip(),
-        seq_len=8192,
-        batch_size=512,
-        lr=3e-4,
-        warmup_steps=2000,
-        num_steps=1_414_078,
-    )
+    return _base.olmo_7b_pretraining(model, __doc__.strip())
