@@ -12,7 +12,7 @@ fi
 spec=".${HYBRIDLM_EXTRAS:+[$HYBRIDLM_EXTRAS]}"
 stamp="$VENV/.installed-$(cat "$ROOT/setup.py" | sha1sum | cut -c1-12)-${HYBRIDLM_EXTRAS:-none}"
 if [ ! -f "$stamp" ]; then
-  echo "installing hybridlm$spec into $VENV" >&2
+  echo "installing hybridlm${HYBRIDLM_EXTRAS:+[$HYBRIDLM_EXTRAS]} into $VENV (first use, or setup.py changed)" >&2
   (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -e "$spec")
   touch "$stamp"
 fi
