@@ -72,7 +72,14 @@ def main(argv: list[str]) -> None:
         trainer = Trainer(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
         _fail(str(e))
-    trainer.train()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; rerun the same command to resume from the latest checkpoint in {_WORKDIR.value}",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

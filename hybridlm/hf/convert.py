@@ -40,7 +40,7 @@ LINEAR, CONV, SAME = "linear", "conv", "same"
 
 _GDN_TENSORS = (
     # (Hugging Face suffix after "model.layers.{l}.", our path inside the block, layout)
-    ("input_layernorm.weight", ("mlp_norm", "weight"), SAME),
+    ("input_layernorm.weight", ("gdn_norm", "weight"), SAME),
     ("linear_attn.q_proj.weight", ("gdn", "q_proj", "kernel"), LINEAR),
     ("linear_attn.k_proj.weight", ("gdn", "k_proj", "kernel"), LINEAR),
     ("linear_attn.v_proj.weight", ("gdn", "v_proj", "kernel"), LINEAR),
@@ -51,10 +51,10 @@ _GDN_TENSORS = (
     ("linear_attn.q_conv1d.weight", ("gdn", "q_conv", "weight"), CONV),
     ("linear_attn.k_conv1d.weight", ("gdn", "k_conv", "weight"), CONV),
     ("linear_attn.v_conv1d.weight", ("gdn", "v_conv", "weight"), CONV),
-    ("linear_attn.A_log", ("gdn", "A_log"), SAME),
-    ("linear_attn.dt_bias", ("gdn", "dt_bias"), SAME),
+    ("linear_attn.A_log", ("gdn", "dt_bias"), SAME),
+    ("linear_attn.dt_bias", ("gdn", "A_log"), SAME),
     ("linear_attn.o_norm.weight", ("gdn", "o_norm"), SAME),
-    ("post_attention_layernorm.weight", ("gdn_norm", "weight"), SAME),
+    ("post_attention_layernorm.weight", ("mlp_norm", "weight"), SAME),
 )
 _ATTENTION_TENSORS = (
     ("self_attn.q_proj.weight", ("attention", "q_proj", "kernel"), LINEAR),
