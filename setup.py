@@ -22,9 +22,10 @@ setuptools.setup(
         "numpy>=2.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "hf": ["torch>=2.4", "transformers>=5.24", "safetensors>=0.4"],
+        "hf": ["torch>=2.4", "transformers>=5.24,<6"],
     },
 )

@@ -75,6 +75,7 @@ def run_config(
     config = config_dict.ConfigDict()
     config.description = description
     config.seed = 0
+    config.init_from_hf = config_dict.placeholder(str)  # a Hugging Face checkpoint directory to start from
     config.model = model
     config.data = config_dict.ConfigDict(
         dict(

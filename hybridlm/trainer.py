@@ -19,6 +19,7 @@ from ml_collections import config_dict
 
 from hybridlm import checkpoint, run_config, sharding
 from hybridlm.data import ByteTokenizer, load_builtin_corpus, make_lm_dataset, unigram_entropy
+from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
 from hybridlm.metrics import MetricsWriter
 from hybridlm.model import HybridLM, ModelConfig
@@ -89,6 +90,8 @@ class Trainer:
     """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`."""
 
     def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
+        if config.get("init_from_hf"):
+            config = hf_load.with_hf_architecture(config, config.init_from_hf)
         self.config = config
         self.model_config: ModelConfig = run_config.validate(config)
         self.workdir = pathlib.Path(workdir)
@@ -113,16 +116,24 @@ class Trainer:
         )
         self._eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef))
 
-    def _init_state(self) -> TrainState:
-        def init() -> TrainState:
-            params = nnx.to_pure_dict(nnx.state(HybridLM(self.model_config, nnx.Rngs(self.config.seed)), nnx.Param))
+    def _init_state(self, params: Any = None) -> TrainState:
+        """Step 0 with `params` (our nested dict), or with freshly initialised parameters when None."""
+
+        def init(params: Any) -> TrainState:
+            if params is None:
+                model = HybridLM(self.model_config, nnx.Rngs(self.config.seed))
+                params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
             return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
 
-        return jax.jit(init, out_shardings=sharding.replicated(self.mesh))()
+        return jax.jit(init, out_shardings=sharding.replicated(self.mesh))(params)
 
     def initial_state(self) -> TrainState:
-        """The latest checkpoint in the workdir if there is one, else freshly initialised parameters."""
+        """The latest checkpoint in the workdir if there is one, else the Hugging Face weights named by
+        `config.init_from_hf`, else freshly initialised parameters."""
         step = self.checkpointer.latest_step()
+        if step is None and self.config.get("init_from_hf"):
+            tqdm.tqdm.write(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
+            return self._init_state(hf_load.load_hf_params(self.config.init_from_hf, self.model_config))
         if step is None:
             return self._init_state()
         abstract = jax.eval_shape(self._init_state)

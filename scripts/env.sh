@@ -13,6 +13,11 @@ spec=".${HYBRIDLM_EXTRAS:+[$HYBRIDLM_EXTRAS]}"
 stamp="$VENV/.installed-$(cat "$ROOT/setup.py" | sha1sum | cut -c1-12)-${HYBRIDLM_EXTRAS:-none}"
 if [ ! -f "$stamp" ]; then
   echo "installing hybridlm${HYBRIDLM_EXTRAS:+[$HYBRIDLM_EXTRAS]} into $VENV (first use, or setup.py changed)" >&2
-  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --upgrade pip && "$VENV/bin/python" -m pip install --quiet -e "$spec")
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  if [[ ",${HYBRIDLM_EXTRAS:-}," == *",hf,"* ]]; then  # the CPU build of torch, not the multi-GB CUDA one
+    "$VENV/bin/python" -m pip install --quiet "torch==2.13.0+cpu" \
+      || "$VENV/bin/python" -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet -e "$spec")
   touch "$stamp"
 fi

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import experiments  # noqa: E402
 from conftest import small_config  # noqa: E402
 from hybridlm import api, checkpoint  # noqa: E402
 from hybridlm.hf import HFFormatError, convert, load  # noqa: E402
@@ -35,8 +36,15 @@ EXPORT_CASES = {
     "hybrid_nope_sharded": (
         ("gdn", "gdn", "attn"),
         dict(num_layers=3, num_heads=4, num_kv_heads=4, head_dim=16, use_rope=False),
-        dict(num_key_heads=2, num_value_heads=2, key_head_dim=16, value_head_dim=24, conv_kernel=3,
-             allow_neg_eigval=False, chunk_size=16),
+        dict(
+            num_key_heads=2,
+            num_value_heads=2,
+            key_head_dim=16,
+            value_head_dim=24,
+            conv_kernel=3,
+            allow_neg_eigval=False,
+            chunk_size=16,
+        ),
     ),
     # Olmo 3: two sliding-window layers (window 8) and a full-attention one, GQA 4/1.
     "olmo3_sliding": (("swa", "swa", "attn"), dict(num_layers=3, num_heads=4, num_kv_heads=1, sliding_window=8), {}),
@@ -175,14 +183,31 @@ def _perturbed(model):
 IMPORT_CASES = {
     # No RoPE; GDN key/value head dims 24/40, so save_pretrained's equal three-way conv split is not q/k/v.
     "olmo_hybrid_nope": lambda: transformers.OlmoHybridConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, layer_types=["linear_attention", "full_attention"] * 2, linear_num_key_heads=2,
-        linear_num_value_heads=4, linear_key_head_dim=24, linear_value_head_dim=40, pad_token_id=1, eos_token_id=2,
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["linear_attention", "full_attention"] * 2,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=24,
+        linear_value_head_dim=40,
+        pad_token_id=1,
+        eos_token_id=2,
         rope_parameters={"rope_type": "default", "rope_theta": None},
     ),
     "olmo3_sliding": lambda: transformers.Olmo3Config(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, sliding_window=8, pad_token_id=1, eos_token_id=2,
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        pad_token_id=1,
+        eos_token_id=2,
     ),
 }
 
@@ -275,6 +300,28 @@ def test_export_saves_hf_tokenizer(tmp_path):
     assert transformers.AutoTokenizer.from_pretrained(out)("hello world")["input_ids"] == [4, 5]
 
 
+@pytest.mark.parametrize("name", ["olmo_hybrid_7b", "olmo3_7b"])
+def test_7b_names_and_shapes_match_transformers(name):
+    """Every tensor of a 7B export has the name and shape transformers' model has (q/k/v convs fused, as it loads
+    them), checked on a model built on the meta device."""
+    config = ModelConfig.from_config(experiments.get_config(name).model)
+    hf_config = convert.to_hf_config(config, dtype="bfloat16", tokens=TOKENS)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_config))
+    abstract = convert.abstract_params(config)
+    ours = {}
+    for tensor in convert.tensor_maps(config):
+        shape = convert.leaf(abstract, tensor.path).shape
+        shape = convert.hf_shape(tensor.layout, shape[1:] if tensor.group is not None else shape)
+        if tensor.layout == convert.CONV:  # [width, 1, kernel] -> channels added into linear_attn.conv1d.weight
+            fused = tensor.hf_name.rsplit(".", 2)[0] + ".conv1d.weight"
+            shape = (ours.get(fused, (0,))[0] + shape[0], *shape[1:])
+            ours[fused] = shape
+        else:
+            ours[tensor.hf_name] = shape
+    assert ours == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 # Bad input: each error names the field or tensor, and the file.
 
 
@@ -302,8 +349,11 @@ def test_rejects_misshaped_tensor(hybrid, hybrid_copy):
         tensors["model.layers.0.linear_attn.o_norm.weight"] = np.ones(7, np.float32)
 
     _rewrite_weights(hybrid_copy, shrink)
-    with pytest.raises(HFFormatError, match=r"model\.safetensors: tensor model\.layers\.0\.linear_attn\.o_norm\.weight "
-                       r"has shape \[7\], the model described by config\.json needs \[40\]"):
+    with pytest.raises(
+        HFFormatError,
+        match=r"model\.safetensors: tensor model\.layers\.0\.linear_attn\.o_norm\.weight "
+        r"has shape \[7\], the model described by config\.json needs \[40\]",
+    ):
         load.load_hf_params(hybrid_copy, hybrid.config)
 
 
@@ -327,7 +377,11 @@ def test_rejects_unexpected_tensor(hybrid, hybrid_copy):
     [
         ("tie_word_embeddings", True, "tie_word_embeddings=true"),
         ("hidden_act", "gelu", "hidden_act='gelu'"),
-        ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}, "rope_parameters.rope_type='yarn'"),
+        (
+            "rope_parameters",
+            {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0},
+            "rope_parameters.rope_type='yarn'",
+        ),
         ("layer_types", ["linear_attention", "sliding_attention"] * 2, r"layer_types has \['sliding_attention'\]"),
         ("layer_types", ["full_attention"] * 3, "layer_types has 3 entries but num_hidden_layers=4"),
         ("num_attention_heads", None, "the field 'num_attention_heads' is missing"),
@@ -346,12 +400,20 @@ def test_rejects_unrepresentable_hf_config(hybrid_copy, field, value, message):
 
 def test_rejects_olmo3_with_per_layer_thetas(tmp_path):
     transformers.Olmo3Config(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 5e5}},
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1e4},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 5e5},
+        },
     ).save_pretrained(tmp_path)
-    with pytest.raises(HFFormatError, match=r"rope_parameters\.full_attention, rope_parameters\.sliding_attention "
-                       r"have different rope_theta"):
+    with pytest.raises(
+        HFFormatError,
+        match=r"rope_parameters\.full_attention, rope_parameters\.sliding_attention " r"have different rope_theta",
+    ):
         load.run_config_from_hf(tmp_path)
 
 
@@ -377,6 +439,24 @@ def test_rejects_unrepresentable_model(pattern, overrides, message, tmp_path):
 def test_rejects_params_of_another_model(hybrid, tmp_path):
     params = api.load_workdir(hybrid.workdir).params
     params["groups"]["blocks"][1]["attention"]["k_proj"]["kernel"] = np.zeros((2, 48, 8), np.float32)
-    with pytest.raises(HFFormatError, match=r"params groups/blocks/1/attention/k_proj/kernel \(for "
-                       r"model\.layers\.1\.self_attn\.k_proj\.weight\) has shape \[2, 48, 8\].* needs \[2, 48, 24\]"):
+    with pytest.raises(
+        HFFormatError,
+        match=r"params groups/blocks/1/attention/k_proj/kernel \(for "
+        r"model\.layers\.1\.self_attn\.k_proj\.weight\) has shape \[2, 48, 8\].* needs \[2, 48, 24\]",
+    ):
         export_params(params, hybrid.config, tmp_path / "hf", dtype="float32", tokens=TOKENS)
+
+
+def test_training_starts_from_hf_weights(hybrid, tmp_path):
+    """`init_from_hf` takes the architecture from config.json and the exported weights as step 0's parameters."""
+    from hybridlm.trainer import Trainer
+
+    run_config = small_config(("gdn", "gdn"))  # a different architecture: the checkpoint's must win
+    run_config.init_from_hf = str(hybrid.hf_dir)
+    trainer = Trainer(run_config, tmp_path / "run")
+    assert trainer.model_config.layer_pattern == hybrid.config.layer_pattern
+    state = trainer.initial_state()
+    trainer.checkpointer.close()
+    expected = api.load_model(hybrid.workdir).params
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), jax.device_get(expected))
+    assert int(state["step"]) == 0

@@ -30,6 +30,10 @@ MODEL_TYPES = (OLMO_HYBRID, OLMO3)
 ARCHITECTURES = {OLMO_HYBRID: "OlmoHybridForCausalLM", OLMO3: "Olmo3ForCausalLM"}
 HF_LAYER_TYPES = {GDN: "linear_attention", ATTENTION: "full_attention", SLIDING_ATTENTION: "sliding_attention"}
 OUR_LAYER_TYPES = {hf: ours for ours, hf in HF_LAYER_TYPES.items()}
+HF_MODEL_LAYER_TYPES = {
+    OLMO_HYBRID: ("linear_attention", "full_attention"),
+    OLMO3: ("sliding_attention", "full_attention"),
+}
 HF_GDN_NORM_EPS = 1e-5  # OlmoHybridGatedDeltaNet builds o_norm with eps=1e-5 whatever config.json says
 HF_DEFAULT_ROPE_THETA = {OLMO_HYBRID: 10_000.0, OLMO3: 500_000.0}  # what transformers uses when none is given
 HF_DEFAULT_NORM_EPS = {OLMO_HYBRID: 1e-6, OLMO3: 1e-5}
@@ -51,8 +55,8 @@ _GDN_TENSORS = (
     ("linear_attn.q_conv1d.weight", ("gdn", "q_conv", "weight"), CONV),
     ("linear_attn.k_conv1d.weight", ("gdn", "k_conv", "weight"), CONV),
     ("linear_attn.v_conv1d.weight", ("gdn", "v_conv", "weight"), CONV),
-    ("linear_attn.A_log", ("gdn", "dt_bias"), SAME),
-    ("linear_attn.dt_bias", ("gdn", "A_log"), SAME),
+    ("linear_attn.A_log", ("gdn", "A_log"), SAME),
+    ("linear_attn.dt_bias", ("gdn", "dt_bias"), SAME),
     ("linear_attn.o_norm.weight", ("gdn", "o_norm"), SAME),
     ("post_attention_layernorm.weight", ("mlp_norm", "weight"), SAME),
 )
@@ -255,9 +259,10 @@ def model_fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
         len(layer_types) == num_layers,
         f"{source}: layer_types has {len(layer_types)} entries but num_hidden_layers={num_layers}",
     )
-    allowed = ("linear_attention", "full_attention") if model_type == OLMO_HYBRID else ("sliding_attention", "full_attention")
-    unknown = sorted(set(layer_types) - set(allowed))
-    _require(not unknown, f"{source}: layer_types has {unknown}; {model_type} layers are {allowed}")
+    unknown = sorted(set(layer_types) - set(HF_MODEL_LAYER_TYPES[model_type]))
+    _require(
+        not unknown, f"{source}: layer_types has {unknown}; {model_type} layers are {HF_MODEL_LAYER_TYPES[model_type]}"
+    )
     use_rope, rope_theta = _rope(hf, model_type, layer_types, source)
     head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
     fields = {

@@ -36,7 +36,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # The renames transformers' conversion mapping applies when it loads olmo_hybrid (and reverses in save_pretrained).
-_RENAMES = {OLMO_HYBRID: (("attention_layer_norm", "input_layernorm"), ("feedforward_layer_norm", "post_attention_layernorm"))}
+_RENAMES = {
+    OLMO_HYBRID: (("attention_layer_norm", "input_layernorm"), ("feedforward_layer_norm", "post_attention_layernorm"))
+}
 _IGNORED_PREFIXES = ("mtp.",)  # OlmoHybridPreTrainedModel._keys_to_ignore_on_load_unexpected: multi-token heads
 # Olmo midtraining (the recipe for continuing from a released checkpoint): 100B tokens, lr 2.07e-4 linear to 0.
 _CONTINUE_TOKENS, _CONTINUE_LR, _CONTINUE_SEQ_LEN, _CONTINUE_BATCH = 100e9, 2.07e-4, 8192, 512
@@ -102,7 +104,9 @@ def with_hf_architecture(config: config_dict.ConfigDict, hf_dir: str | pathlib.P
     fields of `config.model` (dtype, param_dtype, remat, gdn.chunk_size, gdn.impl) are kept.
     """
     config = copy.deepcopy(config)
-    set_architecture(config.model, model_fields_from_hf(read_hf_config(hf_dir), str(pathlib.Path(hf_dir) / CONFIG_FILE)))
+    set_architecture(
+        config.model, model_fields_from_hf(read_hf_config(hf_dir), str(pathlib.Path(hf_dir) / CONFIG_FILE))
+    )
     return config
 
 
@@ -228,4 +232,3 @@ class _Tensors:
             if stored not in f.keys():
                 raise HFFormatError(f"{path}: tensor {stored} is missing (the index lists it in this file)")
             return f.get_tensor(stored)
-
