@@ -12,7 +12,7 @@ ATTENTION = "attn"
 SLIDING_ATTENTION = "swa"
 LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
 DTYPES = ("float32", "bfloat16", "float16")
-GDN_IMPLS = ("auto", "chunked", "naive")
+GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu")
 
 
 class ConfigError(ValueError):

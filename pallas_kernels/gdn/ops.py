@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gdn.chunked import chunked_gated_delta_rule
+from pallas_kernels.gdn.gpu import pallas_gpu_gated_delta_rule
 from pallas_kernels.gdn.naive import naive_gated_delta_rule
 
 Implementation = Callable[..., tuple[jax.Array, jax.Array]]
@@ -37,6 +38,7 @@ def _naive(
 _IMPLEMENTATIONS: dict[str, Implementation] = {
     "naive": _naive,
     "chunked": chunked_gated_delta_rule,
+    "pallas_gpu": pallas_gpu_gated_delta_rule,  # opt-in until its training losses are checked on a GPU
 }
 
 
@@ -52,6 +54,8 @@ def _fail(message: str) -> NoReturn:
 def _check_options(impl: str, chunk_size: Any) -> None:
     if impl != "auto" and impl not in _IMPLEMENTATIONS:
         _fail(f"unknown impl {impl!r}; expected one of {['auto', *_IMPLEMENTATIONS]}")
+    if impl == "pallas_gpu" and jax.default_backend() != "gpu":
+        _fail(f"impl='pallas_gpu' needs a GPU but JAX runs on {jax.default_backend()}; use impl='auto'")
     is_int = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
     if not is_int or chunk_size <= 0:
         _fail(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -141,7 +145,8 @@ def gated_delta_rule(
       segment_ids: optional int [B, T]; a document starts (the state is reset to zero) before
         every t > 0 with segment_ids[t] != segment_ids[t - 1].
       chunk_size: tokens per chunk for chunked implementations; any T is allowed.
-      impl: "naive" (time-step scan), "chunked" (WY/UT chunked form) or "auto".
+      impl: "naive" (time-step scan), "chunked" (WY/UT chunked form in jnp), "pallas_gpu" (the Pallas GPU
+        kernels of gpu.py, float32-accurate matmuls; GPU only) or "auto" (currently "chunked" everywhere).
 
     Returns:
       o: [B, T, H, V] in v's dtype.

@@ -1,0 +1,875 @@
+"""Chunked gated delta rule as Pallas GPU kernels (Triton lowering), forward and backward.
+
+Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``docs/gdn_kernels.md`` for the
+recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
+positions, doc_i the number of document starts in the chunk at or before i, L_ij = sum of g over (j, i],
+
+    Gamma_ij = exp(L_ij)                     for j <= i and doc_i == doc_j, else 0
+    D_i      = exp(sum of g over [0, i])     if doc_i == 0 (the carried state still applies), else 0
+    E_j      = exp(sum of g over (j, C))     if doc_j == doc_{C-1} (token j reaches the chunk's end), else 0
+    d        = exp(sum of g over the chunk)  if the chunk holds no document start, else 0
+    A        = strictly_lower(diag(beta) (K K^T * Gamma)) ;  T = (I + A)^-1
+    W        = T diag(beta * D) K ;  U = T diag(beta) V ;  P = (scale Q K^T) * Gamma
+    Qt       = diag(D) (scale Q) - P W ;  PU = P U ;  Kt = diag(E) K
+
+and across chunks, carrying the state S [K, V] in float32,
+
+    v_new = U - W S ;  O = PU + Qt S ;  S <- d S + Kt^T v_new.
+
+(O = PU + Qt S is the usual O = scale (Q * D) S + P v_new with v_new expanded, so every C x C matrix stays
+in the chunk-parallel kernel and the sequential scan only does three [C, K] x [K, BV]-sized matmuls per
+chunk.)
+
+Kernels, all on the layout [B * H, T_padded, channels]:
+
+1. ``_chunk_fwd_kernel``, grid (B * H, chunks): gate sums, Gamma, A, the inverse T (4 x 4 diagonal blocks by
+   forward substitution, then doubling the block size by 4 per level with matmuls, ``_unit_lower_inverse``),
+   then W, U, Qt, PU, Kt. Fully chunk-parallel; [C, 64] tiles at most (K is visited in 64-wide blocks).
+2. ``_scan_fwd_kernel``, grid (B * H, V / BV): the sequential loop over chunks, S [K, BV] in float32
+   registers; several programs per head (one per BV-wide value tile). Writes O and the final state (and,
+   for the backward, the state entering every chunk).
+3. ``_scan_bwd_kernel``, grid (B * H, V / BV): the reverse loop, carrying dS [K, BV]; writes dU and this
+   tile's partial sums of dW, dQt, dKt and d(d) (their contractions run over V, so over all tiles).
+4. ``_chunk_bwd_kernel``, grid (B * H, chunks): sums the partials and backpropagates through the chunk
+   algebra (inverse, Gamma, gate sums) to dq, dk, dv, dg, dbeta.
+
+The backward is a ``jax.custom_vjp`` that recomputes kernels 1 and 2 (no state is saved by the forward).
+
+Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
+along axis 0 of a masked C x C matrix for the pairs, masked row sums for E), never a difference of
+cumulative sums, so a chunk holding a gate of -1e4 loses no precision in the pairs after it. Exponents are
+masked to -inf before ``exp``, so no positive exponent is formed. The state, all gate sums, K K^T, the
+inverse T and the products with T are float32; with ``matmul_dtype=bfloat16`` the other matmuls (Q K^T,
+P W, P U and the scans' products with S) take bfloat16 operands with float32 accumulation, and W, U, Qt,
+PU, Kt and the saved states are stored in bfloat16. With float32 (the default) every matmul is
+float32 x float32 at float32 accuracy: on the GPU three TF32 tensor-core passes (``TF32_TF32_F32_X3``, relative
+error ~1e-6; IEEE float32 dots lower to CUDA-core FMA loops that take minutes to compile), in the interpreter
+``Precision.HIGHEST``.
+
+Triton needs power-of-two block dims >= 16: K is zero-padded to the next power of two (zero key/query
+channels change nothing), V to a multiple of the tile BV (a power of two), T to a multiple of C with
+q = k = v = g = beta = 0 (which leaves the state unchanged); everything is sliced back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NoReturn
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+MAX_HEAD_DIM = 256
+CHUNK_SIZES = (16, 32, 64)
+_BLOCK_V = (16, 32, 64)
+INVERSES = ("blocked", "substitution")
+_INPUT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+_MATMUL_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+_F32 = jnp.float32
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Static kernel configuration.
+
+    chunk: C. key_dim: padded K. block_v: BV, the value columns per scan program and per step of the chunk
+    kernels. num_v_blocks: padded V / BV.
+    matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
+    inverse: "blocked" or "substitution", the algorithm for (I + A)^-1 (see ``_unit_lower_inverse``).
+    interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
+    """
+
+    chunk: int
+    key_dim: int
+    block_v: int
+    num_v_blocks: int
+    matmul_dtype: np.dtype
+    inverse: str
+    interpret: bool
+
+    @property
+    def value_dim(self) -> int:
+        return self.block_v * self.num_v_blocks
+
+    @property
+    def exact_precision(self) -> Any:
+        """float32 accuracy: three TF32 tensor-core passes on the GPU, plain float32 in the interpreter.
+
+        (IEEE float32 dots lower to CUDA-core FMA loops that take minutes to compile and run far slower.)
+        """
+        return _HIGHEST if self.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+
+    @property
+    def fast_precision(self) -> Any:
+        return self.exact_precision if self.matmul_dtype == np.dtype(_F32) else None
+
+    def params(self, num_warps: int, num_stages: int) -> plgpu.CompilerParams:
+        return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+    def scan_params(self, step_bytes: int) -> plgpu.CompilerParams:
+        """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
+        return self.params(4, 2 if step_bytes <= 96 * 1024 else 1)
+
+    @property
+    def block_k(self) -> int:
+        return min(self.key_dim, 64)
+
+    @property
+    def chunk_warps(self) -> int:
+        return 8 if self.chunk == 64 else 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In-kernel helpers (traced inside the kernels; every array shape is a power of two).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _positions(size: int) -> tuple[jax.Array, jax.Array]:
+    """Row and column indices [size, size] (int32)."""
+    rows = jax.lax.broadcasted_iota(jnp.int32, (size, size), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (size, size), 1)
+    return rows, cols
+
+
+def _mm(
+    a: jax.Array,
+    b: jax.Array,
+    cfg: _Config,
+    *,
+    exact: bool = False,
+    transpose_a: bool = False,
+    transpose_b: bool = False,
+) -> jax.Array:
+    """op(a) @ op(b) with float32 accumulation.
+
+    exact: float32 operands at float32 accuracy; otherwise operands in ``cfg.matmul_dtype``.
+    """
+    dtype, precision = (_F32, cfg.exact_precision) if exact else (cfg.matmul_dtype, cfg.fast_precision)
+    dims = (((0 if transpose_a else 1,), (1 if transpose_b else 0,)), ((), ()))
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision, preferred_element_type=_F32)
+
+
+def _chunk_decay(g: jax.Array, doc: jax.Array) -> jax.Array:
+    """d (scalar): the decay of the carried state over the chunk, 0 if a document starts in it.
+
+    g: [C] log gates; doc: int32 [C] document index within the chunk (0 = the carried state's document).
+    """
+    return jnp.exp(jnp.where(jnp.max(doc) == 0, jnp.sum(g), -jnp.inf))
+
+
+def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Masked decay factors of one chunk.
+
+    Args:
+      g: [C] log gates (<= 0); doc: int32 [C] document index within the chunk.
+
+    Returns:
+      gamma [C, C]: exp(sum of g over (j, i]) for j <= i in the same document, else 0.
+      decay_in [C]: exp(sum of g over [0, i]) for tokens of document 0, else 0.
+      decay_out [C]: exp(sum of g over (j, C)) for tokens of the chunk's last document, else 0.
+    """
+    rows, cols = _positions(g.shape[0])
+    same_doc = doc[:, None] == doc[None, :]
+    pair_log = jnp.cumsum(jnp.where(cols < rows, g[:, None], 0.0), axis=0)
+    gamma = jnp.exp(jnp.where((cols <= rows) & same_doc, pair_log, -jnp.inf))
+    decay_in = jnp.exp(jnp.where(doc == 0, jnp.cumsum(g), -jnp.inf))
+    tail_log = jnp.sum(jnp.where(cols > rows, g[None, :], 0.0), axis=1)
+    decay_out = jnp.exp(jnp.where(doc == jnp.max(doc), tail_log, -jnp.inf))
+    return gamma, decay_in, decay_out
+
+
+def _blocked_inverse(a: jax.Array, cfg: _Config) -> jax.Array:
+    """(I + A)^-1 [C, C] for strictly lower-triangular A [C, C], blockwise with matmuls.
+
+    First the 4 x 4 diagonal blocks by forward substitution, all blocks at once: step s forms the rows
+    r = s (mod 4) from the rows above them (3 masked matmuls). Then, for blocks of 16, 64 (capped at C),
+    from the inverse T_d of I + (A on the diagonal blocks a quarter that size): with A_o the rest of A
+    inside the larger blocks, I + A = (I + A_d)(I + N) with N = T_d A_o, strictly lower by whole smaller
+    blocks, so N^4 = 0 and (I + A)^-1 = (I - N)(I + N^2) T_d (4 matmuls per level). All at float32 accuracy.
+    """
+    size = a.shape[0]
+    rows, cols = _positions(size)
+    inverse = (rows == cols).astype(_F32)
+    diagonal_4 = jnp.where(rows // 4 == cols // 4, a, 0.0)
+    for step in range(1, 4):
+        inverse -= _mm(jnp.where(rows % 4 == step, diagonal_4, 0.0), inverse, cfg, exact=True)
+    block = 4
+    while block < size:
+        outer = min(4 * block, size)
+        off_diagonal = jnp.where((rows // outer == cols // outer) & (rows // block != cols // block), a, 0.0)
+        n = _mm(inverse, off_diagonal, cfg, exact=True)
+        x = inverse + _mm(n, _mm(n, inverse, cfg, exact=True), cfg, exact=True)
+        inverse = x - _mm(n, x, cfg, exact=True)
+        block = outer
+    return inverse
+
+
+def _substitution_inverse(a: jax.Array) -> jax.Array:
+    """(I + A)^-1 [C, C] for strictly lower-triangular A [C, C], by forward substitution (C - 1 steps).
+
+    Row i of the inverse is e_i - sum_{j < i} A_ij (row j); rows j >= i are still e_j when row i is formed,
+    and A_ij = 0 there. Rows of A are read from A^T so the broadcast needs no layout change.
+    """
+    size = a.shape[0]
+    rows, cols = _positions(size)
+    a_t = a.T
+
+    def substitute(i: jax.Array, inverse: jax.Array) -> jax.Array:
+        a_row = jnp.sum(jnp.where(cols == i, a_t, 0.0), axis=1)
+        update = jnp.sum(a_row[:, None] * inverse, axis=0)
+        return jnp.where(rows == i, inverse - update[None, :], inverse)
+
+    return jax.lax.fori_loop(1, size, substitute, (rows == cols).astype(_F32))
+
+
+def _unit_lower_inverse(a: jax.Array, cfg: _Config) -> jax.Array:
+    """(I + A)^-1 for strictly lower A [C, C]: ``_blocked_inverse`` (the default: a few dozen tensor-core
+    matmuls) or ``_substitution_inverse`` (C - 1 dependent steps of cross-thread reductions; slower, kept as
+    the variant first validated on an H100)."""
+    return _blocked_inverse(a, cfg) if cfg.inverse == "blocked" else _substitution_inverse(a)
+
+
+def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
+    """dg [C] from the cotangents of the log-decay sums of one chunk.
+
+    Args:
+      d_pair: [C, C] cotangent of L_ij = sum of g over (j, i] (i >= j).
+      d_in: [C] cotangent of sum of g over [0, i].
+      d_out: [C] cotangent of sum of g over (j, C).
+      d_all: scalar cotangent of the sum over the whole chunk.
+    """
+    rows, cols = _positions(d_in.shape[0])
+    before = jnp.cumsum(d_pair, axis=1) - d_pair  # [i, m]: sum over j < m of d_pair[i, j]
+    from_start = jnp.where(rows >= cols, before + d_in[:, None], 0.0)
+    to_end = jnp.where(rows < cols, d_out[:, None], 0.0)
+    return jnp.sum(from_start + to_end, axis=0) + d_all
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _key_blocks(cfg: _Config) -> list[pl.Slice]:
+    """Column slices of the (padded) key dim, BK = min(K, 64) wide: chunk kernels hold [C, BK] tiles at most."""
+    return [pl.ds(b * cfg.block_k, cfg.block_k) for b in range(cfg.key_dim // cfg.block_k)]
+
+
+def _value_tiles(cfg: _Config) -> list[pl.Slice]:
+    """Column slices of the (padded) value dim, BV wide."""
+    return [pl.ds(j * cfg.block_v, cfg.block_v) for j in range(cfg.num_v_blocks)]
+
+
+def _key_products(q_ref, k_ref, cfg: _Config) -> tuple[jax.Array, jax.Array]:
+    """K K^T (float32 accuracy) and Q K^T [C, C] of one chunk, summed over key blocks."""
+    kk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
+    qk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
+    for keys in _key_blocks(cfg):
+        k = k_ref[:, keys].astype(_F32)
+        kk += _mm(k, k, cfg, exact=True, transpose_b=True)
+        qk += _mm(q_ref[:, keys], k, cfg, transpose_b=True)
+    return kk, qk
+
+
+def _chunk_fwd_kernel(
+    q_ref, k_ref, v_ref, g_ref, beta_ref, doc_ref, w_ref, u_ref, qt_ref, pu_ref, kt_ref, *inverse_ref, cfg: _Config
+) -> None:
+    """One chunk: q, k [C, K], v [C, V], g, beta, doc [C] -> W, Qt, Kt [C, K], U, PU [C, V] (+ T [C, C])."""
+    rows, cols = _positions(cfg.chunk)
+    gamma, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
+    beta = beta_ref[...]
+    kk, qk = _key_products(q_ref, k_ref, cfg)
+    inverse = _unit_lower_inverse(jnp.where(rows > cols, beta[:, None] * kk * gamma, 0.0), cfg)
+    p = qk * gamma
+    for keys in _key_blocks(cfg):
+        k = k_ref[:, keys].astype(_F32)
+        w = _mm(inverse, (beta * decay_in)[:, None] * k, cfg, exact=True)
+        w_ref[:, keys] = w.astype(w_ref.dtype)
+        qt = decay_in[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
+        qt_ref[:, keys] = qt.astype(qt_ref.dtype)
+        kt_ref[:, keys] = (decay_out[:, None] * k).astype(kt_ref.dtype)
+    for columns in _value_tiles(cfg):
+        u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg, exact=True)
+        u_ref[:, columns] = u.astype(u_ref.dtype)
+        pu_ref[:, columns] = _mm(p, u, cfg).astype(pu_ref.dtype)
+    for ref in inverse_ref:
+        ref[...] = inverse
+
+
+def _scan_fwd_kernel(
+    w_ref, u_ref, qt_ref, pu_ref, kt_ref, g_ref, doc_ref, h0_ref, *out_refs, cfg: _Config, outputs: bool
+) -> None:
+    """One (head, value tile): the loop over chunks carrying S [K, BV].
+
+    Inputs per head: W, Qt, Kt [T, K]; U, PU [T, BV]; g, doc [T]; h0 [K, BV]. Writes O [T, BV] and the
+    final state [K, BV] if ``outputs``, else the final state and the state entering each chunk [N * K, BV].
+    """
+    chunk, key_dim = cfg.chunk, cfg.key_dim
+    num_chunks = g_ref.shape[0] // chunk
+    if outputs:
+        o_ref, final_ref = out_refs
+    else:
+        final_ref, states_ref = out_refs
+
+    def step(n: jax.Array, state: jax.Array) -> jax.Array:
+        rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
+        if not outputs:
+            states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = state.astype(states_ref.dtype)
+        v_new = u_ref[rows, :].astype(_F32) - _mm(w_ref[rows, :], state, cfg)
+        if outputs:
+            o = pu_ref[rows, :].astype(_F32) + _mm(qt_ref[rows, :], state, cfg)
+            o_ref[rows, :] = o.astype(o_ref.dtype)
+        decay = _chunk_decay(g_ref[rows], doc_ref[rows])
+        return decay * state + _mm(kt_ref[rows, :], v_new, cfg, transpose_a=True)
+
+    final_ref[...] = jax.lax.fori_loop(0, num_chunks, step, h0_ref[...].astype(_F32))
+
+
+def _scan_bwd_kernel(
+    w_ref,
+    u_ref,
+    qt_ref,
+    kt_ref,
+    g_ref,
+    doc_ref,
+    states_ref,
+    do_ref,
+    dfinal_ref,
+    du_ref,
+    dw_ref,
+    dqt_ref,
+    dkt_ref,
+    ddecay_ref,
+    dh0_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One (head, value tile): the reverse loop over chunks carrying dS [K, BV].
+
+    Writes dU [T, BV] and dh0 [K, BV], and this tile's share of the V-contractions: dW, dQt, dKt [T, K]
+    and the chunk-decay cotangents [N].
+    """
+    chunk, key_dim = cfg.chunk, cfg.key_dim
+    num_chunks = g_ref.shape[0] // chunk
+
+    def step(i: jax.Array, d_state: jax.Array) -> jax.Array:
+        n = num_chunks - 1 - i
+        rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
+        state = states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :].astype(_F32)
+        w = w_ref[rows, :]
+        do = do_ref[rows, :].astype(_F32)
+        d_v_new = _mm(kt_ref[rows, :], d_state, cfg)
+        v_new = u_ref[rows, :].astype(_F32) - _mm(w, state, cfg)
+        du_ref[rows, :] = d_v_new
+        dkt_ref[rows, :] = _mm(v_new, d_state, cfg, transpose_b=True)
+        dw_ref[rows, :] = -_mm(d_v_new, state, cfg, transpose_b=True)
+        dqt_ref[rows, :] = _mm(do, state, cfg, transpose_b=True)
+        ddecay_ref[n] = jnp.sum(state * d_state)
+        decay = _chunk_decay(g_ref[rows], doc_ref[rows])
+        d_state = decay * d_state + _mm(qt_ref[rows, :], do, cfg, transpose_a=True)
+        return d_state - _mm(w, d_v_new, cfg, transpose_a=True)
+
+    dh0_ref[...] = jax.lax.fori_loop(0, num_chunks, step, dfinal_ref[...].astype(_F32))
+
+
+def _chunk_bwd_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    g_ref,
+    beta_ref,
+    doc_ref,
+    inverse_ref,
+    w_ref,
+    u_ref,
+    du_ref,
+    do_ref,
+    dw_ref,
+    dqt_ref,
+    dkt_ref,
+    ddecay_ref,
+    dq_ref,
+    dk_ref,
+    dv_ref,
+    dg_ref,
+    dbeta_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One chunk: cotangents of W, U, Qt, PU (= dO), Kt and d -> dq, dk [C, K], dv [C, V], dg, dbeta [C].
+
+    The partial V-contractions of the scan (dw, dqt, dkt [tiles, C, K], ddecay [tiles, N]) are summed here.
+    Key blocks are visited twice: first for the C x C cotangents (which sum over K), then for dq and dk (the
+    per-block terms of the first visit are recomputed rather than kept, to bound registers and shared memory).
+    """
+    n = pl.program_id(1)
+    rows, cols = _positions(cfg.chunk)
+    g, beta, doc = g_ref[...], beta_ref[...], doc_ref[...]
+    gamma, decay_in, decay_out = _chunk_gates(g, doc)
+    beta_decay = beta * decay_in
+    kk, qk = _key_products(q_ref, k_ref, cfg)
+    p = qk * gamma
+    inverse = inverse_ref[...]
+
+    # Value side: PU = P U, U = T diag(beta) V.
+    d_p = jnp.zeros_like(p)
+    d_inverse = jnp.zeros_like(p)
+    d_beta = jnp.zeros_like(beta)
+    for columns in _value_tiles(cfg):
+        v = v_ref[:, columns].astype(_F32)
+        do = do_ref[:, columns].astype(_F32)
+        d_p += _mm(do, u_ref[:, columns], cfg, transpose_b=True)
+        du = du_ref[:, columns] + _mm(p, do, cfg, transpose_a=True)
+        d_inverse += _mm(du, beta[:, None] * v, cfg, exact=True, transpose_b=True)
+        d_xu = _mm(inverse, du, cfg, exact=True, transpose_a=True)
+        dv_ref[:, columns] = beta[:, None] * d_xu
+        d_beta += jnp.sum(v * d_xu, axis=1)
+
+    def key_side(keys: pl.Slice) -> tuple[jax.Array, ...]:
+        """Per key block: q, k, the summed dQt, dKt, and dW, d(diag(beta D) K) including the P W path."""
+        dqt, dkt, dw = (
+            sum(ref[tile, :, keys] for tile in range(cfg.num_v_blocks)) for ref in (dqt_ref, dkt_ref, dw_ref)
+        )
+        dw -= _mm(p, dqt, cfg, transpose_a=True)
+        d_xw = _mm(inverse, dw, cfg, exact=True, transpose_a=True)
+        return q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32), dqt, dkt, dw, d_xw
+
+    # Key side, first visit: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
+    d_decay_in = jnp.zeros_like(beta)
+    d_decay_out = jnp.zeros_like(beta)
+    k_dxw = jnp.zeros_like(beta)
+    for keys in _key_blocks(cfg):
+        q, k, dqt, dkt, dw, d_xw = key_side(keys)
+        d_decay_in += jnp.sum(q * dqt, axis=1)
+        d_decay_out += jnp.sum(k * dkt, axis=1)
+        k_dxw += jnp.sum(k * d_xw, axis=1)
+        d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
+        d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, exact=True, transpose_b=True)
+    d_beta += decay_in * k_dxw
+    d_decay_in += beta * k_dxw
+
+    # Through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma.
+    d_a = -_mm(_mm(inverse, d_inverse, cfg, exact=True, transpose_a=True), inverse, cfg, exact=True, transpose_b=True)
+    d_a = jnp.where(rows > cols, d_a, 0.0)
+    d_kk = d_a * beta[:, None] * gamma
+    d_beta += jnp.sum(d_a * kk * gamma, axis=1)
+    d_qk = d_p * gamma
+    d_kk_sym = d_kk + d_kk.T
+
+    # Key side, second visit: dq and dk.
+    for keys in _key_blocks(cfg):
+        q, k, dqt, dkt, dw, d_xw = key_side(keys)
+        dq_ref[:, keys] = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)
+        dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
+        dk_ref[:, keys] = dk + _mm(d_kk_sym, k, cfg, exact=True)
+
+    d_pair = d_kk * kk + d_qk * qk  # d(Gamma) * Gamma: the cotangent of L (0 above the diagonal)
+    d_decay = sum(ddecay_ref[tile, n] for tile in range(cfg.num_v_blocks))
+    dg_ref[...] = _gate_grad(d_pair, d_decay_in * decay_in, d_decay_out * decay_out, d_decay * _chunk_decay(g, doc))
+    dbeta_ref[...] = d_beta
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pallas_call wrappers, all on the kernel layout [B * H, T_padded, channels].
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _chunk_spec(cfg: _Config, width: int) -> pl.BlockSpec:
+    """[C, width] block of chunk n of head bh, for grids (B * H, chunks)."""
+    return pl.BlockSpec((None, cfg.chunk, width), lambda bh, n: (bh, n, 0))
+
+
+def _chunk_vector_spec(cfg: _Config) -> pl.BlockSpec:
+    """[C] block of chunk n of head bh, for grids (B * H, chunks)."""
+    return pl.BlockSpec((None, cfg.chunk), lambda bh, n: (bh, n))
+
+
+def _head_spec(rows: int, width: int) -> pl.BlockSpec:
+    """All of head bh [rows, width], for grids (B * H, value tiles)."""
+    return pl.BlockSpec((None, rows, width), lambda bh, j: (bh, 0, 0))
+
+
+def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
+    """Value tile j of head bh [rows, BV], for grids (B * H, value tiles)."""
+    return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j: (bh, 0, j))
+
+
+def _sequence_spec(length: int) -> pl.BlockSpec:
+    """All of head bh [length] of a [B * H, length] array, for grids (B * H, value tiles)."""
+    return pl.BlockSpec((None, length), lambda bh, j: (bh, 0))
+
+
+def _chunk_forward(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    doc: jax.Array,
+    cfg: _Config,
+    *,
+    with_inverse: bool,
+) -> list[jax.Array]:
+    """W, U, Qt, PU, Kt ([BH, T, K] or [BH, T, V], in the storage dtype), plus T [BH, T, C] if with_inverse."""
+    heads, length, _ = q.shape
+    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
+    vector_spec = _chunk_vector_spec(cfg)
+    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), cfg.matmul_dtype)
+    value_out = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
+    out_shape = [key_out, value_out, key_out, value_out, key_out]
+    out_specs = [key_spec, value_spec, key_spec, value_spec, key_spec]
+    if with_inverse:
+        out_shape.append(jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32))
+        out_specs.append(_chunk_spec(cfg, cfg.chunk))
+    return pl.pallas_call(
+        functools.partial(_chunk_fwd_kernel, cfg=cfg),
+        grid=(heads, length // cfg.chunk),
+        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        interpret=cfg.interpret,
+        name="gdn_chunk_fwd",
+    )(q, k, v, g, beta, doc)
+
+
+def _scan_forward(
+    w: jax.Array,
+    u: jax.Array,
+    qt: jax.Array,
+    pu: jax.Array,
+    kt: jax.Array,
+    g: jax.Array,
+    doc: jax.Array,
+    h0: jax.Array,
+    cfg: _Config,
+    *,
+    outputs: bool,
+    o_dtype: Any,
+) -> list[jax.Array]:
+    """[o [BH, T, V], final [BH, K, V]] if outputs, else [final, states [BH, N * K, V] entering each chunk]."""
+    heads, length, _ = w.shape
+    num_chunks = length // cfg.chunk
+    state_spec = _tile_spec(cfg, cfg.key_dim)
+    final = jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)
+    if outputs:
+        out_shape = [jax.ShapeDtypeStruct((heads, length, cfg.value_dim), o_dtype), final]
+        out_specs = [_tile_spec(cfg, length), state_spec]
+    else:
+        states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype)
+        out_shape = [final, states]
+        out_specs = [state_spec, _tile_spec(cfg, num_chunks * cfg.key_dim)]
+    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
+    return pl.pallas_call(
+        functools.partial(_scan_fwd_kernel, cfg=cfg, outputs=outputs),
+        grid=(heads, cfg.num_v_blocks),
+        in_specs=[key_spec, value_spec, key_spec, value_spec, key_spec]
+        + [_sequence_spec(length), _sequence_spec(length), state_spec],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=cfg.scan_params((3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize),
+        interpret=cfg.interpret,
+        name="gdn_scan_fwd" if outputs else "gdn_scan_states",
+    )(w, u, qt, pu, kt, g, doc, h0)
+
+
+def _scan_backward(
+    w: jax.Array,
+    u: jax.Array,
+    qt: jax.Array,
+    kt: jax.Array,
+    g: jax.Array,
+    doc: jax.Array,
+    states: jax.Array,
+    do: jax.Array,
+    dfinal: jax.Array,
+    cfg: _Config,
+) -> list[jax.Array]:
+    """[dU [BH, T, V], dW, dQt, dKt [BH * tiles, T, K], d_decay [BH * tiles, N], dh0 [BH, K, V]] (float32)."""
+    heads, length, _ = w.shape
+    num_chunks = length // cfg.chunk
+    tiles = cfg.num_v_blocks
+    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
+    state_spec = _tile_spec(cfg, cfg.key_dim)
+    partial_spec = pl.BlockSpec((None, length, cfg.key_dim), lambda bh, j: (bh * tiles + j, 0, 0))
+    partial_out = jax.ShapeDtypeStruct((heads * tiles, length, cfg.key_dim), _F32)
+    return pl.pallas_call(
+        functools.partial(_scan_bwd_kernel, cfg=cfg),
+        grid=(heads, tiles),
+        in_specs=[key_spec, value_spec, key_spec, key_spec, _sequence_spec(length), _sequence_spec(length)]
+        + [_tile_spec(cfg, num_chunks * cfg.key_dim), value_spec, state_spec],
+        out_specs=[value_spec, partial_spec, partial_spec, partial_spec]
+        + [pl.BlockSpec((None, num_chunks), lambda bh, j: (bh * tiles + j, 0)), state_spec],
+        out_shape=[jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32), partial_out, partial_out, partial_out]
+        + [
+            jax.ShapeDtypeStruct((heads * tiles, num_chunks), _F32),
+            jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32),
+        ],
+        compiler_params=cfg.scan_params(
+            ((3 * cfg.chunk + cfg.block_v) * cfg.key_dim + cfg.chunk * cfg.block_v) * cfg.matmul_dtype.itemsize
+            + cfg.chunk * cfg.block_v * do.dtype.itemsize
+        ),
+        interpret=cfg.interpret,
+        name="gdn_scan_bwd",
+    )(w, u, qt, kt, g, doc, states, do, dfinal)
+
+
+def _chunk_backward(
+    inputs: tuple[jax.Array, ...],
+    inverse: jax.Array,
+    w: jax.Array,
+    u: jax.Array,
+    du: jax.Array,
+    do: jax.Array,
+    partials: tuple[jax.Array, ...],
+    cfg: _Config,
+) -> list[jax.Array]:
+    """dq, dk [BH, T, K], dv [BH, T, V], dg, dbeta [BH, T] (float32).
+
+    inputs: q, k, v, g, beta, doc. partials: dW, dQt, dKt [BH * tiles, T, K] and d_decay [BH * tiles, N].
+    """
+    heads, length, _ = w.shape
+    num_chunks = length // cfg.chunk
+    tiles = cfg.num_v_blocks
+    dw, dqt, dkt, d_decay = partials
+    dw, dqt, dkt = (x.reshape(heads, tiles, length, cfg.key_dim) for x in (dw, dqt, dkt))
+    d_decay = d_decay.reshape(heads, tiles, num_chunks)
+    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
+    vector_spec = _chunk_vector_spec(cfg)
+    partial_spec = pl.BlockSpec((None, tiles, cfg.chunk, cfg.key_dim), lambda bh, n: (bh, 0, n, 0))
+    heads_length = (heads, length)
+    return pl.pallas_call(
+        functools.partial(_chunk_bwd_kernel, cfg=cfg),
+        grid=(heads, num_chunks),
+        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)]
+        + [key_spec, value_spec, value_spec, value_spec, partial_spec, partial_spec, partial_spec]
+        + [pl.BlockSpec((None, tiles, num_chunks), lambda bh, n: (bh, 0, 0))],
+        out_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct((*heads_length, cfg.key_dim), _F32),
+            jax.ShapeDtypeStruct((*heads_length, cfg.key_dim), _F32),
+            jax.ShapeDtypeStruct((*heads_length, cfg.value_dim), _F32),
+            jax.ShapeDtypeStruct(heads_length, _F32),
+            jax.ShapeDtypeStruct(heads_length, _F32),
+        ],
+        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        interpret=cfg.interpret,
+        name="gdn_chunk_bwd",
+    )(*inputs, inverse, w, u, du, do, dw, dqt, dkt, d_decay)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Differentiable core on the kernel layout.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _gdn(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    h0: jax.Array,
+    doc: jax.Array,
+    cfg: _Config,
+) -> tuple[jax.Array, jax.Array]:
+    """Kernel-layout forward.
+
+    Args:
+      q (already scaled), k: [BH, T, K]; v: [BH, T, V]; g, beta: float32 [BH, T]; h0: float32 [BH, K, V];
+      doc: int32 [BH, T], document index within each chunk. T, K, V padded as the kernels need.
+
+    Returns:
+      o [BH, T, V] in v's dtype and the final state [BH, K, V] in float32.
+    """
+    w, u, qt, pu, kt = _chunk_forward(q, k, v, g, beta, doc, cfg, with_inverse=False)
+    o, final = _scan_forward(w, u, qt, pu, kt, g, doc, h0, cfg, outputs=True, o_dtype=v.dtype)
+    return o, final
+
+
+def _gdn_fwd(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    h0: jax.Array,
+    doc: jax.Array,
+    cfg: _Config,
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+    """The forward saves only its inputs; the backward recomputes the rest."""
+    return _gdn(q, k, v, g, beta, h0, doc, cfg), (q, k, v, g, beta, h0, doc)
+
+
+def _gdn_bwd(
+    cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array | None, ...]:
+    """Recomputes W, U, Qt, PU, Kt, T and the chunk states, then runs the reverse scan and the chunk backward."""
+    q, k, v, g, beta, h0, doc = residuals
+    do, dfinal = cotangents
+    w, u, qt, pu, kt, inverse = _chunk_forward(q, k, v, g, beta, doc, cfg, with_inverse=True)
+    _, states = _scan_forward(w, u, qt, pu, kt, g, doc, h0, cfg, outputs=False, o_dtype=v.dtype)
+    du, dw, dqt, dkt, d_decay, dh0 = _scan_backward(w, u, qt, kt, g, doc, states, do, dfinal, cfg)
+    dq, dk, dv, dg, dbeta = _chunk_backward(
+        (q, k, v, g, beta, doc), inverse, w, u, du, do, (dw, dqt, dkt, d_decay), cfg
+    )
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dbeta, dh0, None
+
+
+_gdn.defvjp(_gdn_fwd, _gdn_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public entry: checks, layout and padding.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    raise ValueError(f"gated_delta_rule: {message}")
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _make_config(
+    q: jax.Array,
+    v: jax.Array,
+    named: dict[str, jax.Array],
+    chunk_size: int,
+    interpret: bool,
+    matmul_dtype: Any,
+    block_v: int | None,
+    inverse: str,
+) -> _Config:
+    """Checks the limits of the kernels (ValueError before any launch) and picks the padding and tiles."""
+    for name, x in named.items():
+        if np.dtype(x.dtype) not in _INPUT_DTYPES:
+            _fail(f"the pallas_gpu kernel takes float32 or bfloat16 inputs; {name} has dtype {x.dtype}")
+    key_dim, value_dim = q.shape[-1], v.shape[-1]
+    for name, dim in (("K", key_dim), ("V", value_dim)):
+        if dim > MAX_HEAD_DIM:
+            _fail(f"the pallas_gpu kernel supports head dims up to {MAX_HEAD_DIM}; got {name} = {dim}")
+    if chunk_size not in CHUNK_SIZES:
+        _fail(f"the pallas_gpu kernel supports chunk_size in {CHUNK_SIZES}; got {chunk_size}")
+    if np.dtype(matmul_dtype) not in _MATMUL_DTYPES:
+        _fail(f"the pallas_gpu kernel supports matmul_dtype float32 or bfloat16; got {np.dtype(matmul_dtype)}")
+    if inverse not in INVERSES:
+        _fail(f"the pallas_gpu kernel supports inverse in {INVERSES}; got {inverse!r}")
+    if block_v is None:
+        block_v = min(64, _next_power_of_two(max(value_dim, 16)))
+    elif block_v not in _BLOCK_V:
+        _fail(f"block_v must be one of {_BLOCK_V}; got {block_v}")
+    return _Config(
+        chunk=int(chunk_size),
+        key_dim=_next_power_of_two(max(key_dim, 16)),
+        block_v=block_v,
+        num_v_blocks=-(-value_dim // block_v),
+        matmul_dtype=np.dtype(matmul_dtype),
+        inverse=inverse,
+        interpret=bool(interpret),
+    )
+
+
+def _to_heads(x: jax.Array, length: int, width: int) -> jax.Array:
+    """[B, T, H, D] -> [B * H, length, width], zero-padded."""
+    batch, steps, heads, dim = x.shape
+    x = jnp.pad(x, ((0, 0), (0, length - steps), (0, 0), (0, width - dim)))
+    return x.transpose(0, 2, 1, 3).reshape(batch * heads, length, width)
+
+
+def _gates_to_heads(x: jax.Array, length: int) -> jax.Array:
+    """[B, T, H] -> float32 [B * H, length], zero-padded."""
+    batch, steps, heads = x.shape
+    x = jnp.pad(x.astype(_F32), ((0, 0), (0, length - steps), (0, 0)))
+    return x.transpose(0, 2, 1).reshape(batch * heads, length)
+
+
+def _documents(resets: jax.Array, length: int, chunk: int, heads: int) -> jax.Array:
+    """bool [B, T] -> int32 [B * H, length]: document starts so far within each chunk."""
+    batch, steps = resets.shape
+    resets = jnp.pad(resets.astype(jnp.int32), ((0, 0), (0, length - steps)))
+    doc = jnp.cumsum(resets.reshape(batch, length // chunk, chunk), axis=-1).reshape(batch, length)
+    return jnp.repeat(doc, heads, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _run(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    initial_state: jax.Array,
+    resets: jax.Array,
+    scale: float | jax.Array,
+    cfg: _Config,
+) -> tuple[jax.Array, jax.Array]:
+    """Pads and transposes to the kernel layout, runs ``_gdn`` and restores [B, T, H, V] / [B, H, K, V]."""
+    batch, length, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
+    padded = -(-length // cfg.chunk) * cfg.chunk
+    widths = (cfg.key_dim, cfg.value_dim)
+    h0 = jnp.pad(initial_state.astype(_F32), ((0, 0), (0, 0), (0, widths[0] - key_dim), (0, widths[1] - value_dim)))
+    o, final = _gdn(
+        _to_heads((q * scale).astype(q.dtype), padded, widths[0]),
+        _to_heads(k, padded, widths[0]),
+        _to_heads(v, padded, widths[1]),
+        _gates_to_heads(g, padded),
+        _gates_to_heads(beta, padded),
+        h0.reshape(batch * heads, *widths),
+        _documents(resets, padded, cfg.chunk, heads),
+        cfg,
+    )
+    o = o.reshape(batch, heads, padded, widths[1]).transpose(0, 2, 1, 3)[:, :length, :, :value_dim]
+    return o, final.reshape(batch, heads, *widths)[:, :, :key_dim, :value_dim]
+
+
+def pallas_gpu_gated_delta_rule(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    initial_state: jax.Array,
+    resets: jax.Array,
+    scale: float | jax.Array,
+    chunk_size: int,
+    *,
+    interpret: bool = False,
+    matmul_dtype: Any = jnp.float32,
+    block_v: int | None = None,
+    inverse: str = "substitution",
+) -> tuple[jax.Array, jax.Array]:
+    """Chunked gated delta rule on the GPU (Pallas / Triton); differentiable (custom VJP, Pallas backward).
+
+    Args:
+      q, k: [B, T, H, K]; v: [B, T, H, V] (float32 or bfloat16); g (log decay, <= 0), beta: [B, T, H];
+        K, V <= 256, any T.
+      initial_state: [B, H, K, V].
+      resets: bool [B, T]; True where the state is zeroed before the token.
+      scale: multiplier applied to q (folded into q before the kernels, in q's dtype).
+      chunk_size: C in (16, 32, 64).
+      interpret: run the kernels with the Pallas interpreter (CPU tests).
+      matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
+      block_v: value columns per scan program, 16, 32 or 64; default min(64, V rounded up to a power of two).
+      inverse: how the chunk kernel inverts I + A: "substitution" (row by row; the default, checked on an H100)
+        or "blocked" (diagonal blocks then two doubling levels; fewer dependent steps, checked on the CPU only).
+
+    Returns:
+      o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in float32.
+
+    Raises:
+      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, block_v or inverse.
+    """
+    named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
+    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v, inverse)
+    if q.shape[1] == 0:
+        return jnp.zeros(v.shape, v.dtype), initial_state.astype(_F32)
+    return _run(q, k, v, g, beta, initial_state, resets, scale, cfg)

@@ -1,0 +1,202 @@
+"""Tests of the Pallas GPU gated delta rule kernels, run with the Pallas interpreter on the CPU.
+
+Every kernel runs with ``interpret=True`` against the naive time-step scan in float32, on tiny shapes: T not a
+multiple of the chunk, K and V not powers of two (so K, V and T are all padded), several value tiles, initial
+state, document resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import gated_delta_rule
+from pallas_kernels.gdn import gpu
+from pallas_kernels.gdn.naive import naive_gated_delta_rule
+
+GRAD_NAMES = ("q", "k", "v", "g", "beta", "initial_state")
+
+
+def _rel(a: jax.Array, b: jax.Array) -> float:
+    """||a - b|| / ||b||, computed in float64 numpy."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _inputs(seed: int, shape: tuple[int, int, int, int, int], regime: str) -> dict[str, jax.Array]:
+    """q, k (L2-normalised) [B, T, H, K], v [B, T, H, V], g, beta [B, T, H], initial_state, resets [B, T].
+
+    regime "mixed": gates near 0, in [-20, 0] and some -1e4; "extreme": near 0 with -1e4 every few tokens.
+    """
+    batch, length, heads, key_dim, value_dim = shape
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    u = rng.uniform(size=(3, batch, length, heads))
+    near_zero = -1e-3 * u[0]
+    if regime == "mixed":
+        g = np.where(u[2] < 0.45, near_zero, np.where(u[2] < 0.93, -20.0 * u[1], -1e4))
+    else:
+        g = np.where(u[2] < 0.85, near_zero, -1e4)
+    resets = rng.uniform(size=(batch, length)) < 0.06
+    resets[:, 0] = False
+    resets[0, 16] = True  # a document starting exactly at a chunk boundary (chunks of 16)
+    resets[-1, 1] = True  # and a one-token document
+    x = dict(
+        q=unit(rng.normal(size=(batch, length, heads, key_dim))),
+        k=unit(rng.normal(size=(batch, length, heads, key_dim))),
+        v=rng.normal(size=(batch, length, heads, value_dim)),
+        g=g,
+        beta=rng.uniform(0.0, 2.0, size=(batch, length, heads)),
+        initial_state=rng.normal(size=(batch, heads, key_dim, value_dim)),
+    )
+    x = {name: jnp.asarray(value, jnp.float32) for name, value in x.items()}
+    return {**x, "resets": jnp.asarray(resets)}
+
+
+def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
+    """(q, k, v, g, beta, initial_state) -> (o, final) through the kernels in the interpreter."""
+    scale = x["q"].shape[-1] ** -0.5
+
+    def run(q, k, v, g, beta, initial_state):
+        return gpu.pallas_gpu_gated_delta_rule(
+            q, k, v, g, beta, initial_state, x["resets"], scale, chunk, interpret=True, **options
+        )
+
+    return run
+
+
+def _naive(x: dict[str, jax.Array]) -> Callable:
+    scale = x["q"].shape[-1] ** -0.5
+    return lambda *args: naive_gated_delta_rule(*args, x["resets"], scale)
+
+
+def _args(x: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+    return tuple(x[name] for name in GRAD_NAMES)
+
+
+# (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 gives two 64-wide
+# key blocks; block_v = 16 with V = 40 gives three value tiles (V padded to 48, not a power of two).
+FORWARD_CASES = {
+    "c16_tiles": ((2, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),
+    "c16_extreme_gates": ((1, 40, 2, 8, 8), 16, dict(), "extreme"),
+    "c32_substitution": ((1, 70, 2, 24, 20), 32, dict(inverse="substitution"), "mixed"),
+    "c64_two_key_blocks": ((1, 100, 1, 72, 24), 64, dict(block_v=16), "mixed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORWARD_CASES))
+def test_forward_matches_naive(case: str):
+    shape, chunk, options, regime = FORWARD_CASES[case]
+    x = _inputs(1, shape, regime)
+    o, final = _kernel(x, chunk, **options)(*_args(x))
+    o_ref, final_ref = _naive(x)(*_args(x))
+    batch, length, heads, key_dim, value_dim = shape
+    assert o.shape == (batch, length, heads, value_dim) and o.dtype == jnp.float32
+    assert final.shape == (batch, heads, key_dim, value_dim) and final.dtype == jnp.float32
+    assert _rel(o, o_ref) < 1e-5
+    assert _rel(final, final_ref) < 1e-5
+
+
+def _gradients(fn: Callable, x: dict[str, jax.Array], seed: int) -> list[jax.Array]:
+    """Gradients of <o, probe_o> + <final, probe_state> with respect to GRAD_NAMES."""
+    rng = np.random.default_rng(seed)
+    o, final = jax.eval_shape(fn, *_args(x))
+    probe_o = jnp.asarray(rng.normal(size=o.shape), jnp.float32)
+    probe_state = jnp.asarray(rng.normal(size=final.shape), jnp.float32)
+
+    def loss(*args: jax.Array) -> jax.Array:
+        o, final = fn(*args)
+        return jnp.sum(o * probe_o) + jnp.sum(final * probe_state)
+
+    return jax.jit(jax.grad(loss, argnums=tuple(range(len(GRAD_NAMES)))))(*_args(x))
+
+
+GRADIENT_CASES = {
+    "c16_tiles": ((1, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),
+    "c32_two_key_blocks": ((1, 40, 1, 72, 16), 32, dict(), "extreme"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def test_gradients_match_naive(case: str):
+    shape, chunk, options, regime = GRADIENT_CASES[case]
+    x = _inputs(2, shape, regime)
+    for name, d_kernel, d_naive in zip(
+        GRAD_NAMES, _gradients(_kernel(x, chunk, **options), x, 3), _gradients(_naive(x), x, 3)
+    ):
+        assert np.all(np.isfinite(d_kernel)), name
+        assert np.linalg.norm(d_naive) > 0, name
+        assert _rel(d_kernel, d_naive) < 1e-5, name
+
+
+@pytest.mark.parametrize("chunk", gpu.CHUNK_SIZES)
+@pytest.mark.parametrize("algorithm", gpu.INVERSES)
+def test_unit_lower_inverse(chunk: int, algorithm: str):
+    """Both inverse algorithms against float64 numpy: a delta-rule A (unit keys, beta up to 2) and a generic
+    strictly lower A whose inverse grows (entries up to ~450 for C = 64)."""
+    rng = np.random.default_rng(chunk)
+    keys = rng.normal(size=(chunk, 4))
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    delta_rule = rng.uniform(1.5, 2.0, size=(chunk, 1)) * (keys @ keys.T)
+    generic = 0.5 * rng.normal(size=(chunk, chunk))
+    cfg = gpu._Config(chunk, 16, 16, 1, np.dtype(np.float32), algorithm, interpret=True)
+    for a in (np.tril(delta_rule, -1), np.tril(generic, -1)):
+        inverse = gpu._unit_lower_inverse(jnp.asarray(a, jnp.float32), cfg)
+        assert _rel(inverse, np.linalg.inv(np.eye(chunk) + a)) < 1e-5
+
+
+def test_bfloat16_matmuls():
+    """bfloat16 inputs and matmul operands: o in bfloat16, state in float32, both close to float32."""
+    x = _inputs(4, (1, 40, 2, 12, 24), "mixed")
+    o_ref, final_ref = _naive(x)(*_args(x))
+    x16 = {name: x[name].astype(jnp.bfloat16) if name in ("q", "k", "v") else x[name] for name in x}
+    o, final = _kernel(x16, 16, matmul_dtype=jnp.bfloat16)(*_args(x16))
+    assert o.dtype == jnp.bfloat16 and final.dtype == jnp.float32
+    assert _rel(o, o_ref) < 2e-2
+    assert _rel(final, final_ref) < 2e-2
+
+
+def _spec(*shape: int, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+_BAD_CASES = {
+    "key_dim": (dict(k_dim=300), {}, r"head dims up to 256; got K = 300"),
+    "value_dim": (dict(v_dim=257), {}, r"head dims up to 256; got V = 257"),
+    "q_dtype": (dict(q_dtype=jnp.float16), {}, r"float32 or bfloat16 inputs; q has dtype float16"),
+    "beta_dtype": (dict(beta_dtype=jnp.int32), {}, r"float32 or bfloat16 inputs; beta has dtype int32"),
+    "chunk": ({}, dict(chunk_size=48), r"chunk_size in \(16, 32, 64\); got 48"),
+    "matmul_dtype": ({}, dict(matmul_dtype=jnp.float16), r"matmul_dtype float32 or bfloat16; got float16"),
+    "block_v": ({}, dict(block_v=128), r"block_v must be one of \(16, 32, 64\); got 128"),
+    "inverse": ({}, dict(inverse="qr"), r"inverse in \('blocked', 'substitution'\); got 'qr'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CASES))
+def test_bad_input_raises_before_launch(case: str):
+    shapes, options, message = _BAD_CASES[case]
+    batch, length, heads = 1, 12, 2
+    key_dim, value_dim = shapes.get("k_dim", 16), shapes.get("v_dim", 24)
+    q = _spec(batch, length, heads, key_dim, dtype=shapes.get("q_dtype", jnp.float32))
+    k = _spec(batch, length, heads, key_dim)
+    v = _spec(batch, length, heads, value_dim)
+    g = _spec(batch, length, heads)
+    beta = _spec(batch, length, heads, dtype=shapes.get("beta_dtype", jnp.float32))
+    state = _spec(batch, heads, key_dim, value_dim)
+    resets = _spec(batch, length, dtype=jnp.bool_)
+    kwargs = {"chunk_size": 16, **options}
+    chunk_size = kwargs.pop("chunk_size")
+    with pytest.raises(ValueError, match=r"^gated_delta_rule: .*" + message):
+        gpu.pallas_gpu_gated_delta_rule(q, k, v, g, beta, state, resets, 0.25, chunk_size, **kwargs)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal on machines without a GPU")
+def test_entry_point_refuses_pallas_gpu_without_a_gpu():
+    q = jnp.ones((1, 4, 1, 8))
+    gates = jnp.full((1, 4, 1), -0.1)
+    with pytest.raises(ValueError, match="impl='pallas_gpu' needs a GPU"):
+        gated_delta_rule(q, q, q, gates, gates, impl="pallas_gpu")
