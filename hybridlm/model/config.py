@@ -12,7 +12,7 @@ ATTENTION = "attn"
 SLIDING_ATTENTION = "swa"
 LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
 DTYPES = ("float32", "bfloat16", "float16")
-GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu")
+GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu", "pallas_tpu")
 
 
 class ConfigError(ValueError):

@@ -13,6 +13,7 @@ import numpy as np
 from pallas_kernels.gdn.chunked import chunked_gated_delta_rule
 from pallas_kernels.gdn.gpu import pallas_gpu_gated_delta_rule
 from pallas_kernels.gdn.naive import naive_gated_delta_rule
+from pallas_kernels.gdn.tpu import pallas_tpu_gated_delta_rule
 
 Implementation = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -39,7 +40,9 @@ _IMPLEMENTATIONS: dict[str, Implementation] = {
     "naive": _naive,
     "chunked": chunked_gated_delta_rule,
     "pallas_gpu": pallas_gpu_gated_delta_rule,  # opt-in until its training losses are checked on a GPU
+    "pallas_tpu": pallas_tpu_gated_delta_rule,  # opt-in until it is compiled and checked on a TPU
 }
+_PLATFORMS = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
 
 
 def _resolve_impl(impl: str) -> str:
@@ -54,8 +57,9 @@ def _fail(message: str) -> NoReturn:
 def _check_options(impl: str, chunk_size: Any) -> None:
     if impl != "auto" and impl not in _IMPLEMENTATIONS:
         _fail(f"unknown impl {impl!r}; expected one of {['auto', *_IMPLEMENTATIONS]}")
-    if impl == "pallas_gpu" and jax.default_backend() != "gpu":
-        _fail(f"impl='pallas_gpu' needs a GPU but JAX runs on {jax.default_backend()}; use impl='auto'")
+    platform = _PLATFORMS.get(impl)
+    if platform is not None and jax.default_backend() != platform:
+        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {jax.default_backend()}; use impl='auto'")
     is_int = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
     if not is_int or chunk_size <= 0:
         _fail(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -146,7 +150,9 @@ def gated_delta_rule(
         every t > 0 with segment_ids[t] != segment_ids[t - 1].
       chunk_size: tokens per chunk for chunked implementations; any T is allowed.
       impl: "naive" (time-step scan), "chunked" (WY/UT chunked form in jnp), "pallas_gpu" (the Pallas GPU
-        kernels of gpu.py, float32-accurate matmuls; GPU only) or "auto" (currently "chunked" everywhere).
+        kernels of gpu.py, float32-accurate matmuls; GPU only), "pallas_tpu" (the Pallas Mosaic forward kernels
+        of tpu.py, float32 inputs, backward by the chunked form's VJP; TPU only) or "auto" (currently "chunked"
+        everywhere).
 
     Returns:
       o: [B, T, H, V] in v's dtype.
