@@ -14,47 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gdn_kernel_cases import GRAD_NAMES, differentiable_args, naive, probe_gradients, random_inputs, rel
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import gpu
-from pallas_kernels.gdn.naive import naive_gated_delta_rule
-
-GRAD_NAMES = ("q", "k", "v", "g", "beta", "initial_state")
-
-
-def _rel(a: jax.Array, b: jax.Array) -> float:
-    """||a - b|| / ||b||, computed in float64 numpy."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _inputs(seed: int, shape: tuple[int, int, int, int, int], regime: str) -> dict[str, jax.Array]:
-    """q, k (L2-normalised) [B, T, H, K], v [B, T, H, V], g, beta [B, T, H], initial_state, resets [B, T].
-
-    regime "mixed": gates near 0, in [-20, 0] and some -1e4; "extreme": near 0 with -1e4 every few tokens.
-    """
-    batch, length, heads, key_dim, value_dim = shape
-    rng = np.random.default_rng(seed)
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    u = rng.uniform(size=(3, batch, length, heads))
-    near_zero = -1e-3 * u[0]
-    if regime == "mixed":
-        g = np.where(u[2] < 0.45, near_zero, np.where(u[2] < 0.93, -20.0 * u[1], -1e4))
-    else:
-        g = np.where(u[2] < 0.85, near_zero, -1e4)
-    resets = rng.uniform(size=(batch, length)) < 0.06
-    resets[:, 0] = False
-    resets[0, 16] = True  # a document starting exactly at a chunk boundary (chunks of 16)
-    resets[-1, 1] = True  # and a one-token document
-    x = dict(
-        q=unit(rng.normal(size=(batch, length, heads, key_dim))),
-        k=unit(rng.normal(size=(batch, length, heads, key_dim))),
-        v=rng.normal(size=(batch, length, heads, value_dim)),
-        g=g,
-        beta=rng.uniform(0.0, 2.0, size=(batch, length, heads)),
-        initial_state=rng.normal(size=(batch, heads, key_dim, value_dim)),
-    )
-    x = {name: jnp.asarray(value, jnp.float32) for name, value in x.items()}
-    return {**x, "resets": jnp.asarray(resets)}
 
 
 def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
@@ -67,15 +29,6 @@ def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
         )
 
     return run
-
-
-def _naive(x: dict[str, jax.Array]) -> Callable:
-    scale = x["q"].shape[-1] ** -0.5
-    return lambda *args: naive_gated_delta_rule(*args, x["resets"], scale)
-
-
-def _args(x: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-    return tuple(x[name] for name in GRAD_NAMES)
 
 
 # (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 gives two 64-wide
@@ -91,28 +44,14 @@ FORWARD_CASES = {
 @pytest.mark.parametrize("case", sorted(FORWARD_CASES))
 def test_forward_matches_naive(case: str):
     shape, chunk, options, regime = FORWARD_CASES[case]
-    x = _inputs(1, shape, regime)
-    o, final = _kernel(x, chunk, **options)(*_args(x))
-    o_ref, final_ref = _naive(x)(*_args(x))
+    x = random_inputs(1, shape, regime)
+    o, final = _kernel(x, chunk, **options)(*differentiable_args(x))
+    o_ref, final_ref = naive(x)(*differentiable_args(x))
     batch, length, heads, key_dim, value_dim = shape
     assert o.shape == (batch, length, heads, value_dim) and o.dtype == jnp.float32
     assert final.shape == (batch, heads, key_dim, value_dim) and final.dtype == jnp.float32
-    assert _rel(o, o_ref) < 1e-5
-    assert _rel(final, final_ref) < 1e-5
-
-
-def _gradients(fn: Callable, x: dict[str, jax.Array], seed: int) -> list[jax.Array]:
-    """Gradients of <o, probe_o> + <final, probe_state> with respect to GRAD_NAMES."""
-    rng = np.random.default_rng(seed)
-    o, final = jax.eval_shape(fn, *_args(x))
-    probe_o = jnp.asarray(rng.normal(size=o.shape), jnp.float32)
-    probe_state = jnp.asarray(rng.normal(size=final.shape), jnp.float32)
-
-    def loss(*args: jax.Array) -> jax.Array:
-        o, final = fn(*args)
-        return jnp.sum(o * probe_o) + jnp.sum(final * probe_state)
-
-    return jax.jit(jax.grad(loss, argnums=tuple(range(len(GRAD_NAMES)))))(*_args(x))
+    assert rel(o, o_ref) < 1e-5
+    assert rel(final, final_ref) < 1e-5
 
 
 GRADIENT_CASES = {
@@ -124,13 +63,13 @@ GRADIENT_CASES = {
 @pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
 def test_gradients_match_naive(case: str):
     shape, chunk, options, regime = GRADIENT_CASES[case]
-    x = _inputs(2, shape, regime)
+    x = random_inputs(2, shape, regime)
     for name, d_kernel, d_naive in zip(
-        GRAD_NAMES, _gradients(_kernel(x, chunk, **options), x, 3), _gradients(_naive(x), x, 3)
+        GRAD_NAMES, probe_gradients(_kernel(x, chunk, **options), x, 3), probe_gradients(naive(x), x, 3)
     ):
         assert np.all(np.isfinite(d_kernel)), name
         assert np.linalg.norm(d_naive) > 0, name
-        assert _rel(d_kernel, d_naive) < 1e-5, name
+        assert rel(d_kernel, d_naive) < 1e-5, name
 
 
 @pytest.mark.parametrize("chunk", gpu.CHUNK_SIZES)
@@ -146,18 +85,18 @@ def test_unit_lower_inverse(chunk: int, algorithm: str):
     cfg = gpu._Config(chunk, 16, 16, 1, np.dtype(np.float32), algorithm, interpret=True)
     for a in (np.tril(delta_rule, -1), np.tril(generic, -1)):
         inverse = gpu._unit_lower_inverse(jnp.asarray(a, jnp.float32), cfg)
-        assert _rel(inverse, np.linalg.inv(np.eye(chunk) + a)) < 1e-5
+        assert rel(inverse, np.linalg.inv(np.eye(chunk) + a)) < 1e-5
 
 
 def test_bfloat16_matmuls():
     """bfloat16 inputs and matmul operands: o in bfloat16, state in float32, both close to float32."""
-    x = _inputs(4, (1, 40, 2, 12, 24), "mixed")
-    o_ref, final_ref = _naive(x)(*_args(x))
+    x = random_inputs(4, (1, 40, 2, 12, 24), "mixed")
+    o_ref, final_ref = naive(x)(*differentiable_args(x))
     x16 = {name: x[name].astype(jnp.bfloat16) if name in ("q", "k", "v") else x[name] for name in x}
-    o, final = _kernel(x16, 16, matmul_dtype=jnp.bfloat16)(*_args(x16))
+    o, final = _kernel(x16, 16, matmul_dtype=jnp.bfloat16)(*differentiable_args(x16))
     assert o.dtype == jnp.bfloat16 and final.dtype == jnp.float32
-    assert _rel(o, o_ref) < 2e-2
-    assert _rel(final, final_ref) < 2e-2
+    assert rel(o, o_ref) < 2e-2
+    assert rel(final, final_ref) < 2e-2
 
 
 def _spec(*shape: int, dtype=jnp.float32) -> jax.ShapeDtypeStruct:

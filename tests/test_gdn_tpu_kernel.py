@@ -16,47 +16,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+from gdn_kernel_cases import GRAD_NAMES, differentiable_args, naive, probe_gradients, random_inputs, rel
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import tpu
-from pallas_kernels.gdn.naive import naive_gated_delta_rule
-
-GRAD_NAMES = ("q", "k", "v", "g", "beta", "initial_state")
-
-
-def _rel(a: jax.Array, b: jax.Array) -> float:
-    """||a - b|| / ||b||, computed in float64 numpy."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _inputs(seed: int, shape: tuple[int, int, int, int, int], regime: str) -> dict[str, jax.Array]:
-    """q, k (L2-normalised) [B, T, H, K], v [B, T, H, V], g, beta [B, T, H], initial_state, resets [B, T].
-
-    regime "mixed": gates near 0, in [-20, 0] and some -1e4; "extreme": near 0 with -1e4 every few tokens.
-    """
-    batch, length, heads, key_dim, value_dim = shape
-    rng = np.random.default_rng(seed)
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    u = rng.uniform(size=(3, batch, length, heads))
-    near_zero = -1e-3 * u[0]
-    if regime == "mixed":
-        g = np.where(u[2] < 0.45, near_zero, np.where(u[2] < 0.93, -20.0 * u[1], -1e4))
-    else:
-        g = np.where(u[2] < 0.85, near_zero, -1e4)
-    resets = rng.uniform(size=(batch, length)) < 0.06
-    resets[:, 0] = False
-    resets[0, [c for c in (16, 32, 64) if c < length]] = True  # documents starting exactly at chunk boundaries
-    resets[-1, 1] = True  # and a one-token document
-    x = dict(
-        q=unit(rng.normal(size=(batch, length, heads, key_dim))),
-        k=unit(rng.normal(size=(batch, length, heads, key_dim))),
-        v=rng.normal(size=(batch, length, heads, value_dim)),
-        g=g,
-        beta=rng.uniform(0.0, 2.0, size=(batch, length, heads)),
-        initial_state=rng.normal(size=(batch, heads, key_dim, value_dim)),
-    )
-    x = {name: jnp.asarray(value, jnp.float32) for name, value in x.items()}
-    return {**x, "resets": jnp.asarray(resets)}
 
 
 def _kernel(x: dict[str, jax.Array], chunk: int) -> Callable:
@@ -71,15 +33,6 @@ def _kernel(x: dict[str, jax.Array], chunk: int) -> Callable:
     return run
 
 
-def _naive(x: dict[str, jax.Array]) -> Callable:
-    scale = x["q"].shape[-1] ** -0.5
-    return lambda *args: naive_gated_delta_rule(*args, x["resets"], scale)
-
-
-def _args(x: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-    return tuple(x[name] for name in GRAD_NAMES)
-
-
 # (B, T, H, K, V), chunk, gate regime. T is never a multiple of the chunk.
 FORWARD_CASES = {
     "c16_mixed": ((2, 40, 2, 12, 40), 16, "mixed"),
@@ -92,36 +45,24 @@ FORWARD_CASES = {
 @pytest.mark.parametrize("case", sorted(FORWARD_CASES))
 def test_forward_matches_naive(case: str):
     shape, chunk, regime = FORWARD_CASES[case]
-    x = _inputs(1, shape, regime)
-    o, final = _kernel(x, chunk)(*_args(x))
-    o_ref, final_ref = _naive(x)(*_args(x))
+    x = random_inputs(1, shape, regime)
+    o, final = _kernel(x, chunk)(*differentiable_args(x))
+    o_ref, final_ref = naive(x)(*differentiable_args(x))
     batch, length, heads, key_dim, value_dim = shape
     assert o.shape == (batch, length, heads, value_dim) and o.dtype == jnp.float32
     assert final.shape == (batch, heads, key_dim, value_dim) and final.dtype == jnp.float32
-    assert _rel(o, o_ref) < 1e-5
-    assert _rel(final, final_ref) < 1e-5
-
-
-def _gradients(fn: Callable, x: dict[str, jax.Array], seed: int) -> list[jax.Array]:
-    """Gradients of <o, probe_o> + <final, probe_state> with respect to GRAD_NAMES."""
-    rng = np.random.default_rng(seed)
-    o, final = jax.eval_shape(fn, *_args(x))
-    probe_o = jnp.asarray(rng.normal(size=o.shape), jnp.float32)
-    probe_state = jnp.asarray(rng.normal(size=final.shape), jnp.float32)
-
-    def loss(*args: jax.Array) -> jax.Array:
-        o, final = fn(*args)
-        return jnp.sum(o * probe_o) + jnp.sum(final * probe_state)
-
-    return jax.jit(jax.grad(loss, argnums=tuple(range(len(GRAD_NAMES)))))(*_args(x))
+    assert rel(o, o_ref) < 1e-5
+    assert rel(final, final_ref) < 1e-5
 
 
 def test_gradients_match_naive():
-    x = _inputs(2, (1, 40, 2, 12, 20), "mixed")
-    for name, d_kernel, d_naive in zip(GRAD_NAMES, _gradients(_kernel(x, 16), x, 3), _gradients(_naive(x), x, 3)):
+    x = random_inputs(2, (1, 40, 2, 12, 20), "mixed")
+    for name, d_kernel, d_naive in zip(
+        GRAD_NAMES, probe_gradients(_kernel(x, 16), x, 3), probe_gradients(naive(x), x, 3)
+    ):
         assert np.all(np.isfinite(d_kernel)), name
         assert np.linalg.norm(d_naive) > 0, name
-        assert _rel(d_kernel, d_naive) < 1e-5, name
+        assert rel(d_kernel, d_naive) < 1e-5, name
 
 
 def _bad_inputs(key_dim: int, value_dim: int, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
