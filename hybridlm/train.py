@@ -12,7 +12,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import experiments
-from hybridlm.model.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An experiment name from `python -m experiments`, or the path of a config file."
