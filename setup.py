@@ -17,6 +17,9 @@ setuptools.setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
         "grain>=0.2.18",
+        "array-record>=0.8",
+        "tensorflow-datasets>=4.9.9",  # tfds.data_source only: reads ArrayRecord datasets without TensorFlow
+        "tokenizers>=0.21",
         "ml-collections>=1.1",
         "absl-py>=2.1",
         "numpy>=2.0",

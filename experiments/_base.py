@@ -79,10 +79,19 @@ def run_config(
     config.model = model
     config.data = config_dict.ConfigDict(
         dict(
-            source="builtin",
+            source="builtin",  # builtin | token_files | text | jsonl | array_record | tfds
+            paths=(),  # files or globs (every source but builtin and tfds)
+            weights=config_dict.placeholder(tuple),  # one mixture weight per entry of paths; None: one group
+            dtype=config_dict.placeholder(str),  # token files: uint16 | uint32; None: from their metadata.json
+            tokenizer="byte",  # "byte", or a Hugging Face tokenizer.json (or its directory)
+            eos_token=config_dict.placeholder(str),  # None: the eos_token of the tokenizer's tokenizer_config.json
+            text_field="text",  # the JSONL key or tfds feature holding the text
+            tfds_name=config_dict.placeholder(str),
+            tfds_split="train",
+            tfds_data_dir=config_dict.placeholder(str),
             seq_len=seq_len,
             batch_size=batch_size,
-            max_bytes=config_dict.placeholder(int),
+            max_bytes=config_dict.placeholder(int),  # builtin: cap on the corpus bytes read
             heldout_fraction=0.05,
             document_mask=True,
         )

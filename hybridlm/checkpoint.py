@@ -13,7 +13,8 @@ from hybridlm.model.config import ConfigError
 
 
 class Checkpointer:
-    """Saves the train state every N steps (keeping the newest few) and restores the latest one."""
+    """Saves the train state and the data iterator's state every N steps (keeping the newest few) and restores the
+    latest ones."""
 
     def __init__(self, workdir: pathlib.Path, keep: int):
         self._manager = ocp.CheckpointManager(
@@ -23,14 +24,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any) -> None:
-        """Starts an asynchronous save of `state` (a pytree of arrays) at `step`."""
-        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
+        """Starts an asynchronous save of `state` (a pytree of arrays) and `data_state` (JSON) at `step`."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        self._manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, abstract_state: Any) -> Any:
-        """The state saved at `step`, laid out (shapes, dtypes, shardings) as `abstract_state`."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        return restored.state
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """The train state saved at `step`, laid out (shapes, dtypes, shardings) as `abstract_state`, and the data
+        state saved with it."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        restored = self._manager.restore(step, args=args)
+        return restored.state, restored.data
 
     def close(self) -> None:
         self._manager.wait_until_finished()

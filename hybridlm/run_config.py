@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 from ml_collections import config_dict
 
-from hybridlm.data import ByteTokenizer
+from hybridlm.data.pipeline import DATA_SOURCES, FILE_SOURCES
+from hybridlm.data.token_files import TOKEN_DTYPES
+from hybridlm.data.tokenizer import BYTE, load_tokenizer
 from hybridlm.model.config import ConfigError, ModelConfig
 from hybridlm.optim import SCHEDULES
-
-DATA_SOURCES = ("builtin",)
 
 
 def validate(config: config_dict.ConfigDict) -> ModelConfig:
@@ -20,12 +20,7 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
         raise ConfigError(f"config.model does not describe a model: {e}") from None
     data, optim, train = config.data, config.optim, config.train
     model.check_seq_len(data.seq_len)
-    _check(data.source in DATA_SOURCES, f"config.data.source={data.source!r} is not one of {DATA_SOURCES}")
-    _check(
-        ByteTokenizer.vocab_size <= model.vocab_size,
-        f"the built-in byte tokenizer has {ByteTokenizer.vocab_size} ids but config.model.vocab_size="
-        f"{model.vocab_size}; raise the model's vocab_size",
-    )
+    _check_data(data, model.vocab_size)
     _check(
         data.batch_size > 0 and data.batch_size % jax.device_count() == 0,
         f"config.data.batch_size={data.batch_size} must be a positive multiple of the device count "
@@ -42,6 +37,48 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
         _check(train[name] > 0, f"config.train.{name}={train[name]} must be positive")
     return model
+
+
+def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
+    """The data source, its paths, weights and dtype, and the tokenizer against the model's vocab size."""
+    source = data.source
+    _check(source in DATA_SOURCES, f"config.data.source={source!r} is not one of {DATA_SOURCES}")
+    _check(
+        0.0 < data.heldout_fraction < 1.0,
+        f"config.data.heldout_fraction={data.heldout_fraction} must be in (0, 1), e.g. 0.05",
+    )
+    paths, weights = tuple(data.paths), data.weights
+    if source in FILE_SOURCES:
+        _check(
+            bool(paths) and all(isinstance(p, str) and p for p in paths),
+            f"config.data.source={source!r} needs config.data.paths: files or globs, e.g. "
+            f"--config.data.paths='data/*.npy' (got {paths!r})",
+        )
+    else:
+        _check(not paths, f"config.data.paths={paths!r} is only read by the sources {FILE_SOURCES}, not {source!r}")
+    if weights is not None:
+        _check(
+            source in FILE_SOURCES and len(weights) == len(paths) and all(w > 0 for w in weights),
+            f"config.data.weights={tuple(weights)!r} must be one positive weight per entry of config.data.paths "
+            f"({len(paths)} entries) of a file source {FILE_SOURCES}",
+        )
+    _check(
+        data.dtype is None or data.dtype in TOKEN_DTYPES,
+        f"config.data.dtype={data.dtype!r} is not one of {TOKEN_DTYPES} (or None: from the files' metadata)",
+    )
+    if source == "tfds":
+        _check(bool(data.tfds_name), "config.data.source='tfds' needs config.data.tfds_name, e.g. 'wikipedia'")
+    if source == "builtin":
+        _check(data.tokenizer == BYTE, f"the built-in corpus is byte tokens; config.data.tokenizer must be {BYTE!r}")
+    try:
+        tokenizer = load_tokenizer(data.tokenizer, data.eos_token)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(
+        tokenizer.vocab_size <= vocab_size,
+        f"config.data.tokenizer={data.tokenizer!r} has {tokenizer.vocab_size} ids but config.model.vocab_size="
+        f"{vocab_size}; raise the model's vocab_size",
+    )
 
 
 def _check(ok: bool, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Data parallelism over every local device: batches split along their first axis, parameters replicated."""
+"""Data parallelism over every device: batches split along their first axis, parameters replicated."""
 
 from __future__ import annotations
 
@@ -25,5 +25,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def put_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """Places a host batch (numpy arrays [batch_size, ...]) on the mesh, split by rows."""
-    return jax.device_put(batch, batch_sharding(mesh))
+    """Assembles the global batch from every process's rows (numpy arrays [batch_size // process_count, ...]),
+    split by rows across the mesh; in a single process the rows are the whole batch."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), batch)

@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # Keeps orbax's per-save INFO lines off the terminal.
     if _CONFIG.value is None or _WORKDIR.value is None:
         _fail("both --config (an experiment name from `python -m experiments`) and --workdir are required")
-    from hybridlm.trainer import Trainer  # Imported late: flag errors come back before jax starts up.
+    from hybridlm.model.config import ConfigError  # Imported late: flag errors come back before jax starts up.
+    from hybridlm.trainer import Trainer
 
     try:
         trainer = Trainer(_CONFIG.value, _WORKDIR.value)
@@ -73,6 +74,8 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     try:
         trainer.train()
+    except ConfigError as e:  # A checkpoint whose data no longer matches: raised before the first step.
+        _fail(str(e))
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; rerun the same command to resume from the latest checkpoint in {_WORKDIR.value}",

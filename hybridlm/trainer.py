@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import pathlib
 import time
@@ -18,37 +17,19 @@ from flax import nnx
 from ml_collections import config_dict
 
 from hybridlm import checkpoint, run_config, sharding
-from hybridlm.data import ByteTokenizer, load_builtin_corpus, make_lm_dataset, unigram_entropy
+from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
 from hybridlm.metrics import MetricsWriter
 from hybridlm.model import HybridLM, ModelConfig
+from hybridlm.model.config import ConfigError
 from hybridlm.optim import learning_rate_schedule, make_optimizer
 
 TrainState = dict[str, Any]  # {"step": int32 [], "params": nested dict of arrays, "opt_state": optax state}
+IteratorState = dict[str, Any]  # grain's iterator state: {"next_index": the next step's batch}
 
-
-@dataclasses.dataclass(frozen=True)
-class Data:
-    """The run's batches: `train[step]` for every step; `heldout[i]` is a fixed sample of held-out windows."""
-
-    train: grain.MapDataset
-    heldout: grain.MapDataset
-    unigram_entropy: float
-
-
-def load_data(config: config_dict.ConfigDict) -> Data:
-    """The built-in corpus cut into batches; raises ValueError if a split cannot fill one batch."""
-    data = config.data
-    corpus = load_builtin_corpus(data.max_bytes, data.heldout_fraction)
-    common = dict(
-        seq_len=data.seq_len, batch_size=data.batch_size, eos_id=ByteTokenizer.eos_id, document_ids=data.document_mask
-    )
-    return Data(
-        train=make_lm_dataset(corpus.train, seed=config.seed, shuffle=True, name="training split", **common),
-        heldout=make_lm_dataset(corpus.heldout, seed=config.seed, shuffle=True, name="held-out split", **common),
-        unigram_entropy=unigram_entropy(corpus.train, ByteTokenizer.vocab_size),
-    )
+# Batches are read by a grain iterator that prefetches a couple of steps ahead on background threads.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 def _forward_loss(
@@ -130,18 +111,33 @@ class Trainer:
     def initial_state(self) -> TrainState:
         """The latest checkpoint in the workdir if there is one, else the Hugging Face weights named by
         `config.init_from_hf`, else freshly initialised parameters."""
+        return self._start()[0]
+
+    def _start(self) -> tuple[TrainState, IteratorState]:
+        """The initial train state and the data iterator's state (restored with the checkpoint, after checking that
+        the data still yields the same batches)."""
         step = self.checkpointer.latest_step()
         if step is None and self.config.get("init_from_hf"):
             tqdm.tqdm.write(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
-            return self._init_state(hf_load.load_hf_params(self.config.init_from_hf, self.model_config))
+            return self._init_state(hf_load.load_hf_params(self.config.init_from_hf, self.model_config)), {}
         if step is None:
-            return self._init_state()
+            return self._init_state(), {}
         abstract = jax.eval_shape(self._init_state)
         replicated = sharding.replicated(self.mesh)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-        state = self.checkpointer.restore(step, abstract)
+        state, data_state = self.checkpointer.restore(step, abstract)
+        changed = first_difference(data_state["fingerprint"], self.data.fingerprint)
+        if changed:
+            raise ConfigError(
+                f"the checkpoint at step {step} in {self.workdir / 'checkpoints'} was trained on data that gives "
+                f"different batches ({changed}); use a new --workdir or the data config it was trained with"
+            )
         tqdm.tqdm.write(f"resumed from the checkpoint at step {step} in {self.workdir / 'checkpoints'}")
-        return state
+        return state, data_state["iterator"]
+
+    def _data_state(self, iterator: grain.DatasetIterator) -> dict[str, Any]:
+        """What a checkpoint records of the data: the iterator's position and the fingerprint of the batches."""
+        return {"iterator": iterator.get_state(), "fingerprint": self.data.fingerprint}
 
     def evaluate(self, params: Any) -> float:
         """Mean held-out cross-entropy in nats over `config.train.eval_batches` batches of windows drawn (with a fixed
@@ -153,8 +149,10 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Trains to `config.train.num_steps` from wherever the workdir left off; returns the last logged metrics."""
         train = self.config.train
-        state = self.initial_state()
+        state, iterator_state = self._start()
         start = int(state["step"])
+        iterator = iter(self.data.train.to_iter_dataset(READ_OPTIONS))
+        iterator.set_state(iterator_state or {"next_index": start})
         tokens_per_step = self.config.data.batch_size * self.config.data.seq_len
         writer = MetricsWriter(self.workdir)
         last: dict[str, float] = {}
@@ -163,7 +161,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         try:
             for step in range(start, train.num_steps):
-                state, metrics = self._train_step(state, sharding.put_batch(self.data.train[step], self.mesh))
+                state, metrics = self._train_step(state, sharding.put_batch(next(iterator), self.mesh))
                 done = step + 1
                 window_steps += 1
                 progress.update(1)
@@ -186,10 +184,11 @@ class Trainer:
                         f"(unigram entropy {self.data.unigram_entropy:.4f}), train loss {last.get('loss', 0):.4f}"
                     )
                 if done % train.checkpoint_every == 0 or done == train.num_steps:
-                    self.checkpointer.save(done, state)
+                    self.checkpointer.save(done, state, self._data_state(iterator))
                 if done % train.log_every == 0:
                     window_start, window_steps = time.perf_counter(), 0  # eval and checkpoint time stay out of tokens/s
         finally:
+            iterator.close()
             progress.close()
             writer.close()
             self.checkpointer.close()

@@ -41,6 +41,10 @@ def test_listing_names_every_experiment():
         (["--config=tiny_hybrid", "--config.model.layer_pattern=('gdn','mamba')"], "unknown layer types ['mamba']"),
         (["--config=tiny_hybrid", "--config.model.num_heads=5"], "config.model.d_model=128 is not divisible by"),
         (["--config=tiny_hybrid", "--config.data.seq_len=4096"], "sequence length 4096 is outside"),
+        (
+            ["--config=tiny_hybrid", "--config.data.source=token_files", "--config.data.paths=/nonexistent/t.npy"],
+            "config.data.paths[0]: no such file '/nonexistent/t.npy'",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, expected):

@@ -93,7 +93,8 @@ def _save_workdir(workdir: pathlib.Path, run_config, params_by_step: dict) -> No
     optimizer = make_optimizer(run_config.optim, run_config.train.num_steps)
     checkpointer = checkpoint.Checkpointer(workdir, keep=5)
     for step, params in params_by_step.items():
-        checkpointer.save(step, {"step": np.int32(step), "params": params, "opt_state": optimizer.init(params)})
+        state = {"step": np.int32(step), "params": params, "opt_state": optimizer.init(params)}
+        checkpointer.save(step, state, {"iterator": {"next_index": step}})
     checkpointer.close()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from hybridlm import api
-from hybridlm.data import ByteTokenizer
+from hybridlm.data.tokenizer import BYTE, ByteTokenizer, load_tokenizer, tokenizer_file
 from hybridlm.hf.convert import (
     HFFormatError,
     SpecialTokens,
@@ -53,8 +53,11 @@ def export_workdir(
     files are saved too), else the built-in byte tokenizer's eos 256 and pad 257. Returns `out_dir`.
     """
     checkpoint = api.load_workdir(workdir, step)
-    tokenizer_name = checkpoint.run_config.data.get("tokenizer")
-    tokenizer = _load_tokenizer(tokenizer_name, checkpoint.model_config.vocab_size) if tokenizer_name else None
+    data = checkpoint.run_config.data
+    tokenizer_name = data.get("tokenizer", BYTE)
+    tokenizer = None
+    if tokenizer_name not in (None, BYTE):
+        tokenizer = _load_tokenizer(tokenizer_name, data.get("eos_token"), checkpoint.model_config.vocab_size)
     if tokenizer is None:
         tokens = SpecialTokens(bos=None, eos=ByteTokenizer.eos_id, pad=ByteTokenizer.pad_id)
     else:
@@ -154,11 +157,18 @@ def _shard_name(index: int, count: int) -> str:
     return WEIGHTS_FILE if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
 
 
-def _load_tokenizer(name: str, vocab_size: int) -> Any:
-    """The Hugging Face tokenizer `name` (hub id or directory); raises HFFormatError if its ids exceed the vocab."""
-    from transformers import AutoTokenizer  # Only runs that used a Hugging Face tokenizer need transformers here.
+def _load_tokenizer(name: str, eos_token: str | None, vocab_size: int) -> Any:
+    """The run's Hugging Face tokenizer as transformers has it: `name` is a directory (read with its
+    tokenizer_config.json) or a tokenizer.json file (given the run's eos token). Raises HFFormatError if its ids
+    exceed the vocab."""
+    # Only runs that used a Hugging Face tokenizer need transformers here.
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    if pathlib.Path(name).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    else:
+        eos = load_tokenizer(name, eos_token).eos_token
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name)), eos_token=eos)
     if len(tokenizer) > vocab_size:
         raise HFFormatError(
             f"config.data.tokenizer={name!r} has {len(tokenizer)} tokens but config.model.vocab_size={vocab_size}"

@@ -1,0 +1,126 @@
+"""OLMo-style pre-tokenized token files: flat uint16/uint32 arrays, memory-mapped, with optional metadata.
+
+Olmo's corpora (and ``tools/prepare_data.py``) store each shard as a headerless array of token ids in a ``.npy``
+file, documents separated by the eos id. A file that does start with a numpy header is read through it. The
+``metadata.json`` that ``prepare_data.py`` writes beside its files records their dtype, token counts, largest id and
+tokenizer; when it describes a file, the file is not scanned for out-of-range ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from hybridlm.data.stream import TokenStream
+
+TOKEN_DTYPES = ("uint16", "uint32")
+METADATA_FILE = "metadata.json"
+METADATA_FORMAT = "hybridlm-token-files/1"
+_NUMPY_MAGIC = b"\x93NUMPY"
+_SCAN_CHUNK = 1 << 26  # tokens per step of the out-of-range scan
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """The narrowest token dtype that holds ids below ``vocab_size``."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def write_metadata(directory: pathlib.Path, metadata: dict[str, Any]) -> None:
+    """Writes ``metadata.json`` (``format`` added) into ``directory``."""
+    text = json.dumps({"format": METADATA_FORMAT, **metadata}, indent=2, sort_keys=True)
+    (directory / METADATA_FILE).write_text(text + "\n")
+
+
+def read_metadata(directory: str) -> dict[str, Any] | None:
+    """The ``metadata.json`` of ``directory``, or None if it has none."""
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    metadata = json.loads(pathlib.Path(path).read_text())
+    if metadata.get("format") != METADATA_FORMAT:
+        raise ValueError(f"{path} is not a {METADATA_FORMAT} metadata file (format {metadata.get('format')!r})")
+    return metadata
+
+
+def _open(path: str, dtype: str | None, metadata: dict[str, Any] | None) -> np.ndarray:
+    """Memory-maps ``path`` as a 1-D array of ``dtype`` (or of its numpy header's or its directory's ``metadata``
+    dtype), checking that they agree."""
+    with open(path, "rb") as f:
+        has_header = f.read(len(_NUMPY_MAGIC)) == _NUMPY_MAGIC
+    if has_header:
+        tokens = np.load(path, mmap_mode="r")
+        if tokens.ndim != 1 or tokens.dtype.name not in TOKEN_DTYPES:
+            raise ValueError(
+                f"{path} holds a {tokens.dtype} array of shape {tokens.shape}, not flat uint16/uint32 tokens"
+            )
+        found = tokens.dtype.name
+    else:
+        found = dtype or (metadata or {}).get("dtype")
+        if found is None:
+            raise ValueError(
+                f"{path} has no numpy header and no {METADATA_FILE} beside it to say its dtype; "
+                f"set config.data.dtype to one of {TOKEN_DTYPES}"
+            )
+        size = os.path.getsize(path)
+        if size % np.dtype(found).itemsize:
+            raise ValueError(
+                f"{path} has {size} bytes, not a whole number of {found} tokens; is config.data.dtype={dtype!r} right?"
+            )
+        tokens = np.memmap(path, dtype=found, mode="r") if size else np.zeros(0, found)
+    for what, expected in (("config.data.dtype", dtype), (f"its {METADATA_FILE}", (metadata or {}).get("dtype"))):
+        if expected is not None and expected != found:
+            raise ValueError(f"{path} holds {found} tokens but {what} says {expected}; fix config.data.dtype")
+    return tokens
+
+
+def _check_tokens(tokens: np.ndarray, path: str, metadata: dict[str, Any] | None, vocab_size: int, eos_id: int) -> None:
+    """Refuses ids at or above ``vocab_size`` (the largest id comes from the file's metadata entry when that matches
+    the file, else from reading it all) and metadata made with another eos id."""
+    if metadata is not None and metadata["eos_id"] != eos_id:
+        raise ValueError(
+            f"{path} was tokenized with eos id {metadata['eos_id']} (tokenizer {metadata['tokenizer']!r}) but "
+            f"config.data.tokenizer gives eos id {eos_id}; set config.data.tokenizer to the one that made the files"
+        )
+    entry = (metadata or {}).get("files", {}).get(os.path.basename(path))
+    if entry is not None and entry["num_tokens"] == tokens.size:
+        largest = entry["max_token_id"]
+    else:
+        largest = max(int(tokens[i : i + _SCAN_CHUNK].max()) for i in range(0, tokens.size, _SCAN_CHUNK))
+    if largest >= vocab_size:
+        position = int(np.argmax(tokens >= vocab_size)) if tokens.size <= _SCAN_CHUNK else None
+        where = f" (first at token {position})" if position is not None and tokens[position] >= vocab_size else ""
+        raise ValueError(
+            f"{path} holds token id {largest}{where} but config.model.vocab_size={vocab_size}; "
+            f"check config.data.dtype and that the files were made with the model's tokenizer"
+        )
+
+
+def open_token_files(files: list[str], *, dtype: str | None, vocab_size: int, eos_id: int, key: str) -> TokenStream:
+    """The token files ``files``, memory-mapped and read as one stream.
+
+    Every file is checked before any batch is cut: its dtype (``dtype``, its numpy header, its metadata), its size,
+    its largest id against ``vocab_size`` and its metadata's eos id against ``eos_id``. Empty files are skipped.
+
+    Raises:
+      ValueError: naming the file and the value at fault, or ``key`` when every file is empty.
+    """
+    parts, names = [], []
+    metadata_by_dir: dict[str, dict[str, Any] | None] = {}
+    for path in files:
+        directory = os.path.dirname(os.path.abspath(path))
+        if directory not in metadata_by_dir:
+            metadata_by_dir[directory] = read_metadata(directory)
+        metadata = metadata_by_dir[directory]
+        tokens = _open(path, dtype, metadata)
+        if tokens.size == 0:
+            continue
+        _check_tokens(tokens, path, metadata, vocab_size, eos_id)
+        parts.append(tokens)
+        names.append(path)
+    if not parts:
+        raise ValueError(f"{key}: every file is empty ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})")
+    return TokenStream(parts, names)
