@@ -1,6 +1,9 @@
-"""Training: loss, schedules, weight-decay mask, a loss that falls, checkpoint/resume equal to an unbroken run."""
+"""Training: loss, schedules, weight-decay mask, a loss that falls, checkpoint/resume (on token files) equal to an
+unbroken run."""
 
 import json
+import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -9,7 +12,10 @@ import pytest
 from ml_collections import config_dict
 
 from hybridlm import optim
+from hybridlm.data import prepare
+from hybridlm.data.builtin_corpus import list_source_files, stdlib_dir
 from hybridlm.loss import lm_loss
+from hybridlm.model.config import ConfigError
 from hybridlm.trainer import Trainer
 
 
@@ -65,21 +71,45 @@ def _losses(workdir):
     return {line["step"]: line["loss"] for line in lines if "loss" in line}
 
 
-def test_resume_continues_exactly(tmp_path, small_run_config):
-    """Stopping after a checkpoint and rerunning with the same workdir gives the unbroken run's losses, bitwise."""
+@pytest.fixture
+def token_files_config(tmp_path, small_run_config):
+    """The small run on OLMo-style token files that prepare_data made from a folder of text files (some of the
+    standard library's sources)."""
+    root = stdlib_dir()
+    text_dir = tmp_path / "text"
+    for rel_path in list_source_files(root)[:40]:
+        (text_dir / rel_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pathlib.Path(root) / rel_path, text_dir / rel_path)
+    parts = prepare.directory_parts(str(text_dir), "text")
+    prepare.prepare(parts, tmp_path / "tokens", tokenizer="byte", eos_token=None, workers=1, source=str(text_dir))
+    small_run_config.data.update(source="token_files", paths=(str(tmp_path / "tokens" / "*.npy"),))
+    return small_run_config
+
+
+def test_resume_continues_exactly(tmp_path, token_files_config):
+    """Stopping after a checkpoint and rerunning with the same workdir gives the unbroken run's losses, bitwise; the
+    checkpoint holds the data iterator's state, and a data config that would change the batches is refused."""
     unbroken = tmp_path / "unbroken"
-    last = Trainer(small_run_config, unbroken).train()
+    last = Trainer(token_files_config, unbroken).train()
     assert np.isfinite(last["eval_loss"]) and (unbroken / "tensorboard").is_dir()
 
     resumed = tmp_path / "resumed"
-    first_half = small_run_config.copy_and_resolve_references()
+    first_half = token_files_config.copy_and_resolve_references()
     first_half.train.num_steps = 3
     Trainer(first_half, resumed).train()
-    trainer = Trainer(small_run_config, resumed)
+    data_state = json.loads((resumed / "checkpoints" / "3" / "data" / "metadata").read_text())
+    assert data_state["iterator"] == {"next_index": 3}
+    assert [p["file"] for p in data_state["fingerprint"]["train"][0]["parts"]][0] == "part-00000.npy"
+    trainer = Trainer(token_files_config, resumed)
     assert int(trainer.initial_state()["step"]) == 3
     trainer.train()
     assert _losses(resumed) == _losses(unbroken)
     assert sorted(_losses(resumed)) == [1, 2, 3, 4, 5, 6]
+
+    changed = token_files_config.copy_and_resolve_references()
+    changed.data.heldout_fraction = 0.3
+    with pytest.raises(ConfigError, match=r"different batches \(heldout\[0\]\.range: \[\d+, \d+\] there"):
+        Trainer(changed, resumed).initial_state()
 
 
 def test_workdir_refuses_a_different_model(tmp_path, small_run_config):

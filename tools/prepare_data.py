@@ -1,0 +1,72 @@
+"""Tokenizes text/JSONL files or a tensorflow-datasets split into OLMo-style token files for training.
+
+    python tools/prepare_data.py --input DIR --out OUT_DIR [--tokenizer byte|TOKENIZER_JSON] [--workers N]
+    python tools/prepare_data.py --tfds NAME [--split train] [--data_dir DIR] --out OUT_DIR [...]
+
+In DIR, `*.jsonl` and `*.ndjson` files hold one JSON document per line (its `--text_field`); every other file is one
+text document. OUT_DIR gets `part-00000.npy`, ... (headerless uint16 or uint32 token ids, eos after each document)
+and `metadata.json`. Train on them with `--config.data.source=token_files --config.data.paths='OUT_DIR/*.npy'` and
+the same `--config.data.tokenizer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for uninstalled checkouts
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="a directory of text and JSONL files")
+    source.add_argument("--tfds", help="a prepared tensorflow-datasets dataset name (read with tfds.data_source)")
+    parser.add_argument("--split", default="train", help="the tfds split")
+    parser.add_argument("--data_dir", default=None, help="where the tfds dataset lives (default: tfds' own)")
+    parser.add_argument("--out", required=True, help="directory for the token files and metadata.json")
+    parser.add_argument("--tokenizer", default="byte", help="'byte' or a Hugging Face tokenizer.json (or its dir)")
+    parser.add_argument("--eos_token", default=None, help="end-of-document token (default: tokenizer_config.json's)")
+    parser.add_argument("--text_field", default="text", help="the JSON key or tfds feature holding the text")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizing processes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from hybridlm.data import prepare
+    from hybridlm.data.documents import DocumentSpec
+
+    try:
+        if args.input is not None:
+            parts = prepare.directory_parts(args.input, args.text_field)
+            source = os.path.abspath(args.input)
+        else:
+            spec = DocumentSpec(
+                "tfds",
+                text_field=args.text_field,
+                tfds_name=args.tfds,
+                tfds_split=args.split,
+                tfds_data_dir=args.data_dir,
+            )
+            parts = prepare.tfds_parts(spec, args.workers)
+            source = spec.describe()
+        metadata = prepare.prepare(
+            parts, args.out, tokenizer=args.tokenizer, eos_token=args.eos_token, workers=args.workers, source=source
+        )
+    except ValueError as e:  # Missing or unreadable input, a bad tokenizer, a non-empty output: one line.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {metadata['num_tokens']} {metadata['dtype']} tokens of {metadata['num_documents']} documents in "
+        f"{len(metadata['files'])} files to {args.out}\n"
+        f"train on them with: --config.data.source=token_files --config.data.paths='{args.out}/*.npy' "
+        f"--config.data.tokenizer={args.tokenizer}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
