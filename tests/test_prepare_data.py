@@ -81,3 +81,21 @@ def test_tfds_split_to_token_files(tmp_path, cli):
     tokens = np.concatenate([np.fromfile(tmp_path / "out" / name, np.uint16) for name in sorted(metadata["files"])])
     assert int(np.sum(tokens == 256)) == 4 * len(TEXTS)
     assert sum(len(t.encode()) for t in TEXTS * 4) + 4 * len(TEXTS) == tokens.size
+
+
+def test_index_writes_metadata_of_existing_token_files(tmp_path, cli):
+    """Token files made elsewhere (headerless, as Olmo's) get a metadata.json that training then trusts."""
+    docs = [np.array([5, 7, 256], np.uint32), np.array([1, 256, 9, 9, 256], np.uint32)]
+    for i, tokens in enumerate(docs):
+        tokens.tofile(tmp_path / f"shard-{i}.npy")
+    assert cli.main(["--index", str(tmp_path), "--dtype", "uint32"]) == 0
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert metadata["files"] == {
+        "shard-0.npy": {"num_tokens": 3, "num_documents": 1, "max_token_id": 256},
+        "shard-1.npy": {"num_tokens": 5, "num_documents": 2, "max_token_id": 256},
+    }
+    assert (metadata["dtype"], metadata["eos_id"], metadata["num_tokens"]) == ("uint32", 256, 8)
+    config = data_config(source="token_files", paths=(str(tmp_path / "*.npy"),), seq_len=1, batch_size=1)
+    config.data.heldout_fraction = 0.25
+    train = load_data(config).train  # dtype from the metadata; windows [5, 7], [256, 1], [256, 9]
+    assert sorted(int(train[step]["inputs"][0, 0]) for step in range(3)) == [5, 256, 256]

@@ -2,6 +2,9 @@
 
     python tools/prepare_data.py --input DIR --out OUT_DIR [--tokenizer byte|TOKENIZER_JSON] [--workers N]
     python tools/prepare_data.py --tfds NAME [--split train] [--data_dir DIR] --out OUT_DIR [...]
+    python tools/prepare_data.py --index TOKEN_DIR --dtype uint32 --tokenizer TOKENIZER_JSON
+
+`--index` writes the metadata.json of token files made elsewhere (such as Olmo's), so training need not scan them.
 
 In DIR, `*.jsonl` and `*.ndjson` files hold one JSON document per line (its `--text_field`); every other file is one
 text document. OUT_DIR gets `part-00000.npy`, ... (headerless uint16 or uint32 token ids, eos after each document)
@@ -24,14 +27,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="a directory of text and JSONL files")
     source.add_argument("--tfds", help="a prepared tensorflow-datasets dataset name (read with tfds.data_source)")
+    source.add_argument("--index", help="a directory of existing token files to write metadata.json for")
+    parser.add_argument("--dtype", choices=("uint16", "uint32"), help="the --index files' token dtype")
     parser.add_argument("--split", default="train", help="the tfds split")
     parser.add_argument("--data_dir", default=None, help="where the tfds dataset lives (default: tfds' own)")
-    parser.add_argument("--out", required=True, help="directory for the token files and metadata.json")
+    parser.add_argument("--out", help="directory for the token files and metadata.json (not with --index)")
     parser.add_argument("--tokenizer", default="byte", help="'byte' or a Hugging Face tokenizer.json (or its dir)")
     parser.add_argument("--eos_token", default=None, help="end-of-document token (default: tokenizer_config.json's)")
     parser.add_argument("--text_field", default="text", help="the JSON key or tfds feature holding the text")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizing processes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.index is None) == (args.out is None):
+        parser.error("give --out with --input or --tfds, and not with --index")
+    if args.index is not None and args.dtype is None:
+        parser.error("--index needs --dtype")
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +50,10 @@ def main(argv: list[str]) -> int:
     from hybridlm.data.documents import DocumentSpec
 
     try:
+        if args.index is not None:
+            metadata = prepare.index(args.index, dtype=args.dtype, tokenizer=args.tokenizer, eos_token=args.eos_token)
+            print(f"indexed {metadata['num_tokens']} tokens in {len(metadata['files'])} files of {args.index}")
+            return 0
         if args.input is not None:
             parts = prepare.directory_parts(args.input, args.text_field)
             source = os.path.abspath(args.input)

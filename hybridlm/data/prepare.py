@@ -1,4 +1,5 @@
-"""Tokenizes documents into OLMo-style token files plus a ``metadata.json``, in parallel (``tools/prepare_data.py``).
+"""Tokenizes documents into OLMo-style token files plus a ``metadata.json``, in parallel (``tools/prepare_data.py``),
+or writes the ``metadata.json`` of token files made elsewhere (such as Olmo's).
 
 The input is a directory of text and JSONL files, or a prepared tensorflow-datasets split. It is cut into parts:
 each JSONL file is one part, consecutive text files are grouped into parts of about ``part_bytes``, and a tfds
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 import tqdm
 
 from hybridlm.data.documents import DocumentSpec, open_documents
-from hybridlm.data.token_files import dtype_for_vocab, write_metadata
+from hybridlm.data.token_files import dtype_for_vocab, file_entry, write_metadata
 from hybridlm.data.tokenize import tokenized_documents
 from hybridlm.data.tokenizer import load_tokenizer
 
@@ -151,4 +152,27 @@ def prepare(
         "files": {f.pop("name"): f for f in files},
     }
     write_metadata(out, metadata)
+    return metadata
+
+
+def index(directory: str | pathlib.Path, *, dtype: str, tokenizer: str, eos_token: str | None) -> dict[str, Any]:
+    """Writes the ``metadata.json`` of the ``*.npy`` token files already in ``directory`` (read once, with a
+    progress bar), so that training need not scan them; returns it."""
+    directory = pathlib.Path(directory)
+    files = sorted(directory.glob("*.npy"))
+    if not files:
+        raise ValueError(f"--index {directory}: no *.npy token files there")
+    loaded = load_tokenizer(tokenizer, eos_token)
+    entries = {path.name: file_entry(str(path), dtype, loaded.eos_id) for path in tqdm.tqdm(files, desc="indexing")}
+    metadata = {
+        "dtype": dtype,
+        "tokenizer": tokenizer,
+        "eos_id": loaded.eos_id,
+        "vocab_size": loaded.vocab_size,
+        "source": str(directory.absolute()),
+        "num_tokens": sum(e["num_tokens"] for e in entries.values()),
+        "num_documents": sum(e["num_documents"] for e in entries.values()),
+        "files": entries,
+    }
+    write_metadata(directory, metadata)
     return metadata

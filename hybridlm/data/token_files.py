@@ -89,7 +89,7 @@ def _check_tokens(tokens: np.ndarray, path: str, metadata: dict[str, Any] | None
     if entry is not None and entry["num_tokens"] == tokens.size:
         largest = entry["max_token_id"]
     else:
-        largest = max(int(tokens[i : i + _SCAN_CHUNK].max()) for i in range(0, tokens.size, _SCAN_CHUNK))
+        largest = _max_id(tokens)
     if largest >= vocab_size:
         position = int(np.argmax(tokens >= vocab_size)) if tokens.size <= _SCAN_CHUNK else None
         where = f" (first at token {position})" if position is not None and tokens[position] >= vocab_size else ""
@@ -97,6 +97,19 @@ def _check_tokens(tokens: np.ndarray, path: str, metadata: dict[str, Any] | None
             f"{path} holds token id {largest}{where} but config.model.vocab_size={vocab_size}; "
             f"check config.data.dtype and that the files were made with the model's tokenizer"
         )
+
+
+def _max_id(tokens: np.ndarray) -> int:
+    return max((int(tokens[i : i + _SCAN_CHUNK].max()) for i in range(0, tokens.size, _SCAN_CHUNK)), default=0)
+
+
+def file_entry(path: str, dtype: str, eos_id: int) -> dict[str, int]:
+    """The ``metadata.json`` entry of an existing token file: its tokens, documents (eos count) and largest id."""
+    tokens = _open(path, dtype, None)
+    documents = sum(
+        int(np.count_nonzero(tokens[i : i + _SCAN_CHUNK] == eos_id)) for i in range(0, tokens.size, _SCAN_CHUNK)
+    )
+    return {"num_tokens": int(tokens.size), "num_documents": documents, "max_token_id": _max_id(tokens)}
 
 
 def open_token_files(files: list[str], *, dtype: str | None, vocab_size: int, eos_id: int, key: str) -> TokenStream:
