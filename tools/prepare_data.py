@@ -36,6 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--eos_token", default=None, help="end-of-document token (default: tokenizer_config.json's)")
     parser.add_argument("--text_field", default="text", help="the JSON key or tfds feature holding the text")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizing processes")
+    parser.add_argument("--part_mb", type=float, default=256, help="text files are grouped into parts of this many MB")
     args = parser.parse_args(argv)
     if (args.index is None) == (args.out is None):
         parser.error("give --out with --input or --tfds, and not with --index")
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
             print(f"indexed {metadata['num_tokens']} tokens in {len(metadata['files'])} files of {args.index}")
             return 0
         if args.input is not None:
-            parts = prepare.directory_parts(args.input, args.text_field)
+            parts = prepare.directory_parts(args.input, args.text_field, int(args.part_mb * 2**20))
             source = os.path.abspath(args.input)
         else:
             spec = DocumentSpec(
