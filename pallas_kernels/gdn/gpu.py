@@ -66,7 +66,6 @@ from jax.experimental.pallas import triton as plgpu
 MAX_HEAD_DIM = 256
 CHUNK_SIZES = (16, 32, 64)
 _BLOCK_V = (16, 32, 64)
-INVERSES = ("blocked", "substitution")
 _INPUT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 _MATMUL_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 _F32 = jnp.float32
@@ -80,7 +79,6 @@ class _Config:
     chunk: C. key_dim: padded K. block_v: BV, the value columns per scan program and per step of the chunk
     kernels. num_v_blocks: padded V / BV.
     matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
-    inverse: "blocked" or "substitution", the algorithm for (I + A)^-1 (see ``_unit_lower_inverse``).
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
     """
 
@@ -89,7 +87,6 @@ class _Config:
     block_v: int
     num_v_blocks: int
     matmul_dtype: np.dtype
-    inverse: str
     interpret: bool
 
     @property
@@ -97,16 +94,13 @@ class _Config:
         return self.block_v * self.num_v_blocks
 
     @property
-    def exact_precision(self) -> Any:
-        """float32 accuracy: three TF32 tensor-core passes on the GPU, plain float32 in the interpreter.
-
-        (IEEE float32 dots lower to CUDA-core FMA loops that take minutes to compile and run far slower.)
-        """
+    def precision(self) -> Any:
+        """For float32 matmuls, float32 accuracy: three TF32 tensor-core passes on the GPU (IEEE float32 dots lower
+        to CUDA-core FMA loops that take minutes to compile and run far slower), plain float32 in the interpreter.
+        For bfloat16 operands, the default (one bfloat16 pass, float32 accumulation)."""
+        if self.matmul_dtype != np.dtype(_F32):
+            return None
         return _HIGHEST if self.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-
-    @property
-    def fast_precision(self) -> Any:
-        return self.exact_precision if self.matmul_dtype == np.dtype(_F32) else None
 
     def params(self, num_warps: int, num_stages: int) -> plgpu.CompilerParams:
         return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
@@ -121,7 +115,7 @@ class _Config:
 
     @property
     def chunk_warps(self) -> int:
-        return 8 if self.chunk == 64 else 4
+        return 4
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,22 +130,13 @@ def _positions(size: int) -> tuple[jax.Array, jax.Array]:
     return rows, cols
 
 
-def _mm(
-    a: jax.Array,
-    b: jax.Array,
-    cfg: _Config,
-    *,
-    exact: bool = False,
-    transpose_a: bool = False,
-    transpose_b: bool = False,
-) -> jax.Array:
-    """op(a) @ op(b) with float32 accumulation.
-
-    exact: float32 operands at float32 accuracy; otherwise operands in ``cfg.matmul_dtype``.
-    """
-    dtype, precision = (_F32, cfg.exact_precision) if exact else (cfg.matmul_dtype, cfg.fast_precision)
+def _mm(a: jax.Array, b: jax.Array, cfg: _Config, *, transpose_a: bool = False, transpose_b: bool = False) -> jax.Array:
+    """op(a) @ op(b): operands in ``cfg.matmul_dtype``, float32 accumulation."""
     dims = (((0 if transpose_a else 1,), (1 if transpose_b else 0,)), ((), ()))
-    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision, preferred_element_type=_F32)
+    dtype = cfg.matmul_dtype
+    return jax.lax.dot_general(
+        a.astype(dtype), b.astype(dtype), dims, precision=cfg.precision, preferred_element_type=_F32
+    )
 
 
 def _chunk_decay(g: jax.Array, doc: jax.Array) -> jax.Array:
@@ -183,33 +168,7 @@ def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, ja
     return gamma, decay_in, decay_out
 
 
-def _blocked_inverse(a: jax.Array, cfg: _Config) -> jax.Array:
-    """(I + A)^-1 [C, C] for strictly lower-triangular A [C, C], blockwise with matmuls.
-
-    First the 4 x 4 diagonal blocks by forward substitution, all blocks at once: step s forms the rows
-    r = s (mod 4) from the rows above them (3 masked matmuls). Then, for blocks of 16, 64 (capped at C),
-    from the inverse T_d of I + (A on the diagonal blocks a quarter that size): with A_o the rest of A
-    inside the larger blocks, I + A = (I + A_d)(I + N) with N = T_d A_o, strictly lower by whole smaller
-    blocks, so N^4 = 0 and (I + A)^-1 = (I - N)(I + N^2) T_d (4 matmuls per level). All at float32 accuracy.
-    """
-    size = a.shape[0]
-    rows, cols = _positions(size)
-    inverse = (rows == cols).astype(_F32)
-    diagonal_4 = jnp.where(rows // 4 == cols // 4, a, 0.0)
-    for step in range(1, 4):
-        inverse -= _mm(jnp.where(rows % 4 == step, diagonal_4, 0.0), inverse, cfg, exact=True)
-    block = 4
-    while block < size:
-        outer = min(4 * block, size)
-        off_diagonal = jnp.where((rows // outer == cols // outer) & (rows // block != cols // block), a, 0.0)
-        n = _mm(inverse, off_diagonal, cfg, exact=True)
-        x = inverse + _mm(n, _mm(n, inverse, cfg, exact=True), cfg, exact=True)
-        inverse = x - _mm(n, x, cfg, exact=True)
-        block = outer
-    return inverse
-
-
-def _substitution_inverse(a: jax.Array) -> jax.Array:
+def _unit_lower_inverse(a: jax.Array) -> jax.Array:
     """(I + A)^-1 [C, C] for strictly lower-triangular A [C, C], by forward substitution (C - 1 steps).
 
     Row i of the inverse is e_i - sum_{j < i} A_ij (row j); rows j >= i are still e_j when row i is formed,
@@ -225,13 +184,6 @@ def _substitution_inverse(a: jax.Array) -> jax.Array:
         return jnp.where(rows == i, inverse - update[None, :], inverse)
 
     return jax.lax.fori_loop(1, size, substitute, (rows == cols).astype(_F32))
-
-
-def _unit_lower_inverse(a: jax.Array, cfg: _Config) -> jax.Array:
-    """(I + A)^-1 for strictly lower A [C, C]: ``_blocked_inverse`` (the default: a few dozen tensor-core
-    matmuls) or ``_substitution_inverse`` (C - 1 dependent steps of cross-thread reductions; slower, kept as
-    the variant first validated on an H100)."""
-    return _blocked_inverse(a, cfg) if cfg.inverse == "blocked" else _substitution_inverse(a)
 
 
 def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
@@ -271,7 +223,7 @@ def _key_products(q_ref, k_ref, cfg: _Config) -> tuple[jax.Array, jax.Array]:
     qk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
     for keys in _key_blocks(cfg):
         k = k_ref[:, keys].astype(_F32)
-        kk += _mm(k, k, cfg, exact=True, transpose_b=True)
+        kk += _mm(k, k, cfg, transpose_b=True)
         qk += _mm(q_ref[:, keys], k, cfg, transpose_b=True)
     return kk, qk
 
@@ -284,17 +236,17 @@ def _chunk_fwd_kernel(
     gamma, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
     kk, qk = _key_products(q_ref, k_ref, cfg)
-    inverse = _unit_lower_inverse(jnp.where(rows > cols, beta[:, None] * kk * gamma, 0.0), cfg)
+    inverse = _unit_lower_inverse(jnp.where(rows > cols, beta[:, None] * kk * gamma, 0.0))
     p = qk * gamma
     for keys in _key_blocks(cfg):
         k = k_ref[:, keys].astype(_F32)
-        w = _mm(inverse, (beta * decay_in)[:, None] * k, cfg, exact=True)
+        w = _mm(inverse, (beta * decay_in)[:, None] * k, cfg)
         w_ref[:, keys] = w.astype(w_ref.dtype)
         qt = decay_in[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
         qt_ref[:, keys] = qt.astype(qt_ref.dtype)
         kt_ref[:, keys] = (decay_out[:, None] * k).astype(kt_ref.dtype)
     for columns in _value_tiles(cfg):
-        u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg, exact=True)
+        u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg)
         u_ref[:, columns] = u.astype(u_ref.dtype)
         pu_ref[:, columns] = _mm(p, u, cfg).astype(pu_ref.dtype)
     for ref in inverse_ref:
@@ -331,28 +283,13 @@ def _scan_fwd_kernel(
 
 
 def _scan_bwd_kernel(
-    w_ref,
-    u_ref,
-    qt_ref,
-    kt_ref,
-    g_ref,
-    doc_ref,
-    states_ref,
-    do_ref,
-    dfinal_ref,
-    du_ref,
-    dw_ref,
-    dqt_ref,
-    dkt_ref,
-    ddecay_ref,
-    dh0_ref,
-    *,
-    cfg: _Config,
+    w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, *, cfg: _Config
 ) -> None:
-    """One (head, value tile): the reverse loop over chunks carrying dS [K, BV].
+    """One (head, value tile): the reverse loop over chunks carrying dS [K, BV], the cotangent of the state
+    leaving the chunk.
 
-    Writes dU [T, BV] and dh0 [K, BV], and this tile's share of the V-contractions: dW, dQt, dKt [T, K]
-    and the chunk-decay cotangents [N].
+    Inputs per head: W, Qt, Kt [T, K]; g, doc [T]; dO [T, BV]; dfinal [K, BV]. Writes dU = d(v_new) [T, BV],
+    dS leaving every chunk [N * K, BV] (for ``_contract_bwd_kernel``) and dh0 [K, BV].
     """
     chunk, key_dim = cfg.chunk, cfg.key_dim
     num_chunks = g_ref.shape[0] // chunk
@@ -360,21 +297,41 @@ def _scan_bwd_kernel(
     def step(i: jax.Array, d_state: jax.Array) -> jax.Array:
         n = num_chunks - 1 - i
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
-        state = states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :].astype(_F32)
-        w = w_ref[rows, :]
-        do = do_ref[rows, :].astype(_F32)
+        d_states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = d_state.astype(d_states_ref.dtype)
         d_v_new = _mm(kt_ref[rows, :], d_state, cfg)
-        v_new = u_ref[rows, :].astype(_F32) - _mm(w, state, cfg)
         du_ref[rows, :] = d_v_new
-        dkt_ref[rows, :] = _mm(v_new, d_state, cfg, transpose_b=True)
-        dw_ref[rows, :] = -_mm(d_v_new, state, cfg, transpose_b=True)
-        dqt_ref[rows, :] = _mm(do, state, cfg, transpose_b=True)
-        ddecay_ref[n] = jnp.sum(state * d_state)
         decay = _chunk_decay(g_ref[rows], doc_ref[rows])
-        d_state = decay * d_state + _mm(qt_ref[rows, :], do, cfg, transpose_a=True)
-        return d_state - _mm(w, d_v_new, cfg, transpose_a=True)
+        d_state = decay * d_state + _mm(qt_ref[rows, :], do_ref[rows, :], cfg, transpose_a=True)
+        return d_state - _mm(w_ref[rows, :], d_v_new, cfg, transpose_a=True)
 
     dh0_ref[...] = jax.lax.fori_loop(0, num_chunks, step, dfinal_ref[...].astype(_F32))
+
+
+def _contract_bwd_kernel(
+    w_ref, u_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
+) -> None:
+    """One chunk: the cotangents that contract the state's value dim, summed over value tiles.
+
+    With S the state entering the chunk and dS the cotangent of the state leaving it, both [K, V]:
+    v_new = U - W S, dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, K] and d(d) = sum(S * dS).
+    """
+    w = w_ref[...]
+    dw = jnp.zeros((cfg.chunk, cfg.key_dim), _F32)
+    dqt = jnp.zeros_like(dw)
+    dkt = jnp.zeros_like(dw)
+    d_decay = jnp.zeros((), _F32)
+    for columns in _value_tiles(cfg):
+        state = states_ref[:, columns]
+        d_state = d_states_ref[:, columns]
+        v_new = u_ref[:, columns].astype(_F32) - _mm(w, state, cfg)
+        dkt += _mm(v_new, d_state, cfg, transpose_b=True)
+        dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
+        dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
+        d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
+    dw_ref[...] = dw
+    dqt_ref[...] = dqt
+    dkt_ref[...] = dkt
+    ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
 
 
 def _chunk_bwd_kernel(
@@ -403,11 +360,10 @@ def _chunk_bwd_kernel(
 ) -> None:
     """One chunk: cotangents of W, U, Qt, PU (= dO), Kt and d -> dq, dk [C, K], dv [C, V], dg, dbeta [C].
 
-    The partial V-contractions of the scan (dw, dqt, dkt [tiles, C, K], ddecay [tiles, N]) are summed here.
+    dw, dqt, dkt [C, K] and ddecay [C] (the chunk-decay cotangent, repeated) come from ``_contract_bwd_kernel``.
     Key blocks are visited twice: first for the C x C cotangents (which sum over K), then for dq and dk (the
     per-block terms of the first visit are recomputed rather than kept, to bound registers and shared memory).
     """
-    n = pl.program_id(1)
     rows, cols = _positions(cfg.chunk)
     g, beta, doc = g_ref[...], beta_ref[...], doc_ref[...]
     gamma, decay_in, decay_out = _chunk_gates(g, doc)
@@ -425,18 +381,16 @@ def _chunk_bwd_kernel(
         do = do_ref[:, columns].astype(_F32)
         d_p += _mm(do, u_ref[:, columns], cfg, transpose_b=True)
         du = du_ref[:, columns] + _mm(p, do, cfg, transpose_a=True)
-        d_inverse += _mm(du, beta[:, None] * v, cfg, exact=True, transpose_b=True)
-        d_xu = _mm(inverse, du, cfg, exact=True, transpose_a=True)
+        d_inverse += _mm(du, beta[:, None] * v, cfg, transpose_b=True)
+        d_xu = _mm(inverse, du, cfg, transpose_a=True)
         dv_ref[:, columns] = beta[:, None] * d_xu
         d_beta += jnp.sum(v * d_xu, axis=1)
 
     def key_side(keys: pl.Slice) -> tuple[jax.Array, ...]:
         """Per key block: q, k, the summed dQt, dKt, and dW, d(diag(beta D) K) including the P W path."""
-        dqt, dkt, dw = (
-            sum(ref[tile, :, keys] for tile in range(cfg.num_v_blocks)) for ref in (dqt_ref, dkt_ref, dw_ref)
-        )
+        dqt, dkt, dw = (ref[:, keys] for ref in (dqt_ref, dkt_ref, dw_ref))
         dw -= _mm(p, dqt, cfg, transpose_a=True)
-        d_xw = _mm(inverse, dw, cfg, exact=True, transpose_a=True)
+        d_xw = _mm(inverse, dw, cfg, transpose_a=True)
         return q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32), dqt, dkt, dw, d_xw
 
     # Key side, first visit: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
@@ -449,12 +403,12 @@ def _chunk_bwd_kernel(
         d_decay_out += jnp.sum(k * dkt, axis=1)
         k_dxw += jnp.sum(k * d_xw, axis=1)
         d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
-        d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, exact=True, transpose_b=True)
+        d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, transpose_b=True)
     d_beta += decay_in * k_dxw
     d_decay_in += beta * k_dxw
 
     # Through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma.
-    d_a = -_mm(_mm(inverse, d_inverse, cfg, exact=True, transpose_a=True), inverse, cfg, exact=True, transpose_b=True)
+    d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
     d_a = jnp.where(rows > cols, d_a, 0.0)
     d_kk = d_a * beta[:, None] * gamma
     d_beta += jnp.sum(d_a * kk * gamma, axis=1)
@@ -466,10 +420,10 @@ def _chunk_bwd_kernel(
         q, k, dqt, dkt, dw, d_xw = key_side(keys)
         dq_ref[:, keys] = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)
         dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
-        dk_ref[:, keys] = dk + _mm(d_kk_sym, k, cfg, exact=True)
+        dk_ref[:, keys] = dk + _mm(d_kk_sym, k, cfg)
 
     d_pair = d_kk * kk + d_qk * qk  # d(Gamma) * Gamma: the cotangent of L (0 above the diagonal)
-    d_decay = sum(ddecay_ref[tile, n] for tile in range(cfg.num_v_blocks))
+    d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
     dg_ref[...] = _gate_grad(d_pair, d_decay_in * decay_in, d_decay_out * decay_out, d_decay * _chunk_decay(g, doc))
     dbeta_ref[...] = d_beta
 
@@ -580,43 +534,62 @@ def _scan_forward(
 
 def _scan_backward(
     w: jax.Array,
-    u: jax.Array,
     qt: jax.Array,
     kt: jax.Array,
     g: jax.Array,
     doc: jax.Array,
-    states: jax.Array,
     do: jax.Array,
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """[dU [BH, T, V], dW, dQt, dKt [BH * tiles, T, K], d_decay [BH * tiles, N], dh0 [BH, K, V]] (float32)."""
+    """[dU [BH, T, V] (float32), dS leaving each chunk [BH, N * K, V] (storage dtype), dh0 [BH, K, V] (float32)]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
-    tiles = cfg.num_v_blocks
     key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
     state_spec = _tile_spec(cfg, cfg.key_dim)
-    partial_spec = pl.BlockSpec((None, length, cfg.key_dim), lambda bh, j: (bh * tiles + j, 0, 0))
-    partial_out = jax.ShapeDtypeStruct((heads * tiles, length, cfg.key_dim), _F32)
     return pl.pallas_call(
         functools.partial(_scan_bwd_kernel, cfg=cfg),
-        grid=(heads, tiles),
-        in_specs=[key_spec, value_spec, key_spec, key_spec, _sequence_spec(length), _sequence_spec(length)]
-        + [_tile_spec(cfg, num_chunks * cfg.key_dim), value_spec, state_spec],
-        out_specs=[value_spec, partial_spec, partial_spec, partial_spec]
-        + [pl.BlockSpec((None, num_chunks), lambda bh, j: (bh * tiles + j, 0)), state_spec],
-        out_shape=[jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32), partial_out, partial_out, partial_out]
-        + [
-            jax.ShapeDtypeStruct((heads * tiles, num_chunks), _F32),
+        grid=(heads, cfg.num_v_blocks),
+        in_specs=[key_spec, key_spec, key_spec, _sequence_spec(length), _sequence_spec(length), value_spec]
+        + [state_spec],
+        out_specs=[value_spec, _tile_spec(cfg, num_chunks * cfg.key_dim), state_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32),
+            jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
             jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32),
         ],
         compiler_params=cfg.scan_params(
-            ((3 * cfg.chunk + cfg.block_v) * cfg.key_dim + cfg.chunk * cfg.block_v) * cfg.matmul_dtype.itemsize
-            + cfg.chunk * cfg.block_v * do.dtype.itemsize
+            3 * cfg.chunk * cfg.key_dim * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
         ),
         interpret=cfg.interpret,
         name="gdn_scan_bwd",
-    )(w, u, qt, kt, g, doc, states, do, dfinal)
+    )(w, qt, kt, g, doc, do, dfinal)
+
+
+def _contract_backward(
+    w: jax.Array,
+    u: jax.Array,
+    states: jax.Array,
+    d_states: jax.Array,
+    do: jax.Array,
+    du: jax.Array,
+    cfg: _Config,
+) -> list[jax.Array]:
+    """dW, dQt, dKt [BH, T, K] and d(d) [BH, T] (each chunk's value repeated over its C positions), float32."""
+    heads, length, _ = w.shape
+    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
+    state_spec = pl.BlockSpec((None, cfg.key_dim, cfg.value_dim), lambda bh, n: (bh, n, 0))
+    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32)
+    return pl.pallas_call(
+        functools.partial(_contract_bwd_kernel, cfg=cfg),
+        grid=(heads, length // cfg.chunk),
+        in_specs=[key_spec, value_spec, state_spec, state_spec, value_spec, value_spec],
+        out_specs=[key_spec, key_spec, key_spec, _chunk_vector_spec(cfg)],
+        out_shape=[key_out, key_out, key_out, jax.ShapeDtypeStruct((heads, length), _F32)],
+        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        interpret=cfg.interpret,
+        name="gdn_contract_bwd",
+    )(w, u, states, d_states, do, du)
 
 
 def _chunk_backward(
@@ -631,24 +604,17 @@ def _chunk_backward(
 ) -> list[jax.Array]:
     """dq, dk [BH, T, K], dv [BH, T, V], dg, dbeta [BH, T] (float32).
 
-    inputs: q, k, v, g, beta, doc. partials: dW, dQt, dKt [BH * tiles, T, K] and d_decay [BH * tiles, N].
+    inputs: q, k, v, g, beta, doc. partials: dW, dQt, dKt [BH, T, K] and d(d) [BH, T] from ``_contract_backward``.
     """
     heads, length, _ = w.shape
-    num_chunks = length // cfg.chunk
-    tiles = cfg.num_v_blocks
-    dw, dqt, dkt, d_decay = partials
-    dw, dqt, dkt = (x.reshape(heads, tiles, length, cfg.key_dim) for x in (dw, dqt, dkt))
-    d_decay = d_decay.reshape(heads, tiles, num_chunks)
     key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
     vector_spec = _chunk_vector_spec(cfg)
-    partial_spec = pl.BlockSpec((None, tiles, cfg.chunk, cfg.key_dim), lambda bh, n: (bh, 0, n, 0))
     heads_length = (heads, length)
     return pl.pallas_call(
         functools.partial(_chunk_bwd_kernel, cfg=cfg),
-        grid=(heads, num_chunks),
+        grid=(heads, length // cfg.chunk),
         in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)]
-        + [key_spec, value_spec, value_spec, value_spec, partial_spec, partial_spec, partial_spec]
-        + [pl.BlockSpec((None, tiles, num_chunks), lambda bh, n: (bh, 0, 0))],
+        + [key_spec, value_spec, value_spec, value_spec, key_spec, key_spec, key_spec, vector_spec],
         out_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec],
         out_shape=[
             jax.ShapeDtypeStruct((*heads_length, cfg.key_dim), _F32),
@@ -660,7 +626,7 @@ def _chunk_backward(
         compiler_params=cfg.params(cfg.chunk_warps, 1),
         interpret=cfg.interpret,
         name="gdn_chunk_bwd",
-    )(*inputs, inverse, w, u, du, do, dw, dqt, dkt, d_decay)
+    )(*inputs, inverse, w, u, du, do, *partials)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -715,10 +681,9 @@ def _gdn_bwd(
     do, dfinal = cotangents
     w, u, qt, pu, kt, inverse = _chunk_forward(q, k, v, g, beta, doc, cfg, with_inverse=True)
     _, states = _scan_forward(w, u, qt, pu, kt, g, doc, h0, cfg, outputs=False, o_dtype=v.dtype)
-    du, dw, dqt, dkt, d_decay, dh0 = _scan_backward(w, u, qt, kt, g, doc, states, do, dfinal, cfg)
-    dq, dk, dv, dg, dbeta = _chunk_backward(
-        (q, k, v, g, beta, doc), inverse, w, u, du, do, (dw, dqt, dkt, d_decay), cfg
-    )
+    du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
+    partials = _contract_backward(w, u, states, d_states, do, du, cfg)
+    dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dbeta, dh0, None
 
 
@@ -746,7 +711,6 @@ def _make_config(
     interpret: bool,
     matmul_dtype: Any,
     block_v: int | None,
-    inverse: str,
 ) -> _Config:
     """Checks the limits of the kernels (ValueError before any launch) and picks the padding and tiles."""
     for name, x in named.items():
@@ -760,8 +724,6 @@ def _make_config(
         _fail(f"the pallas_gpu kernel supports chunk_size in {CHUNK_SIZES}; got {chunk_size}")
     if np.dtype(matmul_dtype) not in _MATMUL_DTYPES:
         _fail(f"the pallas_gpu kernel supports matmul_dtype float32 or bfloat16; got {np.dtype(matmul_dtype)}")
-    if inverse not in INVERSES:
-        _fail(f"the pallas_gpu kernel supports inverse in {INVERSES}; got {inverse!r}")
     if block_v is None:
         block_v = min(64, _next_power_of_two(max(value_dim, 16)))
     elif block_v not in _BLOCK_V:
@@ -772,7 +734,6 @@ def _make_config(
         block_v=block_v,
         num_v_blocks=-(-value_dim // block_v),
         matmul_dtype=np.dtype(matmul_dtype),
-        inverse=inverse,
         interpret=bool(interpret),
     )
 
@@ -845,7 +806,6 @@ def pallas_gpu_gated_delta_rule(
     interpret: bool = False,
     matmul_dtype: Any = jnp.float32,
     block_v: int | None = None,
-    inverse: str = "substitution",
 ) -> tuple[jax.Array, jax.Array]:
     """Chunked gated delta rule on the GPU (Pallas / Triton); differentiable (custom VJP, Pallas backward).
 
@@ -859,17 +819,15 @@ def pallas_gpu_gated_delta_rule(
       interpret: run the kernels with the Pallas interpreter (CPU tests).
       matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
       block_v: value columns per scan program, 16, 32 or 64; default min(64, V rounded up to a power of two).
-      inverse: how the chunk kernel inverts I + A: "substitution" (row by row; the default, checked on an H100)
-        or "blocked" (diagonal blocks then two doubling levels; fewer dependent steps, checked on the CPU only).
 
     Returns:
       o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in float32.
 
     Raises:
-      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, block_v or inverse.
+      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, or block_v.
     """
     named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
-    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v, inverse)
+    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v)
     if q.shape[1] == 0:
         return jnp.zeros(v.shape, v.dtype), initial_state.astype(_F32)
     return _run(q, k, v, g, beta, initial_state, resets, scale, cfg)

@@ -1,0 +1,219 @@
+"""Times the gated delta rule: our Pallas GPU kernel, the plain-jnp chunked reference, and flash-linear-attention.
+
+Run on a CUDA machine from the repository root:
+
+    python tools/bench_gdn.py                        # the three shapes of docs/gdn_kernels.md and T = 65,536
+    python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
+    python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
+
+Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and float32 g (log-sigmoid of a
+normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64. "fwd" is the output and the
+final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta. Each number is the median over
+``--runs`` timed calls (host clock around a synchronised call, after warm-up), all in one process, so the rows
+of one run compare directly. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its
+Hopper guard against a Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pallas_kernels.gdn import gpu  # noqa: E402
+from pallas_kernels.gdn.ops import gated_delta_rule  # noqa: E402
+
+SHAPES = ((1, 8192, 30, 96, 192), (4, 4096, 16, 128, 128), (2, 8192, 16, 128, 256), (1, 65536, 16, 128, 128))
+CHUNK = 64
+GRAD_NAMES = ("q", "k", "v", "g", "beta")
+
+
+def _inputs(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    """Random float32 numpy inputs: q, k (unit rows), v [B, T, H, K|V]; g, beta [B, T, H]."""
+    batch, length, heads, key_dim, value_dim = shape
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    return dict(
+        q=unit(rng.standard_normal((batch, length, heads, key_dim), np.float32)),
+        k=unit(rng.standard_normal((batch, length, heads, key_dim), np.float32)),
+        v=rng.standard_normal((batch, length, heads, value_dim), np.float32),
+        g=np.log(1.0 / (1.0 + np.exp(-(rng.standard_normal((batch, length, heads), np.float32) + 3.0)))),
+        beta=rng.uniform(0.0, 1.0, (batch, length, heads)).astype(np.float32),
+    )
+
+
+def _median_ms(fn: Callable[[], object], sync: Callable[[object], object], runs: int) -> float:
+    for _ in range(3):
+        sync(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
+    """(fwd ms, fwd+bwd ms) of fn(q, k, v, g, beta) -> (o, final) on bf16 q, k, v."""
+    args = [jnp.asarray(x[n], jnp.bfloat16 if n in ("q", "k", "v") else jnp.float32) for n in GRAD_NAMES]
+    forward = jax.jit(fn)
+    o, final = forward(*args)
+    rng = np.random.default_rng(7)
+    cotangent = (
+        jnp.asarray(rng.standard_normal(o.shape), o.dtype),
+        jnp.asarray(rng.standard_normal(final.shape), final.dtype),
+    )
+    backward = jax.jit(lambda *a: jax.vjp(fn, *a)[1](cotangent))
+    fwd = _median_ms(lambda: forward(*args), jax.block_until_ready, runs)
+    bwd = _median_ms(lambda: backward(*args), jax.block_until_ready, runs)
+    return fwd, bwd
+
+
+def _pallas(matmul_dtype: str) -> Callable:
+    def run(q, k, v, g, beta):
+        batch, length, heads, key_dim = q.shape
+        state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
+        resets = jnp.zeros((batch, length), bool)
+        return gpu.pallas_gpu_gated_delta_rule(
+            q, k, v, g, beta, state, resets, key_dim**-0.5, CHUNK, matmul_dtype=matmul_dtype
+        )
+
+    return run
+
+
+def _chunked(q, k, v, g, beta):
+    return gated_delta_rule(q, k, v, g, beta, chunk_size=CHUNK, impl="chunked")
+
+
+def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
+    """(fwd ms, fwd+bwd ms) of flash-linear-attention's chunk_gated_delta_rule on the same inputs."""
+    import torch
+    from fla.ops.common import chunk_o
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    chunk_o.TRITON_ABOVE_3_7_1 = True  # lets its gated backward run on Hopper (timing only)
+    tensors = {
+        n: torch.tensor(x[n], device="cuda", dtype=torch.bfloat16 if n in ("q", "k", "v") else torch.float32)
+        for n in GRAD_NAMES
+    }
+    for t in tensors.values():
+        t.requires_grad_(True)
+    sync = lambda _: torch.cuda.synchronize()  # noqa: E731
+
+    def forward():
+        with torch.no_grad():
+            return chunk_gated_delta_rule(**tensors, output_final_state=True)
+
+    o, final = forward()
+    do, dfinal = torch.randn_like(o), torch.randn_like(final)
+
+    def forward_backward():
+        o, final = chunk_gated_delta_rule(**tensors, output_final_state=True)
+        return torch.autograd.grad((o, final), list(tensors.values()), (do, dfinal))
+
+    return _median_ms(forward, sync, runs), _median_ms(forward_backward, sync, runs)
+
+
+def _fla_available() -> bool:
+    try:
+        import fla.ops.gated_delta_rule  # noqa: F401
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict[str, float]:
+    """Median ms of each Pallas kernel of the forward and backward, on the kernel layout."""
+    batch, length, heads, key_dim = x["q"].shape
+    value_dim = x["v"].shape[-1]
+    q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
+    cfg = gpu._make_config(q, v, {}, CHUNK, False, matmul_dtype, None)
+    padded = -(-length // CHUNK) * CHUNK
+    q, k = (gpu._to_heads(a, padded, cfg.key_dim) for a in (q, k))
+    v = gpu._to_heads(v, padded, cfg.value_dim)
+    g, beta = (gpu._gates_to_heads(jnp.asarray(x[n]), padded) for n in ("g", "beta"))
+    doc = gpu._documents(jnp.zeros((batch, length), bool), padded, CHUNK, heads)
+    h0 = jnp.zeros((batch * heads, cfg.key_dim, cfg.value_dim), jnp.float32)
+    do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
+    dfinal = jnp.ones_like(h0)
+    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_inverse=True))
+    w, u, qt, pu, kt, t_inverse = chunk_fwd(q, k, v, g, beta, doc)
+    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=True, o_dtype=jnp.bfloat16))
+    scan_states = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=False, o_dtype=jnp.bfloat16))
+    _, states = scan_states(w, u, qt, pu, kt, g, doc, h0)
+    scan_bwd = jax.jit(lambda *a: gpu._scan_backward(*a, cfg))
+    du, d_states, _ = scan_bwd(w, qt, kt, g, doc, do, dfinal)
+    contract = jax.jit(lambda *a: gpu._contract_backward(*a, cfg))
+    partials = contract(w, u, states, d_states, do, du)
+    chunk_bwd = jax.jit(lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg))
+    sync = jax.block_until_ready
+    return {
+        "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc), sync, runs),
+        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, qt, pu, kt, g, doc, h0), sync, runs),
+        "scan_states": _median_ms(lambda: scan_states(w, u, qt, pu, kt, g, doc, h0), sync, runs),
+        "scan_bwd": _median_ms(lambda: scan_bwd(w, qt, kt, g, doc, do, dfinal), sync, runs),
+        "contract_bwd": _median_ms(lambda: contract(w, u, states, d_states, do, du), sync, runs),
+        "chunk_bwd": _median_ms(
+            lambda: chunk_bwd(q, k, v, g, beta, doc, t_inverse, w, u, du, do, *partials), sync, runs
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="0,1,2,3", help="indices into SHAPES, comma-separated")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--impls", default="pallas,chunked,fla", help="comma-separated subset of pallas,chunked,fla")
+    parser.add_argument("--matmul-dtype", default="bfloat16", help="the Pallas kernel's matmul_dtype")
+    parser.add_argument("--stages", action="store_true", help="also time each Pallas kernel on its own")
+    parser.add_argument("--write", default=None, help="append the table, with date, card and command, to this file")
+    args = parser.parse_args()
+    impls = args.impls.split(",")
+    card = jax.devices()[0].device_kind
+    lines = [f"| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |", "|---|---|---|---|"]
+    print(f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {CHUNK}")
+    for index in (int(i) for i in args.shapes.split(",")):
+        shape = SHAPES[index]
+        x = _inputs(shape, 100 + index)
+        label = ",".join(map(str, shape))
+        rows = {}
+        if "pallas" in impls:
+            rows[f"pallas_gpu ({args.matmul_dtype} matmul)"] = lambda: _jax_times(
+                _pallas(args.matmul_dtype), x, args.runs
+            )
+        if "chunked" in impls and shape[1] <= 8192:
+            rows["chunked (jnp, XLA)"] = lambda: _jax_times(_chunked, x, args.runs)
+        if "fla" in impls and _fla_available():
+            rows["flash-linear-attention"] = lambda: _fla_times(x, args.runs)
+        for name, timer in rows.items():
+            try:
+                fwd, fwd_bwd = timer()
+            except Exception as error:  # report and go on with the other implementations
+                print(f"{label:<24} {name:<28} FAILED: {str(error).splitlines()[0][:300]}", flush=True)
+                continue
+            print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}", flush=True)
+            lines.append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} |")
+        if args.stages:
+            stages = _stage_times(x, args.runs, args.matmul_dtype)
+            print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in stages.items()), flush=True)
+    if args.write:
+        command = "python tools/bench_gdn.py " + " ".join(sys.argv[1:])
+        with open(args.write, "a") as f:
+            f.write(f"\n## Gated delta rule, {datetime.date.today()}, {card}\n\n`{command}`\n\n")
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
