@@ -46,13 +46,14 @@ class _ProcessSlice:
 class _ReadWindows:
     """Window ids, int [rows] -> one batch: dict of int32 arrays, each [rows, seq_len].
 
-    Global window ids number the windows of group 0, then of group 1, and so on.
+    Global window ids number the windows of group 0, then of group 1, and so on; group g's start at
+    ``first_ids[g]``.
     """
 
-    def __init__(self, streams: list[TokenStream], seq_len: int, eos_id: int, document_ids: bool):
+    def __init__(self, streams: list[TokenStream], first_ids: list[int], seq_len: int, eos_id: int, document_ids: bool):
         self._streams = streams
+        self._first_ids = np.asarray(first_ids)
         self._width = seq_len + 1
-        self._first_ids = np.cumsum([0] + [num_windows(s.size, seq_len) for s in streams[:-1]])
         self._eos_id = eos_id
         self._document_ids = document_ids
 
@@ -161,8 +162,8 @@ def make_lm_dataset(
                 f"{name}: mixture group {group} ({stream.names[0]}, ...) has {stream.size} tokens, fewer than one "
                 f"sequence of seq_len+1 = {seq_len + 1}; lower data.seq_len or add data to the group"
             )
+    first = np.cumsum([0] + counts[:-1]).tolist()
     if shuffle:
-        first = np.cumsum([0] + counts[:-1]).tolist()
         groups = [
             grain.MapDataset.range(start, start + count).shuffle(seed=_shuffle_seed(seed, group)).repeat()
             for group, (start, count) in enumerate(zip(first, counts))
@@ -173,4 +174,4 @@ def make_lm_dataset(
     batches = window_ids.batch(batch_size, drop_remainder=True).map(
         _ProcessSlice(process_index, process_count, batch_size)
     )
-    return batches.map(_ReadWindows(streams, seq_len, eos_id, document_ids))
+    return batches.map(_ReadWindows(streams, first, seq_len, eos_id, document_ids))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,7 +64,7 @@ class TokenStream:
         parts = []
         for part, name in zip(self._parts, self.names):
             if isinstance(part, np.memmap):
-                parts.append({"file": name.rsplit("/", 1)[-1], "tokens": int(part.size)})
+                parts.append({"file": os.path.basename(name), "tokens": int(part.size)})
             else:
                 digest = hashlib.blake2b(np.ascontiguousarray(part).view(np.uint8), digest_size=16).hexdigest()
                 parts.append({"data": name, "tokens": int(part.size), "blake2b": digest})
