@@ -137,7 +137,6 @@ def _fla_available() -> bool:
 def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict[str, float]:
     """Median ms of each Pallas kernel of the forward and backward, on the kernel layout."""
     batch, length, heads, key_dim = x["q"].shape
-    value_dim = x["v"].shape[-1]
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
     cfg = gpu._make_config(q, v, {}, CHUNK, False, matmul_dtype, None)
     padded = -(-length // CHUNK) * CHUNK
@@ -148,11 +147,14 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict
     h0 = jnp.zeros((batch * heads, cfg.key_dim, cfg.value_dim), jnp.float32)
     do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
     dfinal = jnp.ones_like(h0)
-    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_inverse=True))
-    w, u, qt, pu, kt, t_inverse = chunk_fwd(q, k, v, g, beta, doc)
-    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=True, o_dtype=jnp.bfloat16))
-    scan_states = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=False, o_dtype=jnp.bfloat16))
-    _, states = scan_states(w, u, qt, pu, kt, g, doc, h0)
+    solve = jax.jit(lambda *a: gpu._solve(*a, cfg))
+    inverse = solve(k, g, beta, doc)
+    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=True))
+    chunk_recompute = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=False))
+    w, u, qt, kt, pu = chunk_fwd(q, k, v, g, beta, doc, inverse)
+    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a[:6], cfg, outputs=a[6:], o_dtype=jnp.bfloat16))
+    scan_states = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=None))
+    _, states = scan_states(w, u, kt, g, doc, h0)
     scan_bwd = jax.jit(lambda *a: gpu._scan_backward(*a, cfg))
     du, d_states, _ = scan_bwd(w, qt, kt, g, doc, do, dfinal)
     contract = jax.jit(lambda *a: gpu._contract_backward(*a, cfg))
@@ -160,14 +162,14 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict
     chunk_bwd = jax.jit(lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg))
     sync = jax.block_until_ready
     return {
-        "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc), sync, runs),
-        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, qt, pu, kt, g, doc, h0), sync, runs),
-        "scan_states": _median_ms(lambda: scan_states(w, u, qt, pu, kt, g, doc, h0), sync, runs),
+        "solve": _median_ms(lambda: solve(k, g, beta, doc), sync, runs),
+        "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc, inverse), sync, runs),
+        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, kt, g, doc, h0, qt, pu), sync, runs),
+        "chunk_recompute": _median_ms(lambda: chunk_recompute(q, k, v, g, beta, doc, inverse), sync, runs),
+        "scan_states": _median_ms(lambda: scan_states(w, u, kt, g, doc, h0), sync, runs),
         "scan_bwd": _median_ms(lambda: scan_bwd(w, qt, kt, g, doc, do, dfinal), sync, runs),
         "contract_bwd": _median_ms(lambda: contract(w, u, states, d_states, do, du), sync, runs),
-        "chunk_bwd": _median_ms(
-            lambda: chunk_bwd(q, k, v, g, beta, doc, t_inverse, w, u, du, do, *partials), sync, runs
-        ),
+        "chunk_bwd": _median_ms(lambda: chunk_bwd(q, k, v, g, beta, doc, inverse, w, u, du, do, *partials), sync, runs),
     }
 
 
@@ -182,7 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     impls = args.impls.split(",")
     card = jax.devices()[0].device_kind
-    lines = [f"| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |", "|---|---|---|---|"]
+    lines = ["| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |", "|---|---|---|---|"]
     print(f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {CHUNK}")
     for index in (int(i) for i in args.shapes.split(",")):
         shape = SHAPES[index]

@@ -139,6 +139,12 @@ def _mm(a: jax.Array, b: jax.Array, cfg: _Config, *, transpose_a: bool = False, 
     )
 
 
+def _mm_exact(a: jax.Array, b: jax.Array, cfg: _Config) -> jax.Array:
+    """a @ b at float32 accuracy whatever ``cfg.matmul_dtype`` (for the small blocks of the inverse)."""
+    precision = _HIGHEST if cfg.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return jnp.dot(a.astype(_F32), b.astype(_F32), precision=precision, preferred_element_type=_F32)
+
+
 def _chunk_decay(g: jax.Array, doc: jax.Array) -> jax.Array:
     """d (scalar): the decay of the carried state over the chunk, 0 if a document starts in it.
 
@@ -228,15 +234,62 @@ def _key_products(q_ref, k_ref, cfg: _Config) -> tuple[jax.Array, jax.Array]:
     return kk, qk
 
 
+_SUB = 16  # rows per diagonal block of the inverse
+
+
+def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config) -> None:
+    """One chunk: k [C, K], g, beta, doc [C] -> T = (I + A)^-1 [C, C], float32.
+
+    A = strictly_lower(diag(beta) (K K^T * Gamma)) is formed directly in 16 x 16 blocks (i >= j): the log-decay
+    of the pair (r, c) in blocks (i, j), i > j, is (g summed over block i up to r) + (whole blocks between) +
+    (g summed over block j after c), each a direct sum of non-positive gates. The diagonal blocks are inverted
+    by forward substitution (15 steps on 16 x 16), the rest by the block recurrence
+    T_ij = -T_ii sum_{j <= m < i} A_im T_mj with float32-accurate matmuls.
+    """
+    blocks = cfg.chunk // _SUB
+    rows, cols = _positions(_SUB)
+    spans = [pl.ds(b * _SUB, _SUB) for b in range(blocks)]
+    g = [g_ref[span] for span in spans]
+    beta = [beta_ref[span] for span in spans]
+    doc = [doc_ref[span] for span in spans]
+    head = [jnp.cumsum(x) for x in g]  # [16]: g summed over [block start, r]
+    tail = [jnp.sum(jnp.where(cols > rows, x[None, :], 0.0), axis=1) for x in g]  # over (c, block end)
+    total = [jnp.sum(x) for x in g]
+
+    def block_a(i: int, j: int) -> jax.Array:
+        kk = jnp.zeros((_SUB, _SUB), _F32)
+        for keys in _key_blocks(cfg):
+            kk += _mm(k_ref[spans[i], keys], k_ref[spans[j], keys], cfg, transpose_b=True)
+        if i == j:
+            pair_log = jnp.cumsum(jnp.where(cols < rows, g[i][:, None], 0.0), axis=0)
+            mask = (cols < rows) & (doc[i][:, None] == doc[i][None, :])
+        else:
+            pair_log = head[i][:, None] + sum(total[j + 1 : i], jnp.zeros((), _F32)) + tail[j][None, :]
+            mask = doc[i][:, None] == doc[j][None, :]
+        return jnp.where(mask, beta[i][:, None] * kk * jnp.exp(jnp.where(mask, pair_log, -jnp.inf)), 0.0)
+
+    a = {(i, j): block_a(i, j) for i in range(blocks) for j in range(i + 1)}
+    t = {(i, i): _unit_lower_inverse(a[i, i]) for i in range(blocks)}
+    for i in range(1, blocks):
+        for j in range(i - 1, -1, -1):
+            acc = sum((_mm_exact(a[i, m], t[m, j], cfg) for m in range(j, i)), jnp.zeros((_SUB, _SUB), _F32))
+            t[i, j] = -_mm_exact(t[i, i], acc, cfg)
+    zeros = jnp.zeros((_SUB, _SUB), _F32)
+    for i in range(blocks):
+        for j in range(blocks):
+            inverse_ref[spans[i], spans[j]] = t.get((i, j), zeros)
+
+
 def _chunk_fwd_kernel(
-    q_ref, k_ref, v_ref, g_ref, beta_ref, doc_ref, w_ref, u_ref, qt_ref, pu_ref, kt_ref, *inverse_ref, cfg: _Config
+    q_ref, k_ref, v_ref, g_ref, beta_ref, doc_ref, inverse_ref, w_ref, u_ref, qt_ref, kt_ref, *pu_ref, cfg: _Config
 ) -> None:
-    """One chunk: q, k [C, K], v [C, V], g, beta, doc [C] -> W, Qt, Kt [C, K], U, PU [C, V] (+ T [C, C])."""
-    rows, cols = _positions(cfg.chunk)
+    """One chunk: q, k [C, K], v [C, V], g, beta, doc [C], T [C, C] -> W, Qt, Kt [C, K], U [C, V] (+ PU [C, V])."""
     gamma, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
-    kk, qk = _key_products(q_ref, k_ref, cfg)
-    inverse = _unit_lower_inverse(jnp.where(rows > cols, beta[:, None] * kk * gamma, 0.0))
+    inverse = inverse_ref[...]
+    qk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
+    for keys in _key_blocks(cfg):
+        qk += _mm(q_ref[:, keys], k_ref[:, keys], cfg, transpose_b=True)
     p = qk * gamma
     for keys in _key_blocks(cfg):
         k = k_ref[:, keys].astype(_F32)
@@ -248,25 +301,23 @@ def _chunk_fwd_kernel(
     for columns in _value_tiles(cfg):
         u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg)
         u_ref[:, columns] = u.astype(u_ref.dtype)
-        pu_ref[:, columns] = _mm(p, u, cfg).astype(pu_ref.dtype)
-    for ref in inverse_ref:
-        ref[...] = inverse
+        for ref in pu_ref:
+            ref[:, columns] = _mm(p, u, cfg).astype(ref.dtype)
 
 
-def _scan_fwd_kernel(
-    w_ref, u_ref, qt_ref, pu_ref, kt_ref, g_ref, doc_ref, h0_ref, *out_refs, cfg: _Config, outputs: bool
-) -> None:
+def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _Config, outputs: bool) -> None:
     """One (head, value tile): the loop over chunks carrying S [K, BV].
 
-    Inputs per head: W, Qt, Kt [T, K]; U, PU [T, BV]; g, doc [T]; h0 [K, BV]. Writes O [T, BV] and the
-    final state [K, BV] if ``outputs``, else the final state and the state entering each chunk [N * K, BV].
+    Inputs per head: W, Kt [T, K]; U [T, BV]; g, doc [T]; h0 [K, BV]; if ``outputs`` also Qt [T, K] and
+    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the final state and the state
+    entering each chunk [N * K, BV].
     """
     chunk, key_dim = cfg.chunk, cfg.key_dim
     num_chunks = g_ref.shape[0] // chunk
     if outputs:
-        o_ref, final_ref = out_refs
+        qt_ref, pu_ref, o_ref, final_ref = refs
     else:
-        final_ref, states_ref = out_refs
+        final_ref, states_ref = refs
 
     def step(n: jax.Array, state: jax.Array) -> jax.Array:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
@@ -458,6 +509,22 @@ def _sequence_spec(length: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, length), lambda bh, j: (bh, 0))
 
 
+def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
+    """T = (I + A)^-1 of every chunk, float32 [BH, T_padded, C] (rows of chunk n at n * C)."""
+    heads, length, _ = k.shape
+    vector_spec = _chunk_vector_spec(cfg)
+    return pl.pallas_call(
+        functools.partial(_solve_kernel, cfg=cfg),
+        grid=(heads, length // cfg.chunk),
+        in_specs=[_chunk_spec(cfg, cfg.key_dim), vector_spec, vector_spec, vector_spec],
+        out_specs=_chunk_spec(cfg, cfg.chunk),
+        out_shape=jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32),
+        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        interpret=cfg.interpret,
+        name="gdn_solve",
+    )(k, g, beta, doc)
+
+
 def _chunk_forward(
     q: jax.Array,
     k: jax.Array,
@@ -465,71 +532,67 @@ def _chunk_forward(
     g: jax.Array,
     beta: jax.Array,
     doc: jax.Array,
+    inverse: jax.Array,
     cfg: _Config,
     *,
-    with_inverse: bool,
+    with_pu: bool,
 ) -> list[jax.Array]:
-    """W, U, Qt, PU, Kt ([BH, T, K] or [BH, T, V], in the storage dtype), plus T [BH, T, C] if with_inverse."""
+    """W, U, Qt, Kt (+ PU if with_pu): [BH, T, K] or [BH, T, V], in the storage dtype."""
     heads, length, _ = q.shape
     key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
     vector_spec = _chunk_vector_spec(cfg)
     key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), cfg.matmul_dtype)
     value_out = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
-    out_shape = [key_out, value_out, key_out, value_out, key_out]
-    out_specs = [key_spec, value_spec, key_spec, value_spec, key_spec]
-    if with_inverse:
-        out_shape.append(jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32))
-        out_specs.append(_chunk_spec(cfg, cfg.chunk))
     return pl.pallas_call(
         functools.partial(_chunk_fwd_kernel, cfg=cfg),
         grid=(heads, length // cfg.chunk),
-        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec],
-        out_specs=out_specs,
-        out_shape=out_shape,
+        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)],
+        out_specs=[key_spec, value_spec, key_spec, key_spec] + [value_spec] * with_pu,
+        out_shape=[key_out, value_out, key_out, key_out] + [value_out] * with_pu,
         compiler_params=cfg.params(cfg.chunk_warps, 1),
         interpret=cfg.interpret,
         name="gdn_chunk_fwd",
-    )(q, k, v, g, beta, doc)
+    )(q, k, v, g, beta, doc, inverse)
 
 
 def _scan_forward(
     w: jax.Array,
     u: jax.Array,
-    qt: jax.Array,
-    pu: jax.Array,
     kt: jax.Array,
     g: jax.Array,
     doc: jax.Array,
     h0: jax.Array,
     cfg: _Config,
     *,
-    outputs: bool,
-    o_dtype: Any,
+    outputs: tuple[jax.Array, jax.Array] | None,
+    o_dtype: Any = None,
 ) -> list[jax.Array]:
-    """[o [BH, T, V], final [BH, K, V]] if outputs, else [final, states [BH, N * K, V] entering each chunk]."""
+    """With outputs = (Qt, PU): [o [BH, T, V] in o_dtype, final [BH, K, V]]; with None: [final, states
+    [BH, N * K, V] entering each chunk]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_dim)
     final = jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)
-    if outputs:
+    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
+    in_specs = [key_spec, value_spec, key_spec, _sequence_spec(length), _sequence_spec(length), state_spec]
+    if outputs is not None:
+        in_specs += [key_spec, value_spec]
         out_shape = [jax.ShapeDtypeStruct((heads, length, cfg.value_dim), o_dtype), final]
-        out_specs = [_tile_spec(cfg, length), state_spec]
+        out_specs = [value_spec, state_spec]
     else:
         states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype)
         out_shape = [final, states]
         out_specs = [state_spec, _tile_spec(cfg, num_chunks * cfg.key_dim)]
-    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
     return pl.pallas_call(
-        functools.partial(_scan_fwd_kernel, cfg=cfg, outputs=outputs),
+        functools.partial(_scan_fwd_kernel, cfg=cfg, outputs=outputs is not None),
         grid=(heads, cfg.num_v_blocks),
-        in_specs=[key_spec, value_spec, key_spec, value_spec, key_spec]
-        + [_sequence_spec(length), _sequence_spec(length), state_spec],
+        in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
         compiler_params=cfg.scan_params((3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize),
         interpret=cfg.interpret,
-        name="gdn_scan_fwd" if outputs else "gdn_scan_states",
-    )(w, u, qt, pu, kt, g, doc, h0)
+        name="gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
+    )(w, u, kt, g, doc, h0, *(outputs or ()))
 
 
 def _scan_backward(
@@ -654,8 +717,7 @@ def _gdn(
     Returns:
       o [BH, T, V] in v's dtype and the final state [BH, K, V] in float32.
     """
-    w, u, qt, pu, kt = _chunk_forward(q, k, v, g, beta, doc, cfg, with_inverse=False)
-    o, final = _scan_forward(w, u, qt, pu, kt, g, doc, h0, cfg, outputs=True, o_dtype=v.dtype)
+    (o, final), _ = _gdn_fwd(q, k, v, g, beta, h0, doc, cfg)
     return o, final
 
 
@@ -669,18 +731,21 @@ def _gdn_fwd(
     doc: jax.Array,
     cfg: _Config,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """The forward saves only its inputs; the backward recomputes the rest."""
-    return _gdn(q, k, v, g, beta, h0, doc, cfg), (q, k, v, g, beta, h0, doc)
+    """The forward saves its inputs and the chunks' inverses T; the backward recomputes the rest."""
+    inverse = _solve(k, g, beta, doc, cfg)
+    w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=True)
+    o, final = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=(qt, pu), o_dtype=v.dtype)
+    return (o, final), (q, k, v, g, beta, h0, doc, inverse)
 
 
 def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
-    """Recomputes W, U, Qt, PU, Kt, T and the chunk states, then runs the reverse scan and the chunk backward."""
-    q, k, v, g, beta, h0, doc = residuals
+    """Recomputes W, U, Qt, Kt and the chunk states, then runs the reverse scan and the chunk backward."""
+    q, k, v, g, beta, h0, doc, inverse = residuals
     do, dfinal = cotangents
-    w, u, qt, pu, kt, inverse = _chunk_forward(q, k, v, g, beta, doc, cfg, with_inverse=True)
-    _, states = _scan_forward(w, u, qt, pu, kt, g, doc, h0, cfg, outputs=False, o_dtype=v.dtype)
+    w, u, qt, kt = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=False)
+    _, states = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=None)
     du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
     partials = _contract_backward(w, u, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
