@@ -4,7 +4,6 @@ Run on a CUDA machine from the repository root:
 
     python tools/bench_gdn_gpu_kernel_check.py                  # checks + timing table
     python tools/bench_gdn_gpu_kernel_check.py --block-v 32     # another value tile for the scans
-    python tools/bench_gdn_gpu_kernel_check.py --inverse substitution   # the other (I + A)^-1 algorithm
     python tools/bench_gdn_gpu_kernel_check.py --skip-check --shapes 0 --runs 50
 
 Checks (float32 and bfloat16 inputs, document resets, gates near 0, in [-20, 0] and -1e4, K and V not powers of
@@ -67,7 +66,7 @@ def _inputs(shape: tuple[int, ...], seed: int, dtype, mixed_gates: bool) -> dict
 
 
 def _kernel(x: dict[str, jax.Array], matmul_dtype, options: dict) -> Callable:
-    """(q, k, v, g, beta, initial_state) -> (o, final) through the Pallas kernel; options: block_v, inverse."""
+    """(q, k, v, g, beta, initial_state) -> (o, final) through the Pallas kernel; options: block_v."""
     scale = x["q"].shape[-1] ** -0.5
 
     def run(q, k, v, g, beta, initial_state):
@@ -176,13 +175,12 @@ def main() -> None:
     parser.add_argument("--shapes", default="0,1,2", help="indices into SHAPES to time, comma-separated")
     parser.add_argument("--check-shapes", default="0,1,2", help="indices into CHECK_SHAPES, comma-separated")
     parser.add_argument("--block-v", type=int, default=None, help="value columns per scan program: 16, 32, 64")
-    parser.add_argument("--inverse", default="blocked", help="blocked (default) or substitution")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--with-fp32", action="store_true", help="also time the float32-matmul kernel")
     parser.add_argument("--skip-reference", action="store_true", help="do not time the plain-jnp chunked form")
     args = parser.parse_args()
     indices = lambda text: [int(i) for i in text.split(",") if i]  # noqa: E731
-    options = {"block_v": args.block_v, "inverse": args.inverse}
+    options = {"block_v": args.block_v}
     ok = True if args.skip_check else check(indices(args.check_shapes), options)
     if indices(args.shapes):
         bench(indices(args.shapes), args.runs, options, args.with_fp32, not args.skip_reference)

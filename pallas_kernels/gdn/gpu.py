@@ -192,18 +192,18 @@ def _unit_lower_inverse(a: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(1, size, substitute, (rows == cols).astype(_F32))
 
 
-def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
-    """dg [C] from the cotangents of the log-decay sums of one chunk.
-
-    Args:
-      d_pair: [C, C] cotangent of L_ij = sum of g over (j, i] (i >= j).
-      d_in: [C] cotangent of sum of g over [0, i].
-      d_out: [C] cotangent of sum of g over (j, C).
-      d_all: scalar cotangent of the sum over the whole chunk.
-    """
-    rows, cols = _positions(d_in.shape[0])
+def _pair_gate_grad(d_pair: jax.Array) -> jax.Array:
+    """The part of dg [C] from d_pair [C, C], the cotangent of L_ij = sum of g over (j, i] (i >= j)."""
+    rows, cols = _positions(d_pair.shape[0])
     before = jnp.cumsum(d_pair, axis=1) - d_pair  # [i, m]: sum over j < m of d_pair[i, j]
-    from_start = jnp.where(rows >= cols, before + d_in[:, None], 0.0)
+    return jnp.sum(jnp.where(rows >= cols, before, 0.0), axis=0)
+
+
+def _range_gate_grad(d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
+    """The part of dg [C] from the cotangents of sum of g over [0, i] (d_in [C]), over (j, C) (d_out [C]) and
+    over the whole chunk (d_all, a scalar)."""
+    rows, cols = _positions(d_in.shape[0])
+    from_start = jnp.where(rows >= cols, d_in[:, None], 0.0)
     to_end = jnp.where(rows < cols, d_out[:, None], 0.0)
     return jnp.sum(from_start + to_end, axis=0) + d_all
 
@@ -213,25 +213,24 @@ def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _key_blocks(cfg: _Config) -> list[pl.Slice]:
-    """Column slices of the (padded) key dim, BK = min(K, 64) wide: chunk kernels hold [C, BK] tiles at most."""
-    return [pl.ds(b * cfg.block_k, cfg.block_k) for b in range(cfg.key_dim // cfg.block_k)]
+def _key_blocks(cfg: _Config, width: int = 64) -> list[pl.Slice]:
+    """Column slices of the (padded) key dim, min(K, width) wide: chunk kernels hold [C, width] tiles at most."""
+    width = min(cfg.key_dim, width)
+    return [pl.ds(b * width, width) for b in range(cfg.key_dim // width)]
 
 
-def _value_tiles(cfg: _Config) -> list[pl.Slice]:
-    """Column slices of the (padded) value dim, BV wide."""
-    return [pl.ds(j * cfg.block_v, cfg.block_v) for j in range(cfg.num_v_blocks)]
+def _value_tiles(cfg: _Config, width: int | None = None) -> list[pl.Slice]:
+    """Column slices of the (padded) value dim, BV (or min(BV, width)) wide."""
+    width = cfg.block_v if width is None else min(cfg.block_v, width)
+    return [pl.ds(j * width, width) for j in range(cfg.value_dim // width)]
 
 
-def _key_products(q_ref, k_ref, cfg: _Config) -> tuple[jax.Array, jax.Array]:
-    """K K^T (float32 accuracy) and Q K^T [C, C] of one chunk, summed over key blocks."""
-    kk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
-    qk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
+def _key_product(x_ref, k_ref, cfg: _Config) -> jax.Array:
+    """X K^T [C, C] of one chunk (X = Q or K), summed over key blocks."""
+    out = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
     for keys in _key_blocks(cfg):
-        k = k_ref[:, keys].astype(_F32)
-        kk += _mm(k, k, cfg, transpose_b=True)
-        qk += _mm(q_ref[:, keys], k, cfg, transpose_b=True)
-    return kk, qk
+        out += _mm(x_ref[:, keys], k_ref[:, keys], cfg, transpose_b=True)
+    return out
 
 
 _SUB = 16  # rows per diagonal block of the inverse
@@ -287,10 +286,7 @@ def _chunk_fwd_kernel(
     gamma, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
     inverse = inverse_ref[...]
-    qk = jnp.zeros((cfg.chunk, cfg.chunk), _F32)
-    for keys in _key_blocks(cfg):
-        qk += _mm(q_ref[:, keys], k_ref[:, keys], cfg, transpose_b=True)
-    p = qk * gamma
+    p = _key_product(q_ref, k_ref, cfg) * gamma
     for keys in _key_blocks(cfg):
         k = k_ref[:, keys].astype(_F32)
         w = _mm(inverse, (beta * decay_in)[:, None] * k, cfg)
@@ -317,13 +313,15 @@ def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _
     if outputs:
         qt_ref, pu_ref, o_ref, final_ref = refs
     else:
-        final_ref, states_ref = refs
+        final_ref, states_ref, v_new_ref = refs
 
     def step(n: jax.Array, state: jax.Array) -> jax.Array:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
         if not outputs:
             states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = state.astype(states_ref.dtype)
         v_new = u_ref[rows, :].astype(_F32) - _mm(w_ref[rows, :], state, cfg)
+        if not outputs:
+            v_new_ref[rows, :] = v_new.astype(v_new_ref.dtype)
         if outputs:
             o = pu_ref[rows, :].astype(_F32) + _mm(qt_ref[rows, :], state, cfg)
             o_ref[rows, :] = o.astype(o_ref.dtype)
@@ -359,23 +357,21 @@ def _scan_bwd_kernel(
 
 
 def _contract_bwd_kernel(
-    w_ref, u_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
+    v_new_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
 ) -> None:
-    """One chunk: the cotangents that contract the state's value dim, summed over value tiles.
+    """One (chunk, key block of BK rows): the cotangents that contract the state's value dim.
 
-    With S the state entering the chunk and dS the cotangent of the state leaving it, both [K, V]:
-    v_new = U - W S, dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, K] and d(d) = sum(S * dS).
+    With S [BK, V] the state entering the chunk and dS [BK, V] the cotangent of the state leaving it:
+    dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, BK] and this key block's share of d(d) = sum(S * dS).
     """
-    w = w_ref[...]
-    dw = jnp.zeros((cfg.chunk, cfg.key_dim), _F32)
+    dw = jnp.zeros((cfg.chunk, cfg.block_k), _F32)
     dqt = jnp.zeros_like(dw)
     dkt = jnp.zeros_like(dw)
     d_decay = jnp.zeros((), _F32)
     for columns in _value_tiles(cfg):
         state = states_ref[:, columns]
         d_state = d_states_ref[:, columns]
-        v_new = u_ref[:, columns].astype(_F32) - _mm(w, state, cfg)
-        dkt += _mm(v_new, d_state, cfg, transpose_b=True)
+        dkt += _mm(v_new_ref[:, columns], d_state, cfg, transpose_b=True)
         dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
         dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
         d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
@@ -385,7 +381,7 @@ def _contract_bwd_kernel(
     ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
 
 
-def _chunk_bwd_kernel(
+def _value_bwd_kernel(
     q_ref,
     k_ref,
     v_ref,
@@ -393,37 +389,25 @@ def _chunk_bwd_kernel(
     beta_ref,
     doc_ref,
     inverse_ref,
-    w_ref,
     u_ref,
     du_ref,
     do_ref,
-    dw_ref,
-    dqt_ref,
-    dkt_ref,
-    ddecay_ref,
-    dq_ref,
-    dk_ref,
     dv_ref,
-    dg_ref,
     dbeta_ref,
+    dp_ref,
+    dinv_ref,
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk: cotangents of W, U, Qt, PU (= dO), Kt and d -> dq, dk [C, K], dv [C, V], dg, dbeta [C].
+    """One chunk, value side of the chunk algebra: PU = P U and U = T diag(beta) V.
 
-    dw, dqt, dkt [C, K] and ddecay [C] (the chunk-decay cotangent, repeated) come from ``_contract_bwd_kernel``.
-    Key blocks are visited twice: first for the C x C cotangents (which sum over K), then for dq and dk (the
-    per-block terms of the first visit are recomputed rather than kept, to bound registers and shared memory).
+    From dU (the scan's d(v_new)) and dO [C, V]: writes dv [C, V], the V-part of dbeta [C], and the V-parts of
+    the cotangents of P and T [C, C].
     """
-    rows, cols = _positions(cfg.chunk)
-    g, beta, doc = g_ref[...], beta_ref[...], doc_ref[...]
-    gamma, decay_in, decay_out = _chunk_gates(g, doc)
-    beta_decay = beta * decay_in
-    kk, qk = _key_products(q_ref, k_ref, cfg)
-    p = qk * gamma
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    p = _key_product(q_ref, k_ref, cfg) * gamma
+    beta = beta_ref[...]
     inverse = inverse_ref[...]
-
-    # Value side: PU = P U, U = T diag(beta) V.
     d_p = jnp.zeros_like(p)
     d_inverse = jnp.zeros_like(p)
     d_beta = jnp.zeros_like(beta)
@@ -436,47 +420,112 @@ def _chunk_bwd_kernel(
         d_xu = _mm(inverse, du, cfg, transpose_a=True)
         dv_ref[:, columns] = beta[:, None] * d_xu
         d_beta += jnp.sum(v * d_xu, axis=1)
+    dp_ref[...] = d_p
+    dinv_ref[...] = d_inverse
+    dbeta_ref[...] = d_beta
 
-    def key_side(keys: pl.Slice) -> tuple[jax.Array, ...]:
-        """Per key block: q, k, the summed dQt, dKt, and dW, d(diag(beta D) K) including the P W path."""
-        dqt, dkt, dw = (ref[:, keys] for ref in (dqt_ref, dkt_ref, dw_ref))
-        dw -= _mm(p, dqt, cfg, transpose_a=True)
-        d_xw = _mm(inverse, dw, cfg, transpose_a=True)
-        return q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32), dqt, dkt, dw, d_xw
 
-    # Key side, first visit: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
-    d_decay_in = jnp.zeros_like(beta)
-    d_decay_out = jnp.zeros_like(beta)
-    k_dxw = jnp.zeros_like(beta)
-    for keys in _key_blocks(cfg):
-        q, k, dqt, dkt, dw, d_xw = key_side(keys)
-        d_decay_in += jnp.sum(q * dqt, axis=1)
+def _key_bwd_kernel(
+    q_ref,
+    k_ref,
+    g_ref,
+    beta_ref,
+    doc_ref,
+    w_ref,
+    dw_ref,
+    dqt_ref,
+    dkt_ref,
+    dp_ref,
+    dinv_ref,
+    dp_out_ref,
+    dinv_out_ref,
+    dw_out_ref,
+    ddecay_in_ref,
+    ddecay_out_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
+
+    Adds the K-parts to the cotangents of P and T [C, C]; writes dW including the P W path [C, K] and the
+    cotangents of the decay factors D (without the W path) and E [C].
+    """
+    gamma, decay_in, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    p = _key_product(q_ref, k_ref, cfg) * gamma
+    beta_decay = beta_ref[...] * decay_in
+    d_p, d_inverse = dp_ref[...], dinv_ref[...]
+    d_decay_in = jnp.zeros_like(decay_in)
+    d_decay_out = jnp.zeros_like(decay_in)
+    for keys in _key_blocks(cfg, 32):
+        dqt, dkt = dqt_ref[:, keys], dkt_ref[:, keys]
+        dw = dw_ref[:, keys] - _mm(p, dqt, cfg, transpose_a=True)
+        dw_out_ref[:, keys] = dw
+        k = k_ref[:, keys].astype(_F32)
+        d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
         d_decay_out += jnp.sum(k * dkt, axis=1)
-        k_dxw += jnp.sum(k * d_xw, axis=1)
         d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
         d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, transpose_b=True)
-    d_beta += decay_in * k_dxw
-    d_decay_in += beta * k_dxw
+    dp_out_ref[...] = d_p
+    dinv_out_ref[...] = d_inverse
+    ddecay_in_ref[...] = d_decay_in
+    ddecay_out_ref[...] = d_decay_out
 
-    # Through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma.
-    d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
+
+def _finish_bwd_kernel(
+    q_ref,
+    k_ref,
+    g_ref,
+    beta_ref,
+    doc_ref,
+    inverse_ref,
+    dw_ref,
+    dqt_ref,
+    dkt_ref,
+    dp_ref,
+    dinv_ref,
+    dbeta_ref,
+    ddecay_in_ref,
+    ddecay_out_ref,
+    ddecay_ref,
+    dq_ref,
+    dk_ref,
+    dg_ref,
+    dbeta_out_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)), P = (Q K^T) * Gamma
+    and the gate sums, to dq, dk [C, K], dg and dbeta [C]. dw [C, K] already holds the P W path."""
+    rows, cols = _positions(cfg.chunk)
+    g, doc = g_ref[...], doc_ref[...]
+    gamma, decay_in, decay_out = _chunk_gates(g, doc)
+    beta = beta_ref[...]
+    inverse = inverse_ref[...]
+    d_a = -_mm(_mm(inverse, dinv_ref[...], cfg, transpose_a=True), inverse, cfg, transpose_b=True)
     d_a = jnp.where(rows > cols, d_a, 0.0)
-    d_kk = d_a * beta[:, None] * gamma
-    d_beta += jnp.sum(d_a * kk * gamma, axis=1)
+    kk_gamma = _key_product(k_ref, k_ref, cfg) * gamma
+    d_beta = dbeta_ref[...] + jnp.sum(d_a * kk_gamma, axis=1)
+    d_p = dp_ref[...]
+    d_pair = beta[:, None] * d_a * kk_gamma + d_p * _key_product(q_ref, k_ref, cfg) * gamma
+    dg = _pair_gate_grad(d_pair)  # d_pair = d(Gamma) * Gamma, the cotangent of L (0 above the diagonal)
     d_qk = d_p * gamma
+    d_kk = d_a * beta[:, None] * gamma
     d_kk_sym = d_kk + d_kk.T
-
-    # Key side, second visit: dq and dk.
-    for keys in _key_blocks(cfg):
-        q, k, dqt, dkt, dw, d_xw = key_side(keys)
-        dq_ref[:, keys] = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)
-        dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
+    beta_decay = beta * decay_in
+    k_dxw = jnp.zeros_like(beta)
+    for keys in _key_blocks(cfg, 32):
+        q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
+        d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True)  # d(diag(beta D) K)
+        k_dxw += jnp.sum(k * d_xw, axis=1)
+        dq_ref[:, keys] = decay_in[:, None] * dqt_ref[:, keys] + _mm(d_qk, k, cfg)
+        dk = decay_out[:, None] * dkt_ref[:, keys] + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
         dk_ref[:, keys] = dk + _mm(d_kk_sym, k, cfg)
-
-    d_pair = d_kk * kk + d_qk * qk  # d(Gamma) * Gamma: the cotangent of L (0 above the diagonal)
+    dbeta_out_ref[...] = d_beta + decay_in * k_dxw
+    d_decay_in = ddecay_in_ref[...] + beta * k_dxw
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
-    dg_ref[...] = _gate_grad(d_pair, d_decay_in * decay_in, d_decay_out * decay_out, d_decay * _chunk_decay(g, doc))
-    dbeta_ref[...] = d_beta
+    dg_ref[...] = dg + _range_gate_grad(
+        d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -568,7 +617,7 @@ def _scan_forward(
     o_dtype: Any = None,
 ) -> list[jax.Array]:
     """With outputs = (Qt, PU): [o [BH, T, V] in o_dtype, final [BH, K, V]]; with None: [final, states
-    [BH, N * K, V] entering each chunk]."""
+    [BH, N * K, V] entering each chunk, v_new = U - W S [BH, T, V]]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_dim)
@@ -581,8 +630,9 @@ def _scan_forward(
         out_specs = [value_spec, state_spec]
     else:
         states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype)
-        out_shape = [final, states]
-        out_specs = [state_spec, _tile_spec(cfg, num_chunks * cfg.key_dim)]
+        v_new = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
+        out_shape = [final, states, v_new]
+        out_specs = [state_spec, _tile_spec(cfg, num_chunks * cfg.key_dim), value_spec]
     return pl.pallas_call(
         functools.partial(_scan_fwd_kernel, cfg=cfg, outputs=outputs is not None),
         grid=(heads, cfg.num_v_blocks),
@@ -630,29 +680,26 @@ def _scan_backward(
 
 
 def _contract_backward(
-    w: jax.Array,
-    u: jax.Array,
-    states: jax.Array,
-    d_states: jax.Array,
-    do: jax.Array,
-    du: jax.Array,
-    cfg: _Config,
+    v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
     """dW, dQt, dKt [BH, T, K] and d(d) [BH, T] (each chunk's value repeated over its C positions), float32."""
-    heads, length, _ = w.shape
-    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
-    state_spec = pl.BlockSpec((None, cfg.key_dim, cfg.value_dim), lambda bh, n: (bh, n, 0))
+    heads, length, _ = v_new.shape
+    key_blocks = cfg.key_dim // cfg.block_k
+    value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kb: (bh, n, 0))
+    state_spec = pl.BlockSpec((None, cfg.block_k, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
+    key_spec = pl.BlockSpec((None, cfg.chunk, cfg.block_k), lambda bh, n, kb: (bh, n, kb))
     key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32)
-    return pl.pallas_call(
+    dw, dqt, dkt, d_decay = pl.pallas_call(
         functools.partial(_contract_bwd_kernel, cfg=cfg),
-        grid=(heads, length // cfg.chunk),
-        in_specs=[key_spec, value_spec, state_spec, state_spec, value_spec, value_spec],
-        out_specs=[key_spec, key_spec, key_spec, _chunk_vector_spec(cfg)],
-        out_shape=[key_out, key_out, key_out, jax.ShapeDtypeStruct((heads, length), _F32)],
+        grid=(heads, length // cfg.chunk, key_blocks),
+        in_specs=[value_spec, state_spec, state_spec, value_spec, value_spec],
+        out_specs=[key_spec, key_spec, key_spec, pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))],
+        out_shape=[key_out, key_out, key_out, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32)],
         compiler_params=cfg.params(cfg.chunk_warps, 1),
         interpret=cfg.interpret,
         name="gdn_contract_bwd",
-    )(w, u, states, d_states, do, du)
+    )(v_new, states, d_states, do, du)
+    return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
 
 
 def _chunk_backward(
@@ -664,32 +711,60 @@ def _chunk_backward(
     do: jax.Array,
     partials: tuple[jax.Array, ...],
     cfg: _Config,
-) -> list[jax.Array]:
-    """dq, dk [BH, T, K], dv [BH, T, V], dg, dbeta [BH, T] (float32).
+) -> tuple[jax.Array, ...]:
+    """dq, dk [BH, T, K], dv [BH, T, V], dg, dbeta [BH, T] (float32), in three chunk-parallel kernels (value
+    side, key side, then through the inverse and the gates), each small enough to keep its values in registers.
 
     inputs: q, k, v, g, beta, doc. partials: dW, dQt, dKt [BH, T, K] and d(d) [BH, T] from ``_contract_backward``.
     """
+    q, k, v, g, beta, doc = inputs
+    dw, dqt, dkt, d_decay = partials
     heads, length, _ = w.shape
     key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
-    vector_spec = _chunk_vector_spec(cfg)
-    heads_length = (heads, length)
-    return pl.pallas_call(
-        functools.partial(_chunk_bwd_kernel, cfg=cfg),
-        grid=(heads, length // cfg.chunk),
-        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)]
-        + [key_spec, value_spec, value_spec, value_spec, key_spec, key_spec, key_spec, vector_spec],
-        out_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec],
-        out_shape=[
-            jax.ShapeDtypeStruct((*heads_length, cfg.key_dim), _F32),
-            jax.ShapeDtypeStruct((*heads_length, cfg.key_dim), _F32),
-            jax.ShapeDtypeStruct((*heads_length, cfg.value_dim), _F32),
-            jax.ShapeDtypeStruct(heads_length, _F32),
-            jax.ShapeDtypeStruct(heads_length, _F32),
-        ],
-        compiler_params=cfg.params(cfg.chunk_warps, 1),
-        interpret=cfg.interpret,
-        name="gdn_chunk_bwd",
-    )(*inputs, inverse, w, u, du, do, *partials)
+    vector_spec, square_spec = _chunk_vector_spec(cfg), _chunk_spec(cfg, cfg.chunk)
+    vector = jax.ShapeDtypeStruct((heads, length), _F32)
+    square = jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32)
+    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32)
+    value_out = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32)
+
+    def call(kernel, name: str, args: list, in_specs: list, outs: list[tuple], warps: int = 4) -> list[jax.Array]:
+        """Runs ``kernel`` over (heads, chunks); outs: (spec, shape) per output."""
+        return pl.pallas_call(
+            functools.partial(kernel, cfg=cfg),
+            grid=(heads, length // cfg.chunk),
+            in_specs=in_specs,
+            out_specs=[spec for spec, _ in outs],
+            out_shape=[shape for _, shape in outs],
+            compiler_params=cfg.params(warps, 1),
+            interpret=cfg.interpret,
+            name=name,
+        )(*args)
+
+    gates = [g, beta, doc]
+    gate_specs = [vector_spec] * 3
+    dv, d_beta, d_p, d_inverse = call(
+        _value_bwd_kernel,
+        "gdn_value_bwd",
+        [q, k, v, *gates, inverse, u, du, do],
+        [key_spec, key_spec, value_spec, *gate_specs, square_spec] + [value_spec] * 3,
+        [(value_spec, value_out), (vector_spec, vector), (square_spec, square), (square_spec, square)],
+    )
+    d_p, d_inverse, dw, d_decay_in, d_decay_out = call(
+        _key_bwd_kernel,
+        "gdn_key_bwd",
+        [q, k, *gates, w, dw, dqt, dkt, d_p, d_inverse],
+        [key_spec, key_spec, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
+        [(square_spec, square)] * 2 + [(key_spec, key_out)] + [(vector_spec, vector)] * 2,
+    )
+    dq, dk, dg, d_beta = call(
+        _finish_bwd_kernel,
+        "gdn_finish_bwd",
+        [q, k, *gates, inverse, dw, dqt, dkt, d_p, d_inverse, d_beta, d_decay_in, d_decay_out, d_decay],
+        [key_spec, key_spec, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec] * 4,
+        [(key_spec, key_out)] * 2 + [(vector_spec, vector)] * 2,
+        warps=8,  # the most C x C values alive at once: 8 warps keep them in registers
+    )
+    return dq, dk, dv, dg, d_beta
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -745,9 +820,9 @@ def _gdn_bwd(
     q, k, v, g, beta, h0, doc, inverse = residuals
     do, dfinal = cotangents
     w, u, qt, kt = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=False)
-    _, states = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=None)
+    _, states, v_new = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=None)
     du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
-    partials = _contract_backward(w, u, states, d_states, do, du, cfg)
+    partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dbeta, dh0, None
 

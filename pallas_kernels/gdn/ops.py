@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.gdn.chunked import chunked_gated_delta_rule
-from pallas_kernels.gdn.gpu import pallas_gpu_gated_delta_rule
+from pallas_kernels.gdn.gpu import CHUNK_SIZES, MAX_HEAD_DIM, pallas_gpu_gated_delta_rule
 from pallas_kernels.gdn.naive import naive_gated_delta_rule
 from pallas_kernels.gdn.tpu import pallas_tpu_gated_delta_rule
 
@@ -39,15 +39,22 @@ def _naive(
 _IMPLEMENTATIONS: dict[str, Implementation] = {
     "naive": _naive,
     "chunked": chunked_gated_delta_rule,
-    "pallas_gpu": pallas_gpu_gated_delta_rule,  # opt-in until its training losses are checked on a GPU
-    "pallas_tpu": pallas_tpu_gated_delta_rule,  # opt-in until it is compiled and checked on a TPU
+    "pallas_gpu": pallas_gpu_gated_delta_rule,
+    "pallas_tpu": pallas_tpu_gated_delta_rule,
 }
 _PLATFORMS = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
+_KERNEL_FOR_PLATFORM = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
 
-def _resolve_impl(impl: str) -> str:
-    """Maps "auto" to the implementation for this platform (the chunked form everywhere for now)."""
-    return "chunked" if impl == "auto" else impl
+def _resolve_impl(impl: str, key_dim: int, value_dim: int, chunk_size: int, dtype: np.dtype) -> str:
+    """Maps "auto" to this platform's Pallas kernel where it supports the shapes and dtype, else "chunked"."""
+    if impl != "auto":
+        return impl
+    kernel = _KERNEL_FOR_PLATFORM.get(jax.default_backend())
+    supported = (
+        max(key_dim, value_dim) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES and dtype != np.dtype(np.float64)
+    )
+    return kernel if kernel is not None and supported else "chunked"
 
 
 def _fail(message: str) -> NoReturn:
@@ -150,9 +157,10 @@ def gated_delta_rule(
         every t > 0 with segment_ids[t] != segment_ids[t - 1].
       chunk_size: tokens per chunk for chunked implementations; any T is allowed.
       impl: "naive" (time-step scan), "chunked" (WY/UT chunked form in jnp), "pallas_gpu" (the Pallas GPU
-        kernels of gpu.py, float32-accurate matmuls; GPU only), "pallas_tpu" (the Pallas Mosaic forward kernels
-        of tpu.py, float32 inputs, backward by the chunked form's VJP; TPU only) or "auto" (currently "chunked"
-        everywhere).
+        kernels of gpu.py; float32-accurate matmuls for float32 inputs, bfloat16 operands with float32
+        accumulation when q, k or v is bfloat16; GPU only), "pallas_tpu" (the Pallas Mosaic forward kernels
+        of tpu.py, float32 inputs, backward by the chunked form's VJP; TPU only) or "auto" (the platform's
+        Pallas kernel on GPU and TPU when K, V <= 256 and chunk_size is 16, 32 or 64; "chunked" otherwise).
 
     Returns:
       o: [B, T, H, V] in v's dtype.
@@ -171,9 +179,17 @@ def gated_delta_rule(
     dtype = _accumulation_dtype([x for x in floating.values() if x is not None])
     if initial_state is None:
         initial_state = jnp.zeros((batch, heads, key_dim, v.shape[3]), dtype)
-    q, k, v_acc, g, beta, initial_state = (jnp.asarray(x, dtype) for x in (q, k, v, g, beta, initial_state))
     resets = _reset_flags(segment_ids, batch, length)
     scale = key_dim**-0.5 if scale is None else scale
-    run = _IMPLEMENTATIONS[_resolve_impl(impl)]
-    o, final_state = run(q, k, v_acc, g, beta, initial_state, resets, scale, int(chunk_size))
+    impl = _resolve_impl(impl, key_dim, v.shape[3], int(chunk_size), dtype)
+    if impl == "pallas_gpu" and jnp.bfloat16 in (q.dtype, k.dtype, v.dtype):
+        # bfloat16 activations stay bfloat16 in and out of the GPU kernels, which then use bfloat16 matmul operands
+        # with float32 accumulation (state, gates and inverse in float32).
+        q, k, v_in = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
+        g, beta, initial_state = (jnp.asarray(x, jnp.float32) for x in (g, beta, initial_state))
+        return pallas_gpu_gated_delta_rule(
+            q, k, v_in, g, beta, initial_state, resets, scale, int(chunk_size), matmul_dtype=jnp.bfloat16
+        )
+    q, k, v_acc, g, beta, initial_state = (jnp.asarray(x, dtype) for x in (q, k, v, g, beta, initial_state))
+    o, final_state = _IMPLEMENTATIONS[impl](q, k, v_acc, g, beta, initial_state, resets, scale, int(chunk_size))
     return o.astype(v.dtype), final_state
