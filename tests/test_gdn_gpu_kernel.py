@@ -86,6 +86,30 @@ def test_unit_lower_inverse(chunk: int):
         assert rel(inverse, np.linalg.inv(np.eye(chunk) + a)) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", gpu.CHUNK_SIZES)
+def test_solve_kernel_matches_float64(chunk: int):
+    """The solve kernel's (I + A)^-1 per chunk against float64 numpy, with A built from the definition: gates
+    near 0 and -1e4, beta up to 2, and document starts (A and Gamma are zero across documents)."""
+    x = random_inputs(chunk, (1, 2 * chunk, 2, 24, 8), "mixed")
+    length = 2 * chunk
+    cfg = gpu._make_config(x["q"], x["v"], {}, chunk, True, jnp.float32, None)
+    k = gpu._to_heads(x["k"], length, cfg.key_dim)
+    g, beta = (gpu._gates_to_heads(x[name], length) for name in ("g", "beta"))
+    doc = gpu._documents(x["resets"], length, chunk, 2)
+    inverse = np.asarray(gpu._solve(k, g, beta, doc, cfg), np.float64)
+    k, g, beta, doc = (np.asarray(a, np.float64) for a in (k, g, beta, doc))
+    for head in range(2):
+        for start in range(0, length, chunk):
+            rows = slice(start, start + chunk)
+            kc, gc, bc, dc = k[head, rows], g[head, rows], beta[head, rows], doc[head, rows]
+            a = np.zeros((chunk, chunk))
+            for i in range(chunk):
+                for j in range(i):
+                    if dc[i] == dc[j]:
+                        a[i, j] = bc[i] * (kc[i] @ kc[j]) * np.exp(gc[j + 1 : i + 1].sum())
+            assert rel(inverse[head, rows], np.linalg.inv(np.eye(chunk) + a)) < 1e-5
+
+
 def test_bfloat16_matmuls():
     """bfloat16 inputs and matmul operands: o in bfloat16, state in float32, both close to float32."""
     x = random_inputs(4, (1, 40, 2, 12, 24), "mixed")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import gated_delta_rule
+from pallas_kernels.gdn import ops
 
 B, H, K, V = 2, 2, 16, 24
 CHUNK = 16
@@ -292,3 +293,22 @@ def test_bad_input_raises(case: str):
     args = [x.pop(name) for name in ("q", "k", "v", "g", "beta")]
     with pytest.raises(ValueError, match=r"^gated_delta_rule: " + message):
         gated_delta_rule(*args, **x)
+
+
+@pytest.mark.parametrize(
+    "backend, key_dim, value_dim, chunk, dtype, expected",
+    [
+        ("cpu", 96, 192, 64, np.float32, "chunked"),
+        ("gpu", 96, 192, 64, np.float32, "pallas_gpu"),
+        ("tpu", 128, 256, 16, np.float32, "pallas_tpu"),
+        ("gpu", 300, 192, 64, np.float32, "chunked"),  # K above the kernels' maximum
+        ("gpu", 96, 192, 128, np.float32, "chunked"),  # a chunk size the kernels do not take
+        ("gpu", 96, 192, 64, np.float64, "chunked"),  # float64 stays on the reference
+    ],
+)
+def test_auto_picks_the_platform_kernel_where_it_applies(
+    monkeypatch, backend, key_dim, value_dim, chunk, dtype, expected
+):
+    monkeypatch.setattr(ops.jax, "default_backend", lambda: backend)
+    assert ops._resolve_impl("auto", key_dim, value_dim, chunk, np.dtype(dtype)) == expected
+    assert ops._resolve_impl("naive", key_dim, value_dim, chunk, np.dtype(dtype)) == "naive"

@@ -2,7 +2,7 @@
 
 Run on a CUDA machine from the repository root:
 
-    python tools/bench_gdn.py                        # the three shapes of docs/gdn_kernels.md and T = 65,536
+    python tools/bench_gdn.py                        # the shapes in SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
@@ -154,11 +154,11 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict
     w, u, qt, kt, pu = chunk_fwd(q, k, v, g, beta, doc, inverse)
     scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a[:6], cfg, outputs=a[6:], o_dtype=jnp.bfloat16))
     scan_states = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=None))
-    _, states = scan_states(w, u, kt, g, doc, h0)
+    _, states, v_new = scan_states(w, u, kt, g, doc, h0)
     scan_bwd = jax.jit(lambda *a: gpu._scan_backward(*a, cfg))
     du, d_states, _ = scan_bwd(w, qt, kt, g, doc, do, dfinal)
     contract = jax.jit(lambda *a: gpu._contract_backward(*a, cfg))
-    partials = contract(w, u, states, d_states, do, du)
+    partials = contract(v_new, states, d_states, do, du)
     chunk_bwd = jax.jit(lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg))
     sync = jax.block_until_ready
     return {
@@ -168,9 +168,28 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict
         "chunk_recompute": _median_ms(lambda: chunk_recompute(q, k, v, g, beta, doc, inverse), sync, runs),
         "scan_states": _median_ms(lambda: scan_states(w, u, kt, g, doc, h0), sync, runs),
         "scan_bwd": _median_ms(lambda: scan_bwd(w, qt, kt, g, doc, do, dfinal), sync, runs),
-        "contract_bwd": _median_ms(lambda: contract(w, u, states, d_states, do, du), sync, runs),
+        "contract_bwd": _median_ms(lambda: contract(v_new, states, d_states, do, du), sync, runs),
         "chunk_bwd": _median_ms(lambda: chunk_bwd(q, k, v, g, beta, doc, inverse, w, u, du, do, *partials), sync, runs),
     }
+
+
+def _open_table(path: str | None, card: str) -> Callable[[str], None]:
+    """Starts a dated section in ``path`` (if given) and returns a function that appends one line to it.
+
+    Rows are written as they are measured, so a run cut short still leaves its numbers.
+    """
+    if path is None:
+        return lambda line: None
+    command = "python tools/bench_gdn.py " + " ".join(sys.argv[1:])
+    with open(path, "a") as f:
+        f.write(f"\n## Gated delta rule, {datetime.date.today()}, {card}, jax {jax.__version__}\n\n`{command}`\n\n")
+        f.write("| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |\n|---|---|---|---|\n")
+
+    def append(line: str) -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return append
 
 
 def main() -> None:
@@ -184,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     impls = args.impls.split(",")
     card = jax.devices()[0].device_kind
-    lines = ["| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |", "|---|---|---|---|"]
+    append = _open_table(args.write, card)
     print(f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {CHUNK}")
     for index in (int(i) for i in args.shapes.split(",")):
         shape = SHAPES[index]
@@ -206,15 +225,10 @@ def main() -> None:
                 print(f"{label:<24} {name:<28} FAILED: {str(error).splitlines()[0][:300]}", flush=True)
                 continue
             print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}", flush=True)
-            lines.append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} |")
+            append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} |")
         if args.stages:
             stages = _stage_times(x, args.runs, args.matmul_dtype)
             print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in stages.items()), flush=True)
-    if args.write:
-        command = "python tools/bench_gdn.py " + " ".join(sys.argv[1:])
-        with open(args.write, "a") as f:
-            f.write(f"\n## Gated delta rule, {datetime.date.today()}, {card}\n\n`{command}`\n\n")
-            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Chunked gated delta rule as Pallas GPU kernels (Triton lowering), forward and backward.
 
-Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``docs/gdn_kernels.md`` for the
+Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``naive.py`` for the
 recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
 positions, doc_i the number of document starts in the chunk at or before i, L_ij = sum of g over (j, i],
 
@@ -20,31 +20,36 @@ and across chunks, carrying the state S [K, V] in float32,
 in the chunk-parallel kernel and the sequential scan only does three [C, K] x [K, BV]-sized matmuls per
 chunk.)
 
-Kernels, all on the layout [B * H, T_padded, channels]:
+Kernels, all on the layout [B * H, T_padded, channels]; "chunk-parallel" ones have grid (B * H, chunks), the
+scans grid (B * H, V / BV) with the state [K, BV] in float32 registers and a sequential loop over chunks.
 
-1. ``_chunk_fwd_kernel``, grid (B * H, chunks): gate sums, Gamma, A, the inverse T (4 x 4 diagonal blocks by
-   forward substitution, then doubling the block size by 4 per level with matmuls, ``_unit_lower_inverse``),
-   then W, U, Qt, PU, Kt. Fully chunk-parallel; [C, 64] tiles at most (K is visited in 64-wide blocks).
-2. ``_scan_fwd_kernel``, grid (B * H, V / BV): the sequential loop over chunks, S [K, BV] in float32
-   registers; several programs per head (one per BV-wide value tile). Writes O and the final state (and,
-   for the backward, the state entering every chunk).
-3. ``_scan_bwd_kernel``, grid (B * H, V / BV): the reverse loop, carrying dS [K, BV]; writes dU and this
-   tile's partial sums of dW, dQt, dKt and d(d) (their contractions run over V, so over all tiles).
-4. ``_chunk_bwd_kernel``, grid (B * H, chunks): sums the partials and backpropagates through the chunk
-   algebra (inverse, Gamma, gate sums) to dq, dk, dv, dg, dbeta.
+Forward:
+1. ``_solve_kernel``: T = (I + A)^-1 per chunk, from 16 x 16 blocks of A formed directly (diagonal blocks by
+   forward substitution, the rest by block substitution with float32-accurate matmuls). Saved for the backward.
+2. ``_chunk_fwd_kernel``: gate sums, Gamma, then W, U, Qt, PU, Kt ([C, 64] tiles at most).
+3. ``_scan_fwd_kernel``: O and the final state.
 
-The backward is a ``jax.custom_vjp`` that recomputes kernels 1 and 2 (no state is saved by the forward).
+Backward (a ``jax.custom_vjp``; the forward saves only its inputs and T):
+4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt) and ``_scan_fwd_kernel`` in its states mode: the state entering
+   every chunk and v_new = U - W S.
+5. ``_scan_bwd_kernel``: the reverse loop carrying dS; writes dU = d(v_new) and the dS leaving every chunk, and
+   does only the three matmuls on the sequential path.
+6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / 64): the contractions over V (dW, dQt, dKt, d(d)) from the
+   saved states, chunk-parallel.
+7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
+   key side, then through T, Gamma and the gate sums) to dq, dk, dv, dg, dbeta. Three kernels rather than one
+   keep each one's C x C values in registers (one kernel spilled gigabytes to local memory on an H100).
 
 Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
-along axis 0 of a masked C x C matrix for the pairs, masked row sums for E), never a difference of
-cumulative sums, so a chunk holding a gate of -1e4 loses no precision in the pairs after it. Exponents are
-masked to -inf before ``exp``, so no positive exponent is formed. The state, all gate sums, K K^T, the
-inverse T and the products with T are float32; with ``matmul_dtype=bfloat16`` the other matmuls (Q K^T,
-P W, P U and the scans' products with S) take bfloat16 operands with float32 accumulation, and W, U, Qt,
-PU, Kt and the saved states are stored in bfloat16. With float32 (the default) every matmul is
-float32 x float32 at float32 accuracy: on the GPU three TF32 tensor-core passes (``TF32_TF32_F32_X3``, relative
-error ~1e-6; IEEE float32 dots lower to CUDA-core FMA loops that take minutes to compile), in the interpreter
-``Precision.HIGHEST``.
+along axis 0 of a masked C x C matrix for the pairs, masked row sums for E, block head/tail sums in the solve
+kernel), never a difference of cumulative sums, so a chunk holding a gate of -1e4 loses no precision in the pairs
+after it. Exponents are masked to -inf before ``exp``, so no positive exponent is formed. The state, all gate
+sums, K K^T and the inverse T are float32 and every matmul accumulates in float32. ``matmul_dtype`` sets the
+operand dtype of the matmuls and the storage dtype of W, U, Qt, PU, Kt, v_new and the saved states:
+float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core passes, ``TF32_TF32_F32_X3``,
+relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
+1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). The block substitution
+of the inverse is float32-accurate in both modes.
 
 Triton needs power-of-two block dims >= 16: K is zero-padded to the next power of two (zero key/query
 channels change nothing), V to a multiple of the tile BV (a power of two), T to a multiple of C with
@@ -102,20 +107,19 @@ class _Config:
             return None
         return _HIGHEST if self.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
 
-    def params(self, num_warps: int, num_stages: int) -> plgpu.CompilerParams:
-        return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-
-    def scan_params(self, step_bytes: int) -> plgpu.CompilerParams:
-        """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
-        return self.params(4, 2 if step_bytes <= 96 * 1024 else 1)
-
     @property
     def block_k(self) -> int:
         return min(self.key_dim, 64)
 
-    @property
-    def chunk_warps(self) -> int:
-        return 4
+
+def _chunk_params(num_warps: int = 4) -> plgpu.CompilerParams:
+    """Chunk-parallel kernels: 4 warps (8 measured no faster on an H100, except where noted), no pipelining."""
+    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+
+
+def _scan_params(step_bytes: int) -> plgpu.CompilerParams:
+    """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
+    return plgpu.CompilerParams(num_warps=4, num_stages=2 if step_bytes <= 96 * 1024 else 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -568,7 +572,7 @@ def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Co
         in_specs=[_chunk_spec(cfg, cfg.key_dim), vector_spec, vector_spec, vector_spec],
         out_specs=_chunk_spec(cfg, cfg.chunk),
         out_shape=jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32),
-        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        compiler_params=_chunk_params(),
         interpret=cfg.interpret,
         name="gdn_solve",
     )(k, g, beta, doc)
@@ -598,7 +602,7 @@ def _chunk_forward(
         in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)],
         out_specs=[key_spec, value_spec, key_spec, key_spec] + [value_spec] * with_pu,
         out_shape=[key_out, value_out, key_out, key_out] + [value_out] * with_pu,
-        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        compiler_params=_chunk_params(),
         interpret=cfg.interpret,
         name="gdn_chunk_fwd",
     )(q, k, v, g, beta, doc, inverse)
@@ -639,7 +643,7 @@ def _scan_forward(
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        compiler_params=cfg.scan_params((3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize),
+        compiler_params=_scan_params((3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize),
         interpret=cfg.interpret,
         name="gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
     )(w, u, kt, g, doc, h0, *(outputs or ()))
@@ -671,7 +675,7 @@ def _scan_backward(
             jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
             jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32),
         ],
-        compiler_params=cfg.scan_params(
+        compiler_params=_scan_params(
             3 * cfg.chunk * cfg.key_dim * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
         ),
         interpret=cfg.interpret,
@@ -695,7 +699,7 @@ def _contract_backward(
         in_specs=[value_spec, state_spec, state_spec, value_spec, value_spec],
         out_specs=[key_spec, key_spec, key_spec, pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))],
         out_shape=[key_out, key_out, key_out, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32)],
-        compiler_params=cfg.params(cfg.chunk_warps, 1),
+        compiler_params=_chunk_params(),
         interpret=cfg.interpret,
         name="gdn_contract_bwd",
     )(v_new, states, d_states, do, du)
@@ -735,7 +739,7 @@ def _chunk_backward(
             in_specs=in_specs,
             out_specs=[spec for spec, _ in outs],
             out_shape=[shape for _, shape in outs],
-            compiler_params=cfg.params(warps, 1),
+            compiler_params=_chunk_params(warps),
             interpret=cfg.interpret,
             name=name,
         )(*args)

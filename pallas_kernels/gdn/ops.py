@@ -143,7 +143,7 @@ def gated_delta_rule(
     chunk_size: int = 64,
     impl: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
-    """Gated delta rule (Gated DeltaNet token mixer); see docs/gdn_kernels.md for the recurrence.
+    """Gated delta rule (Gated DeltaNet token mixer); see naive.py for the recurrence.
 
     Args:
       q, k: [B, T, H, K], used as given (the caller L2-normalises them).

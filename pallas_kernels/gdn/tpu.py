@@ -1,6 +1,6 @@
 """Chunked gated delta rule forward as a Pallas Mosaic TPU kernel; gradients by the reference chunked form.
 
-Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``docs/gdn_kernels.md`` for the
+Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``naive.py`` for the
 recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
 positions and L_ij the sum of g over (j, i],
 
