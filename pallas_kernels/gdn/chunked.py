@@ -19,6 +19,7 @@ exponent and no inf - inf is ever formed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,9 @@ def _wy_factors(
     return wu[..., : k.shape[-1]], wu[..., k.shape[-1] :]
 
 
+StateScan = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
+
+
 def _state_step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """Carries the state [B, H, K, V] over one chunk.
 
@@ -105,7 +109,25 @@ def _state_step(state: jax.Array, chunk: tuple[jax.Array, ...]) -> tuple[jax.Arr
     return next_state, (state, v_new)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def lax_state_scan(
+    w: jax.Array, u: jax.Array, k_to_end: jax.Array, chunk_decay: jax.Array, initial_state: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The sequential part of the chunked form, as a ``lax.scan`` over chunks.
+
+    Args:
+      w, k_to_end: [B, H, N, C, K]; u: [B, H, N, C, V]; chunk_decay: [B, H, N]; initial_state: [B, H, K, V].
+
+    Returns:
+      the final state [B, H, K, V], the state entering each chunk [B, H, N, K, V] and v_new [B, H, N, C, V].
+    """
+    chunks = (w, u, k_to_end, chunk_decay)
+    final_state, (states, v_new) = jax.lax.scan(
+        _state_step, initial_state, tuple(jnp.moveaxis(x, 2, 0) for x in chunks)
+    )
+    return final_state, jnp.moveaxis(states, 0, 2), jnp.moveaxis(v_new, 0, 2)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "state_scan"))
 def chunked_gated_delta_rule(
     q: jax.Array,
     k: jax.Array,
@@ -116,6 +138,7 @@ def chunked_gated_delta_rule(
     resets: jax.Array,
     scale: float | jax.Array,
     chunk_size: int,
+    state_scan: StateScan = lax_state_scan,
 ) -> tuple[jax.Array, jax.Array]:
     """Runs the chunked form; same contract as ``naive_gated_delta_rule``.
 
@@ -126,6 +149,8 @@ def chunked_gated_delta_rule(
       resets: bool [B, T]; True where the state is zeroed before the token.
       scale: multiplier applied to q.
       chunk_size: C, tokens per chunk; T is zero-padded to a multiple of C (a no-op on the state).
+      state_scan: runs the sequential part; same contract as ``lax_state_scan`` (the TPU backward passes one
+        made of Pallas kernels).
 
     Returns:
       o [B, T, H, V] and the final state [B, H, K, V], both in the accumulation dtype.
@@ -135,11 +160,7 @@ def chunked_gated_delta_rule(
     resets = _to_chunks(resets[:, :, None], chunk_size)
     gamma, decay_in = _decays(g, resets)
     w, u = _wy_factors(k, v, beta, gamma, decay_in)
-    chunks = (w, u, k * gamma[..., -1, :, None], decay_in[..., -1])
-    final_state, (states, v_new) = jax.lax.scan(
-        _state_step, initial_state, tuple(jnp.moveaxis(x, 2, 0) for x in chunks)
-    )
-    states, v_new = jnp.moveaxis(states, 0, 2), jnp.moveaxis(v_new, 0, 2)
+    final_state, states, v_new = state_scan(w, u, k * gamma[..., -1, :, None], decay_in[..., -1], initial_state)
     q_from_start = scale * q * decay_in[..., None]
     scores = scale * jnp.einsum("...ik,...jk->...ij", q, k, precision=_HIGHEST) * gamma
     o = jnp.einsum("...ck,...kv->...cv", q_from_start, states, precision=_HIGHEST)

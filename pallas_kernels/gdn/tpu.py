@@ -1,4 +1,4 @@
-"""Chunked gated delta rule forward as a Pallas Mosaic TPU kernel; gradients by the reference chunked form.
+"""Chunked gated delta rule as Pallas Mosaic TPU kernels: the forward, and the sequential part of the backward.
 
 Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``naive.py`` for the
 recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
@@ -26,9 +26,12 @@ Decomposition, two ``pl.pallas_call`` kernels on the layout [B * H, N chunks, C,
    carried across the sequential chunk axis, initialised from ``initial_state`` at chunk 0; the final state
    is written at the last chunk.
 
-Gradients: ``pallas_tpu_gated_delta_rule`` is a ``jax.custom_vjp`` whose backward is exactly the VJP (``jax.vjp``) of the
-reference ``chunked_gated_delta_rule`` on the same inputs, so it recomputes the forward in jnp. A Pallas TPU
-backward kernel is future work.
+Gradients: ``pallas_tpu_gated_delta_rule`` is a ``jax.custom_vjp``. Its backward is the VJP of the chunked form
+(``chunked.py``) with that form's sequential part, ``lax_state_scan``, replaced by ``_pallas_state_scan``: a Pallas
+forward kernel that records the state entering every chunk and v_new (state in a VMEM scratch buffer), and a
+Pallas reverse kernel, chunks visited last to first, that carries the state's cotangent in VMEM and writes the
+cotangents of W, U, (E * K), the chunk decays and the initial state. The chunk-parallel algebra around it (WY
+factors, decays, outputs) is differentiated by XLA, which runs it as batched matmuls.
 
 TPU tiling: K and V are zero-padded to multiples of 128 (zero key/query/value channels change nothing), T to a
 multiple of C with q = k = v = g = beta = 0 (which leaves the state unchanged); outputs are sliced back. Blocks are
@@ -220,6 +223,156 @@ def _scan_call(
     )(q, k, w, u, gamma, decay_in, initial_state)
 
 
+def _states_kernel(w_ref, u_ref, kt_ref, decay_ref, state0_ref, states_ref, v_new_ref, final_ref, state_ref) -> None:
+    """One chunk of one (batch, head) of ``lax_state_scan``: records the entering state and v_new, then steps.
+
+    Refs (blocks): w, kt [C, K]; u [C, V]; decay [1, 1]; state0 [K, V]; outputs states [K, V], v_new [C, V],
+    final [K, V]; scratch state [K, V] float32 carried over the sequential chunk axis.
+    """
+    chunk = pl.program_id(1)
+
+    @pl.when(chunk == 0)
+    def _init() -> None:
+        state_ref[...] = state0_ref[...]
+
+    state = state_ref[...]
+    states_ref[...] = state
+    v_new = u_ref[...] - _dot(w_ref[...], state)
+    v_new_ref[...] = v_new
+    state_ref[...] = decay_ref[...] * state + _dot(kt_ref[...].T, v_new)
+
+    @pl.when(chunk == pl.num_programs(1) - 1)
+    def _write_final() -> None:
+        final_ref[...] = state_ref[...]
+
+
+def _states_bwd_kernel(
+    w_ref,
+    kt_ref,
+    decay_ref,
+    states_ref,
+    v_new_ref,
+    d_states_ref,
+    d_v_new_ref,
+    d_final_ref,
+    du_ref,
+    dw_ref,
+    dkt_ref,
+    d_decay_ref,
+    d_initial_ref,
+    grad_ref,
+) -> None:
+    """One chunk, visited last to first, of the reverse of ``_states_kernel``.
+
+    The scratch grad [K, V] holds G, the cotangent of the state leaving the chunk (d_final at the start). With S
+    the state entering the chunk: dv = d(v_new) + Kt G; dU = dv; dW = -dv S^T; dKt = v_new G^T;
+    d(decay) = sum(S * G); the cotangent of S is d(states) + decay G - W^T dv, carried to the chunk before.
+    """
+    step = pl.program_id(1)
+
+    @pl.when(step == 0)
+    def _init() -> None:
+        grad_ref[...] = d_final_ref[...]
+
+    grad, state, w = grad_ref[...], states_ref[...], w_ref[...]
+    dv = d_v_new_ref[...] + _dot(kt_ref[...], grad)
+    du_ref[...] = dv
+    dw_ref[...] = -_dot_nt(dv, state)
+    dkt_ref[...] = _dot_nt(v_new_ref[...], grad)
+    d_decay_ref[...] = jnp.sum(state * grad, keepdims=True)
+    grad_ref[...] = d_states_ref[...] + decay_ref[...] * grad - _dot(w.T, dv)
+
+    @pl.when(step == pl.num_programs(1) - 1)
+    def _write_initial() -> None:
+        d_initial_ref[...] = grad_ref[...]
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+    """[B, H, ...] -> [B * H, ...]."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _states_call(w, u, k_to_end, chunk_decay, initial_state, interpret) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``_states_kernel`` over all chunks; same contract as ``lax_state_scan`` (shapes in its docstring)."""
+    batch, heads, num_chunks, chunk, key_dim = w.shape
+    value_dim = u.shape[-1]
+    state_spec = pl.BlockSpec((None, key_dim, value_dim), lambda bh, n: (bh, 0, 0))
+    states, v_new, final = pl.pallas_call(
+        _states_kernel,
+        grid=(batch * heads, num_chunks),
+        in_specs=[_chunk_spec(chunk, key_dim), _chunk_spec(chunk, value_dim), _chunk_spec(chunk, key_dim)]
+        + [_chunk_spec(1, 1), state_spec],
+        out_specs=[_chunk_spec(key_dim, value_dim), _chunk_spec(chunk, value_dim), state_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct((batch * heads, num_chunks, key_dim, value_dim), _F32),
+            jax.ShapeDtypeStruct((batch * heads, num_chunks, chunk, value_dim), _F32),
+            jax.ShapeDtypeStruct((batch * heads, key_dim, value_dim), _F32),
+        ],
+        scratch_shapes=[pltpu.VMEM((key_dim, value_dim), _F32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret,
+    )(
+        _heads_first(w),
+        _heads_first(u),
+        _heads_first(k_to_end),
+        _heads_first(chunk_decay)[..., None, None],
+        _heads_first(initial_state),
+    )
+    split = lambda x: x.reshape(batch, heads, *x.shape[1:])  # noqa: E731
+    return split(final), split(states), split(v_new)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _pallas_state_scan(w, u, k_to_end, chunk_decay, initial_state, interpret):
+    """``lax_state_scan`` as Pallas TPU kernels, forward and reverse, with the state in VMEM."""
+    return _states_call(w, u, k_to_end, chunk_decay, initial_state, interpret)
+
+
+def _pallas_state_scan_fwd(w, u, k_to_end, chunk_decay, initial_state, interpret):
+    final, states, v_new = _states_call(w, u, k_to_end, chunk_decay, initial_state, interpret)
+    return (final, states, v_new), (w, k_to_end, chunk_decay, states, v_new)
+
+
+def _pallas_state_scan_bwd(interpret, residuals, cotangents):
+    """Runs ``_states_bwd_kernel`` from the last chunk to the first."""
+    w, k_to_end, chunk_decay, states, v_new = residuals
+    d_final, d_states, d_v_new = cotangents
+    batch, heads, num_chunks, chunk, key_dim = w.shape
+    value_dim = v_new.shape[-1]
+    reverse = lambda rows, cols: pl.BlockSpec(  # noqa: E731
+        (None, None, rows, cols), lambda bh, n: (bh, num_chunks - 1 - n, 0, 0)
+    )
+    state_spec = pl.BlockSpec((None, key_dim, value_dim), lambda bh, n: (bh, 0, 0))
+    per_chunk = lambda *shape: jax.ShapeDtypeStruct((batch * heads, num_chunks, *shape), _F32)  # noqa: E731
+    du, dw, dkt, d_decay, d_initial = pl.pallas_call(
+        _states_bwd_kernel,
+        grid=(batch * heads, num_chunks),
+        in_specs=[reverse(chunk, key_dim), reverse(chunk, key_dim), reverse(1, 1), reverse(key_dim, value_dim)]
+        + [reverse(chunk, value_dim), reverse(key_dim, value_dim), reverse(chunk, value_dim), state_spec],
+        out_specs=[reverse(chunk, value_dim), reverse(chunk, key_dim), reverse(chunk, key_dim), reverse(1, 1)]
+        + [state_spec],
+        out_shape=[per_chunk(chunk, value_dim), per_chunk(chunk, key_dim), per_chunk(chunk, key_dim)]
+        + [per_chunk(1, 1), jax.ShapeDtypeStruct((batch * heads, key_dim, value_dim), _F32)],
+        scratch_shapes=[pltpu.VMEM((key_dim, value_dim), _F32)],
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+        interpret=interpret,
+    )(
+        _heads_first(w),
+        _heads_first(k_to_end),
+        _heads_first(chunk_decay)[..., None, None],
+        _heads_first(states),
+        _heads_first(v_new),
+        _heads_first(d_states),
+        _heads_first(d_v_new),
+        _heads_first(d_final),
+    )
+    split = lambda x: x.reshape(batch, heads, *x.shape[1:])  # noqa: E731
+    return split(dw), split(du), split(dkt), split(d_decay)[..., 0, 0], split(d_initial)
+
+
+_pallas_state_scan.defvjp(_pallas_state_scan_fwd, _pallas_state_scan_bwd)
+
+
 def _forward(
     q: jax.Array,
     k: jax.Array,
@@ -255,16 +408,37 @@ def _gated_delta_rule(q, k, v, g, beta, initial_state, resets, scale, chunk_size
 
 
 def _gated_delta_rule_fwd(q, k, v, g, beta, initial_state, resets, scale, chunk_size, interpret):
-    """Runs the kernels and saves the inputs (the backward recomputes everything)."""
+    """Runs the kernels and saves the inputs (the backward recomputes the rest)."""
     out = _forward(q, k, v, g, beta, initial_state, resets, scale, chunk_size, interpret)
     return out, (q, k, v, g, beta, initial_state, resets, scale)
 
 
+def _padded_chunked(q, k, v, g, beta, initial_state, scale, resets, chunk_size, interpret):
+    """The chunked form on K, V zero-padded to multiples of 128, with the Pallas state scan; sliced back."""
+    key_dim, value_dim = q.shape[-1], v.shape[-1]
+    padded_k, padded_v = _round_up(key_dim, _LANES), _round_up(value_dim, _LANES)
+    state = _pad_last(jnp.pad(initial_state, [(0, 0), (0, 0), (0, padded_k - key_dim), (0, 0)]), padded_v)
+    scan = functools.partial(_pallas_state_scan, interpret=interpret)
+    o, final = chunked_gated_delta_rule(
+        _pad_last(q, padded_k),
+        _pad_last(k, padded_k),
+        _pad_last(v, padded_v),
+        g,
+        beta,
+        state,
+        resets,
+        scale,
+        chunk_size,
+        state_scan=scan,
+    )
+    return o[..., :value_dim], final[..., :key_dim, :value_dim]
+
+
 def _gated_delta_rule_bwd(chunk_size, interpret, residuals, cotangents):
-    """Exact VJP of the reference ``chunked_gated_delta_rule`` (recomputed in jnp); None for resets."""
-    del interpret
+    """VJP of the chunked form whose sequential part is the Pallas state scan (forward and reverse kernels, the
+    state in VMEM); its chunk-parallel part is differentiated by XLA. None for resets."""
     *floats, resets, scale = residuals
-    reference = lambda *args: chunked_gated_delta_rule(*args[:6], resets, args[6], chunk_size)  # noqa: E731
+    reference = lambda *args: _padded_chunked(*args, resets, chunk_size, interpret)  # noqa: E731
     _, vjp = jax.vjp(reference, *floats, scale)
     *grads, d_scale = vjp(cotangents)
     return (*grads, None, d_scale)
