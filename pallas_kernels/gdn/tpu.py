@@ -373,6 +373,15 @@ def _pallas_state_scan_bwd(interpret, residuals, cotangents):
 _pallas_state_scan.defvjp(_pallas_state_scan_fwd, _pallas_state_scan_bwd)
 
 
+def _pad_to_lanes(
+    q: jax.Array, k: jax.Array, v: jax.Array, initial_state: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Zero-pads K and V to multiples of 128 (zero channels change nothing): q, k [.., K'], v [.., V'], state [.., K', V']."""
+    padded_k, padded_v = _round_up(q.shape[-1], _LANES), _round_up(v.shape[-1], _LANES)
+    state = jnp.pad(initial_state, [(0, 0), (0, 0), (0, padded_k - q.shape[-1]), (0, padded_v - v.shape[-1])])
+    return _pad_last(q, padded_k), _pad_last(k, padded_k), _pad_last(v, padded_v), state
+
+
 def _forward(
     q: jax.Array,
     k: jax.Array,
@@ -388,10 +397,8 @@ def _forward(
     """Pads K, V to multiples of 128 and T to a multiple of C, runs both kernels on chunks and slices back."""
     batch, length, heads, key_dim = q.shape
     value_dim = v.shape[-1]
-    padded_k, padded_v = _round_up(key_dim, _LANES), _round_up(value_dim, _LANES)
-    q, k = _pad_last(scale * q, padded_k), _pad_last(k, padded_k)
-    v = _pad_last(v, padded_v)
-    state = _pad_last(jnp.pad(initial_state, [(0, 0), (0, 0), (0, padded_k - key_dim), (0, 0)]), padded_v)
+    q, k, v, state = _pad_to_lanes(scale * q, k, v, initial_state)
+    padded_k, padded_v = state.shape[-2:]
     resets = jnp.broadcast_to(resets[:, :, None], g.shape).astype(_F32)
     chunks = (_to_chunks(x, chunk_size) for x in (q, k, v, g, beta, resets))
     q, k, v, g, beta, resets = (x.reshape(batch * heads, *x.shape[2:]) for x in chunks)
@@ -403,7 +410,7 @@ def _forward(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
 def _gated_delta_rule(q, k, v, g, beta, initial_state, resets, scale, chunk_size, interpret):
-    """``_forward`` with the reference chunked form's VJP as its backward."""
+    """``_forward``, differentiated by ``_gated_delta_rule_bwd``."""
     return _forward(q, k, v, g, beta, initial_state, resets, scale, chunk_size, interpret)
 
 
@@ -416,21 +423,9 @@ def _gated_delta_rule_fwd(q, k, v, g, beta, initial_state, resets, scale, chunk_
 def _padded_chunked(q, k, v, g, beta, initial_state, scale, resets, chunk_size, interpret):
     """The chunked form on K, V zero-padded to multiples of 128, with the Pallas state scan; sliced back."""
     key_dim, value_dim = q.shape[-1], v.shape[-1]
-    padded_k, padded_v = _round_up(key_dim, _LANES), _round_up(value_dim, _LANES)
-    state = _pad_last(jnp.pad(initial_state, [(0, 0), (0, 0), (0, padded_k - key_dim), (0, 0)]), padded_v)
+    q, k, v, state = _pad_to_lanes(q, k, v, initial_state)
     scan = functools.partial(_pallas_state_scan, interpret=interpret)
-    o, final = chunked_gated_delta_rule(
-        _pad_last(q, padded_k),
-        _pad_last(k, padded_k),
-        _pad_last(v, padded_v),
-        g,
-        beta,
-        state,
-        resets,
-        scale,
-        chunk_size,
-        state_scan=scan,
-    )
+    o, final = chunked_gated_delta_rule(q, k, v, g, beta, state, resets, scale, chunk_size, state_scan=scan)
     return o[..., :value_dim], final[..., :key_dim, :value_dim]
 
 
