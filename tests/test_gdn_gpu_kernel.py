@@ -93,15 +93,13 @@ def test_solve_kernel_matches_float64(chunk: int):
     x = random_inputs(chunk, (1, 2 * chunk, 2, 24, 8), "mixed")
     length = 2 * chunk
     cfg = gpu._make_config(x["q"], x["v"], {}, chunk, True, jnp.float32, None)
-    k = gpu._to_heads(x["k"], length, cfg.key_dim)
-    g, beta = (gpu._gates_to_heads(x[name], length) for name in ("g", "beta"))
-    doc = gpu._documents(x["resets"], length, chunk, 2)
+    _, k, _, g, beta, doc = gpu._prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], x["resets"], cfg)
     inverse = np.asarray(gpu._solve(k, g, beta, doc, cfg), np.float64)
     k, g, beta, doc = (np.asarray(a, np.float64) for a in (k, g, beta, doc))
     for head in range(2):
         for start in range(0, length, chunk):
             rows = slice(start, start + chunk)
-            kc, gc, bc, dc = k[head, rows], g[head, rows], beta[head, rows], doc[head, rows]
+            kc, gc, bc, dc = k[0, rows, head], g[0, rows, head], beta[0, rows, head], doc[0, rows]
             a = np.zeros((chunk, chunk))
             for i in range(chunk):
                 for j in range(i):

@@ -139,11 +139,8 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
     cfg = gpu._make_config(q, v, {}, CHUNK, False, matmul_dtype, None)
-    padded = -(-length // CHUNK) * CHUNK
-    q, k = (gpu._to_heads(a, padded, cfg.key_dim) for a in (q, k))
-    v = gpu._to_heads(v, padded, cfg.value_dim)
-    g, beta = (gpu._gates_to_heads(jnp.asarray(x[n]), padded) for n in ("g", "beta"))
-    doc = gpu._documents(jnp.zeros((batch, length), bool), padded, CHUNK, heads)
+    resets = jnp.zeros((batch, length), bool)
+    q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
     h0 = jnp.zeros((batch * heads, cfg.key_dim, cfg.value_dim), jnp.float32)
     do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
     dfinal = jnp.ones_like(h0)

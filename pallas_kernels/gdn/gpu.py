@@ -81,13 +81,17 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 class _Config:
     """Static kernel configuration.
 
-    chunk: C. key_dim: padded K. block_v: BV, the value columns per scan program and per step of the chunk
-    kernels. num_v_blocks: padded V / BV.
+    chunk: C. heads: H (the kernels read and write the caller's [B, T, H, D] arrays in place).
+    key_width: K rounded up to a multiple of 16, the width of q, k, dq, dk. key_dim: key_width rounded up to a
+    power of two, the key rows of the state and the width of W, Qt, Kt. block_v: BV, the value columns per scan
+    program and per step of the chunk kernels. num_v_blocks: value width / BV.
     matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
     """
 
     chunk: int
+    heads: int
+    key_width: int
     key_dim: int
     block_v: int
     num_v_blocks: int
@@ -109,7 +113,13 @@ class _Config:
 
     @property
     def block_k(self) -> int:
+        """Key rows per program of the contraction kernel."""
         return min(self.key_dim, 64)
+
+    @property
+    def key_block(self) -> int:
+        """The widest power of two <= 64 that divides key_width: the column step of the chunk kernels' key loops."""
+        return min(64, self.key_width & -self.key_width)
 
 
 def _chunk_params(num_warps: int = 4) -> plgpu.CompilerParams:
@@ -196,20 +206,20 @@ def _unit_lower_inverse(a: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(1, size, substitute, (rows == cols).astype(_F32))
 
 
-def _pair_gate_grad(d_pair: jax.Array) -> jax.Array:
-    """The part of dg [C] from d_pair [C, C], the cotangent of L_ij = sum of g over (j, i] (i >= j)."""
+def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
+    """dg [C] from the cotangents of the chunk's gate sums.
+
+    Args:
+      d_pair: [C, C], the cotangent of L_ij = sum of g over (j, i], zero for j >= i.
+      d_in, d_out: [C], the cotangents of the sums over [0, i] and over (j, C).
+      d_all: scalar, the cotangent of the sum over the whole chunk.
+
+    g_m is in L_ij when j < m <= i, so its pair part is sum_{i >= m} (row sum i - column sum i) of d_pair (the
+    pairs with i >= m less those with j >= m); it is in [0, i] when m <= i and in (j, C) when j < m.
+    """
     rows, cols = _positions(d_pair.shape[0])
-    before = jnp.cumsum(d_pair, axis=1) - d_pair  # [i, m]: sum over j < m of d_pair[i, j]
-    return jnp.sum(jnp.where(rows >= cols, before, 0.0), axis=0)
-
-
-def _range_gate_grad(d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
-    """The part of dg [C] from the cotangents of sum of g over [0, i] (d_in [C]), over (j, C) (d_out [C]) and
-    over the whole chunk (d_all, a scalar)."""
-    rows, cols = _positions(d_in.shape[0])
-    from_start = jnp.where(rows >= cols, d_in[:, None], 0.0)
-    to_end = jnp.where(rows < cols, d_out[:, None], 0.0)
-    return jnp.sum(from_start + to_end, axis=0) + d_all
+    from_start = jnp.sum(d_pair, axis=1) - jnp.sum(d_pair, axis=0) + d_in
+    return jnp.sum(jnp.where(rows >= cols, from_start[:, None], d_out[:, None]), axis=0) + d_all
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,9 +228,16 @@ def _range_gate_grad(d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax
 
 
 def _key_blocks(cfg: _Config, width: int = 64) -> list[pl.Slice]:
-    """Column slices of the (padded) key dim, min(K, width) wide: chunk kernels hold [C, width] tiles at most."""
-    width = min(cfg.key_dim, width)
-    return [pl.ds(b * width, width) for b in range(cfg.key_dim // width)]
+    """Column slices of the key width, min(key_block, width) wide: chunk kernels hold [C, width] tiles at most."""
+    width = min(cfg.key_block, width)
+    return [pl.ds(b, width) for b in range(0, cfg.key_width, width)]
+
+
+def _zero_key_padding(refs: list[Any], cfg: _Config) -> None:
+    """Writes zeros to the columns [key_width, key_dim) of [C, key_dim] blocks (the scans' padding keys)."""
+    for start in range(cfg.key_width, cfg.key_dim, cfg.key_block):
+        for ref in refs:
+            ref[:, pl.ds(start, cfg.key_block)] = jnp.zeros((cfg.chunk, cfg.key_block), ref.dtype)
 
 
 def _value_tiles(cfg: _Config, width: int | None = None) -> list[pl.Slice]:
@@ -298,6 +315,7 @@ def _chunk_fwd_kernel(
         qt = decay_in[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
         qt_ref[:, keys] = qt.astype(qt_ref.dtype)
         kt_ref[:, keys] = (decay_out[:, None] * k).astype(kt_ref.dtype)
+    _zero_key_padding([w_ref, qt_ref, kt_ref], cfg)
     for columns in _value_tiles(cfg):
         u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg)
         u_ref[:, columns] = u.astype(u_ref.dtype)
@@ -422,7 +440,7 @@ def _value_bwd_kernel(
         du = du_ref[:, columns] + _mm(p, do, cfg, transpose_a=True)
         d_inverse += _mm(du, beta[:, None] * v, cfg, transpose_b=True)
         d_xu = _mm(inverse, du, cfg, transpose_a=True)
-        dv_ref[:, columns] = beta[:, None] * d_xu
+        dv_ref[:, columns] = (beta[:, None] * d_xu).astype(dv_ref.dtype)
         d_beta += jnp.sum(v * d_xu, axis=1)
     dp_ref[...] = d_p
     dinv_ref[...] = d_inverse
@@ -511,7 +529,7 @@ def _finish_bwd_kernel(
     d_beta = dbeta_ref[...] + jnp.sum(d_a * kk_gamma, axis=1)
     d_p = dp_ref[...]
     d_pair = beta[:, None] * d_a * kk_gamma + d_p * _key_product(q_ref, k_ref, cfg) * gamma
-    dg = _pair_gate_grad(d_pair)  # d_pair = d(Gamma) * Gamma, the cotangent of L (0 above the diagonal)
+    d_pair = jnp.where(rows > cols, d_pair, 0.0)  # d(Gamma) * Gamma, the cotangent of L (L_ii = 0 is constant)
     d_qk = d_p * gamma
     d_kk = d_a * beta[:, None] * gamma
     d_kk_sym = d_kk + d_kk.T
@@ -521,14 +539,15 @@ def _finish_bwd_kernel(
         q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
         d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True)  # d(diag(beta D) K)
         k_dxw += jnp.sum(k * d_xw, axis=1)
-        dq_ref[:, keys] = decay_in[:, None] * dqt_ref[:, keys] + _mm(d_qk, k, cfg)
+        dq = decay_in[:, None] * dqt_ref[:, keys] + _mm(d_qk, k, cfg)
+        dq_ref[:, keys] = dq.astype(dq_ref.dtype)
         dk = decay_out[:, None] * dkt_ref[:, keys] + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
-        dk_ref[:, keys] = dk + _mm(d_kk_sym, k, cfg)
+        dk_ref[:, keys] = (dk + _mm(d_kk_sym, k, cfg)).astype(dk_ref.dtype)
     dbeta_out_ref[...] = d_beta + decay_in * k_dxw
     d_decay_in = ddecay_in_ref[...] + beta * k_dxw
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
-    dg_ref[...] = dg + _range_gate_grad(
-        d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
+    dg_ref[...] = _gate_grad(
+        d_pair, d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
     )
 
 
@@ -538,44 +557,86 @@ def _finish_bwd_kernel(
 
 
 def _chunk_spec(cfg: _Config, width: int) -> pl.BlockSpec:
-    """[C, width] block of chunk n of head bh, for grids (B * H, chunks)."""
+    """[C, width] block of chunk n of head bh of a kernel-layout [B * H, T, width] array, grid (B * H, chunks)."""
     return pl.BlockSpec((None, cfg.chunk, width), lambda bh, n: (bh, n, 0))
 
 
 def _chunk_vector_spec(cfg: _Config) -> pl.BlockSpec:
-    """[C] block of chunk n of head bh, for grids (B * H, chunks)."""
+    """[C] block of chunk n of head bh of a kernel-layout [B * H, T] array, grid (B * H, chunks)."""
     return pl.BlockSpec((None, cfg.chunk), lambda bh, n: (bh, n))
 
 
+def _input_spec(cfg: _Config, rows: int, width: int | None, *, chunks: bool, value_tiles: bool = False) -> pl.BlockSpec:
+    """A block of head bh of a caller-layout array, read and written in place (no transposes).
+
+    [B, T, H, width] -> [rows, width] ([rows, BV] with ``value_tiles``), or [B, T, H] -> [rows] for width None.
+    ``chunks``: grid (B * H, chunks, ...) and block n along T; else grid (B * H, value tiles) and all T rows.
+    """
+
+    def index(bh: jax.Array, n: jax.Array, *_) -> tuple:
+        row_block = n if chunks else 0
+        batch, head = bh // cfg.heads, bh % cfg.heads
+        if width is None:
+            return batch, row_block, head
+        return batch, row_block, head, (n if value_tiles else 0)
+
+    if width is None:
+        return pl.BlockSpec((None, rows, None), index)
+    return pl.BlockSpec((None, rows, None, cfg.block_v if value_tiles else width), index)
+
+
+def _doc_spec(cfg: _Config, rows: int, *, chunks: bool) -> pl.BlockSpec:
+    """[rows] block of the document indices [B, T] for head bh (chunk n with ``chunks``, else all T rows)."""
+    return pl.BlockSpec((None, rows), lambda bh, n, *_: (bh // cfg.heads, n if chunks else 0))
+
+
 def _head_spec(rows: int, width: int) -> pl.BlockSpec:
-    """All of head bh [rows, width], for grids (B * H, value tiles)."""
+    """All of head bh [rows, width] of a kernel-layout array, for grids (B * H, value tiles)."""
     return pl.BlockSpec((None, rows, width), lambda bh, j: (bh, 0, 0))
 
 
 def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
-    """Value tile j of head bh [rows, BV], for grids (B * H, value tiles)."""
+    """Value tile j of head bh [rows, BV] of a kernel-layout array, for grids (B * H, value tiles)."""
     return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j: (bh, 0, j))
 
 
-def _sequence_spec(length: int) -> pl.BlockSpec:
-    """All of head bh [length] of a [B * H, length] array, for grids (B * H, value tiles)."""
-    return pl.BlockSpec((None, length), lambda bh, j: (bh, 0))
+def _call(kernel, cfg: _Config, name: str, grid: tuple, args: list, in_specs: list, outs: list, params) -> Any:
+    """pallas_call of ``kernel`` (cfg bound); outs: (spec, ShapeDtypeStruct) per output."""
+    return pl.pallas_call(
+        functools.partial(kernel, cfg=cfg),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=[spec for spec, _ in outs],
+        out_shape=[shape for _, shape in outs],
+        compiler_params=params,
+        interpret=cfg.interpret,
+        name=name,
+    )(*args)
+
+
+def _chunk_call(kernel, cfg: _Config, name: str, args: list, in_specs: list, outs: list, warps: int = 4) -> Any:
+    """A chunk-parallel kernel: grid (B * H, chunks); the first argument is a caller-layout [B, T, H, .] array."""
+    batch, length = args[0].shape[:2]
+    grid = (batch * cfg.heads, length // cfg.chunk)
+    return _call(kernel, cfg, name, grid, args, in_specs, outs, _chunk_params(warps))
 
 
 def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
-    """T = (I + A)^-1 of every chunk, float32 [BH, T_padded, C] (rows of chunk n at n * C)."""
-    heads, length, _ = k.shape
-    vector_spec = _chunk_vector_spec(cfg)
-    return pl.pallas_call(
-        functools.partial(_solve_kernel, cfg=cfg),
-        grid=(heads, length // cfg.chunk),
-        in_specs=[_chunk_spec(cfg, cfg.key_dim), vector_spec, vector_spec, vector_spec],
-        out_specs=_chunk_spec(cfg, cfg.chunk),
-        out_shape=jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32),
-        compiler_params=_chunk_params(),
-        interpret=cfg.interpret,
-        name="gdn_solve",
-    )(k, g, beta, doc)
+    """T = (I + A)^-1 of every chunk, float32 [B * H, T, C] (rows of chunk n at n * C).
+
+    k: [B, T, H, key_width]; g, beta: float32 [B, T, H]; doc: int32 [B, T].
+    """
+    batch, length = k.shape[:2]
+    gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
+    (inverse,) = _chunk_call(
+        _solve_kernel,
+        cfg,
+        "gdn_solve",
+        [k, g, beta, doc],
+        [_input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True), gate, gate, _doc_spec(cfg, cfg.chunk, chunks=True)],
+        [(_chunk_spec(cfg, cfg.chunk), jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.chunk), _F32))],
+    )
+    return inverse
 
 
 def _chunk_forward(
@@ -590,22 +651,27 @@ def _chunk_forward(
     *,
     with_pu: bool,
 ) -> list[jax.Array]:
-    """W, U, Qt, Kt (+ PU if with_pu): [BH, T, K] or [BH, T, V], in the storage dtype."""
-    heads, length, _ = q.shape
-    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
-    vector_spec = _chunk_vector_spec(cfg)
-    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), cfg.matmul_dtype)
-    value_out = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
-    return pl.pallas_call(
-        functools.partial(_chunk_fwd_kernel, cfg=cfg),
-        grid=(heads, length // cfg.chunk),
-        in_specs=[key_spec, key_spec, value_spec, vector_spec, vector_spec, vector_spec, _chunk_spec(cfg, cfg.chunk)],
-        out_specs=[key_spec, value_spec, key_spec, key_spec] + [value_spec] * with_pu,
-        out_shape=[key_out, value_out, key_out, key_out] + [value_out] * with_pu,
-        compiler_params=_chunk_params(),
-        interpret=cfg.interpret,
-        name="gdn_chunk_fwd",
-    )(q, k, v, g, beta, doc, inverse)
+    """W, U, Qt, Kt (+ PU if with_pu): kernel-layout [B * H, T, key_dim] or [B * H, T, V], in the storage dtype."""
+    batch, length = q.shape[:2]
+    gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
+    key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
+    key_out = (
+        _chunk_spec(cfg, cfg.key_dim),
+        jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.key_dim), cfg.matmul_dtype),
+    )
+    value_out = (
+        _chunk_spec(cfg, cfg.value_dim),
+        jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.value_dim), cfg.matmul_dtype),
+    )
+    return _chunk_call(
+        _chunk_fwd_kernel,
+        cfg,
+        "gdn_chunk_fwd",
+        [q, k, v, g, beta, doc, inverse],
+        [key_in, key_in, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), gate, gate]
+        + [_doc_spec(cfg, cfg.chunk, chunks=True), _chunk_spec(cfg, cfg.chunk)],
+        [key_out, value_out, key_out, key_out] + [value_out] * with_pu,
+    )
 
 
 def _scan_forward(
@@ -620,33 +686,35 @@ def _scan_forward(
     outputs: tuple[jax.Array, jax.Array] | None,
     o_dtype: Any = None,
 ) -> list[jax.Array]:
-    """With outputs = (Qt, PU): [o [BH, T, V] in o_dtype, final [BH, K, V]]; with None: [final, states
-    [BH, N * K, V] entering each chunk, v_new = U - W S [BH, T, V]]."""
+    """With outputs = (Qt, PU): [o [B, T, H, V] in o_dtype, final [B * H, K, V]]; with None: [final, states
+    [B * H, N * K, V] entering each chunk, v_new = U - W S [B * H, T, V]]. g: [B, T, H], doc: [B, T]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_dim)
-    final = jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)
+    final = (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32))
     key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
-    in_specs = [key_spec, value_spec, key_spec, _sequence_spec(length), _sequence_spec(length), state_spec]
+    in_specs = [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+    in_specs += [_doc_spec(cfg, length, chunks=False), state_spec]
     if outputs is not None:
         in_specs += [key_spec, value_spec]
-        out_shape = [jax.ShapeDtypeStruct((heads, length, cfg.value_dim), o_dtype), final]
-        out_specs = [value_spec, state_spec]
+        o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
+        o_spec = _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)
+        outs = [(o_spec, jax.ShapeDtypeStruct(o_shape, o_dtype)), final]
     else:
         states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype)
         v_new = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
-        out_shape = [final, states, v_new]
-        out_specs = [state_spec, _tile_spec(cfg, num_chunks * cfg.key_dim), value_spec]
-    return pl.pallas_call(
-        functools.partial(_scan_fwd_kernel, cfg=cfg, outputs=outputs is not None),
-        grid=(heads, cfg.num_v_blocks),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        compiler_params=_scan_params((3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize),
-        interpret=cfg.interpret,
-        name="gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
-    )(w, u, kt, g, doc, h0, *(outputs or ()))
+        outs = [final, (_tile_spec(cfg, num_chunks * cfg.key_dim), states), (value_spec, v_new)]
+    step_bytes = (3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
+    return _call(
+        functools.partial(_scan_fwd_kernel, outputs=outputs is not None),
+        cfg,
+        "gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
+        (heads, cfg.num_v_blocks),
+        [w, u, kt, g, doc, h0, *(outputs or ())],
+        in_specs,
+        outs,
+        _scan_params(step_bytes),
+    )
 
 
 def _scan_backward(
@@ -659,50 +727,56 @@ def _scan_backward(
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """[dU [BH, T, V] (float32), dS leaving each chunk [BH, N * K, V] (storage dtype), dh0 [BH, K, V] (float32)]."""
+    """[dU [B * H, T, V] (float32), dS leaving each chunk [B * H, N * K, V] (storage dtype), dh0 [B * H, K, V]
+    (float32)]. do: [B, T, H, V]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
     state_spec = _tile_spec(cfg, cfg.key_dim)
-    return pl.pallas_call(
-        functools.partial(_scan_bwd_kernel, cfg=cfg),
-        grid=(heads, cfg.num_v_blocks),
-        in_specs=[key_spec, key_spec, key_spec, _sequence_spec(length), _sequence_spec(length), value_spec]
-        + [state_spec],
-        out_specs=[value_spec, _tile_spec(cfg, num_chunks * cfg.key_dim), state_spec],
-        out_shape=[
-            jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32),
-            jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
-            jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32),
+    step_bytes = 3 * cfg.chunk * cfg.key_dim * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
+    return _call(
+        _scan_bwd_kernel,
+        cfg,
+        "gdn_scan_bwd",
+        (heads, cfg.num_v_blocks),
+        [w, qt, kt, g, doc, do, dfinal],
+        [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False)]
+        + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
+        [
+            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32)),
+            (
+                _tile_spec(cfg, num_chunks * cfg.key_dim),
+                jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
+            ),
+            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)),
         ],
-        compiler_params=_scan_params(
-            3 * cfg.chunk * cfg.key_dim * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
-        ),
-        interpret=cfg.interpret,
-        name="gdn_scan_bwd",
-    )(w, qt, kt, g, doc, do, dfinal)
+        _scan_params(step_bytes),
+    )
 
 
 def _contract_backward(
     v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
-    """dW, dQt, dKt [BH, T, K] and d(d) [BH, T] (each chunk's value repeated over its C positions), float32."""
+    """dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] (each chunk's value repeated over its C positions), float32.
+    do: [B, T, H, V]."""
     heads, length, _ = v_new.shape
     key_blocks = cfg.key_dim // cfg.block_k
     value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kb: (bh, n, 0))
     state_spec = pl.BlockSpec((None, cfg.block_k, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
     key_spec = pl.BlockSpec((None, cfg.chunk, cfg.block_k), lambda bh, n, kb: (bh, n, kb))
-    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32)
-    dw, dqt, dkt, d_decay = pl.pallas_call(
-        functools.partial(_contract_bwd_kernel, cfg=cfg),
-        grid=(heads, length // cfg.chunk, key_blocks),
-        in_specs=[value_spec, state_spec, state_spec, value_spec, value_spec],
-        out_specs=[key_spec, key_spec, key_spec, pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))],
-        out_shape=[key_out, key_out, key_out, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32)],
-        compiler_params=_chunk_params(),
-        interpret=cfg.interpret,
-        name="gdn_contract_bwd",
-    )(v_new, states, d_states, do, du)
+    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32))
+    decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))
+    dw, dqt, dkt, d_decay = _call(
+        _contract_bwd_kernel,
+        cfg,
+        "gdn_contract_bwd",
+        (heads, length // cfg.chunk, key_blocks),
+        [v_new, states, d_states, do, du],
+        [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec],
+        [key_out] * 3 + [(decay_spec, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32))],
+        _chunk_params(),
+    )
     return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
 
 
@@ -716,56 +790,53 @@ def _chunk_backward(
     partials: tuple[jax.Array, ...],
     cfg: _Config,
 ) -> tuple[jax.Array, ...]:
-    """dq, dk [BH, T, K], dv [BH, T, V], dg, dbeta [BH, T] (float32), in three chunk-parallel kernels (value
-    side, key side, then through the inverse and the gates), each small enough to keep its values in registers.
+    """dq, dk [B, T, H, key_width] in q's and k's dtype, dv [B, T, H, V] in v's dtype, dg, dbeta [B, T, H] (float32),
+    in three chunk-parallel kernels (value side, key side, then through the inverse and the gates), each small
+    enough to keep its values in registers.
 
-    inputs: q, k, v, g, beta, doc. partials: dW, dQt, dKt [BH, T, K] and d(d) [BH, T] from ``_contract_backward``.
+    inputs: q, k, v, g, beta, doc (caller layout). partials: dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] from
+    ``_contract_backward``.
     """
     q, k, v, g, beta, doc = inputs
     dw, dqt, dkt, d_decay = partials
     heads, length, _ = w.shape
+    key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
+    value_in = _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True)
+    gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
     key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
     vector_spec, square_spec = _chunk_vector_spec(cfg), _chunk_spec(cfg, cfg.chunk)
-    vector = jax.ShapeDtypeStruct((heads, length), _F32)
-    square = jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32)
-    key_out = jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32)
-    value_out = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32)
-
-    def call(kernel, name: str, args: list, in_specs: list, outs: list[tuple], warps: int = 4) -> list[jax.Array]:
-        """Runs ``kernel`` over (heads, chunks); outs: (spec, shape) per output."""
-        return pl.pallas_call(
-            functools.partial(kernel, cfg=cfg),
-            grid=(heads, length // cfg.chunk),
-            in_specs=in_specs,
-            out_specs=[spec for spec, _ in outs],
-            out_shape=[shape for _, shape in outs],
-            compiler_params=_chunk_params(warps),
-            interpret=cfg.interpret,
-            name=name,
-        )(*args)
-
+    vector = (vector_spec, jax.ShapeDtypeStruct((heads, length), _F32))
+    square = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32))
+    gate_out = (gate, jax.ShapeDtypeStruct(g.shape, _F32))
     gates = [g, beta, doc]
-    gate_specs = [vector_spec] * 3
-    dv, d_beta, d_p, d_inverse = call(
+    gate_specs = [gate, gate, _doc_spec(cfg, cfg.chunk, chunks=True)]
+    dv, d_beta, d_p, d_inverse = _chunk_call(
         _value_bwd_kernel,
+        cfg,
         "gdn_value_bwd",
         [q, k, v, *gates, inverse, u, du, do],
-        [key_spec, key_spec, value_spec, *gate_specs, square_spec] + [value_spec] * 3,
-        [(value_spec, value_out), (vector_spec, vector), (square_spec, square), (square_spec, square)],
+        [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_spec, value_in],
+        [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
     )
-    d_p, d_inverse, dw, d_decay_in, d_decay_out = call(
+    d_p, d_inverse, dw, d_decay_in, d_decay_out = _chunk_call(
         _key_bwd_kernel,
+        cfg,
         "gdn_key_bwd",
         [q, k, *gates, w, dw, dqt, dkt, d_p, d_inverse],
-        [key_spec, key_spec, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
-        [(square_spec, square)] * 2 + [(key_spec, key_out)] + [(vector_spec, vector)] * 2,
+        [key_in, key_in, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
+        [square, square, (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), _F32))]
+        + [vector, vector],
     )
-    dq, dk, dg, d_beta = call(
+    dq, dk, dg, d_beta = _chunk_call(
         _finish_bwd_kernel,
+        cfg,
         "gdn_finish_bwd",
         [q, k, *gates, inverse, dw, dqt, dkt, d_p, d_inverse, d_beta, d_decay_in, d_decay_out, d_decay],
-        [key_spec, key_spec, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec] * 4,
-        [(key_spec, key_out)] * 2 + [(vector_spec, vector)] * 2,
+        [key_in, key_in, *gate_specs, square_spec, _chunk_spec(cfg, cfg.key_width), key_spec, key_spec]
+        + [square_spec] * 2
+        + [vector_spec] * 4,
+        [(key_in, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_in, jax.ShapeDtypeStruct(k.shape, k.dtype))]
+        + [gate_out, gate_out],
         warps=8,  # the most C x C values alive at once: 8 warps keep them in registers
     )
     return dq, dk, dv, dg, d_beta
@@ -787,14 +858,14 @@ def _gdn(
     doc: jax.Array,
     cfg: _Config,
 ) -> tuple[jax.Array, jax.Array]:
-    """Kernel-layout forward.
+    """The forward on padded caller-layout inputs.
 
     Args:
-      q (already scaled), k: [BH, T, K]; v: [BH, T, V]; g, beta: float32 [BH, T]; h0: float32 [BH, K, V];
-      doc: int32 [BH, T], document index within each chunk. T, K, V padded as the kernels need.
+      q (already scaled), k: [B, T, H, key_width]; v: [B, T, H, V]; g, beta: float32 [B, T, H];
+      h0: float32 [B * H, key_dim, V]; doc: int32 [B, T], document index within each chunk. T a multiple of C.
 
     Returns:
-      o [BH, T, V] in v's dtype and the final state [BH, K, V] in float32.
+      o [B, T, H, V] in v's dtype and the final state [B * H, key_dim, V] in float32.
     """
     (o, final), _ = _gdn_fwd(q, k, v, g, beta, h0, doc, cfg)
     return o, final
@@ -828,7 +899,7 @@ def _gdn_bwd(
     du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dg, dbeta, dh0, None
+    return dq, dk, dv, dg, dbeta, dh0, None
 
 
 _gdn.defvjp(_gdn_fwd, _gdn_bwd)
@@ -845,6 +916,10 @@ def _fail(message: str) -> NoReturn:
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _make_config(
@@ -868,13 +943,17 @@ def _make_config(
         _fail(f"the pallas_gpu kernel supports chunk_size in {CHUNK_SIZES}; got {chunk_size}")
     if np.dtype(matmul_dtype) not in _MATMUL_DTYPES:
         _fail(f"the pallas_gpu kernel supports matmul_dtype float32 or bfloat16; got {np.dtype(matmul_dtype)}")
+    value_width = _round_up(value_dim, 16)
     if block_v is None:
-        block_v = min(64, _next_power_of_two(max(value_dim, 16)))
+        block_v = min(64, value_width & -value_width)
     elif block_v not in _BLOCK_V:
         _fail(f"block_v must be one of {_BLOCK_V}; got {block_v}")
+    key_width = _round_up(key_dim, 16)
     return _Config(
         chunk=int(chunk_size),
-        key_dim=_next_power_of_two(max(key_dim, 16)),
+        heads=q.shape[2],
+        key_width=key_width,
+        key_dim=_next_power_of_two(key_width),
         block_v=block_v,
         num_v_blocks=-(-value_dim // block_v),
         matmul_dtype=np.dtype(matmul_dtype),
@@ -882,26 +961,42 @@ def _make_config(
     )
 
 
-def _to_heads(x: jax.Array, length: int, width: int) -> jax.Array:
-    """[B, T, H, D] -> [B * H, length, width], zero-padded."""
-    batch, steps, heads, dim = x.shape
-    x = jnp.pad(x, ((0, 0), (0, length - steps), (0, 0), (0, width - dim)))
-    return x.transpose(0, 2, 1, 3).reshape(batch * heads, length, width)
+def _pad(x: jax.Array, length: int, width: int | None = None) -> jax.Array:
+    """Zero-pads [B, T, H(, D)] to T = length (and D = width); a no-op (no copy) when nothing is missing."""
+    pads = [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+    if width is not None:
+        pads[-1] = (0, width - x.shape[-1])
+    return jnp.pad(x, pads) if any(p for _, p in pads) else x
 
 
-def _gates_to_heads(x: jax.Array, length: int) -> jax.Array:
-    """[B, T, H] -> float32 [B * H, length], zero-padded."""
-    batch, steps, heads = x.shape
-    x = jnp.pad(x.astype(_F32), ((0, 0), (0, length - steps), (0, 0)))
-    return x.transpose(0, 2, 1).reshape(batch * heads, length)
-
-
-def _documents(resets: jax.Array, length: int, chunk: int, heads: int) -> jax.Array:
-    """bool [B, T] -> int32 [B * H, length]: document starts so far within each chunk."""
+def _documents(resets: jax.Array, length: int, chunk: int) -> jax.Array:
+    """bool [B, T] -> int32 [B, length]: document starts so far within each chunk."""
     batch, steps = resets.shape
     resets = jnp.pad(resets.astype(jnp.int32), ((0, 0), (0, length - steps)))
-    doc = jnp.cumsum(resets.reshape(batch, length // chunk, chunk), axis=-1).reshape(batch, length)
-    return jnp.repeat(doc, heads, axis=0)
+    return jnp.cumsum(resets.reshape(batch, length // chunk, chunk), axis=-1).reshape(batch, length)
+
+
+def _prepare(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    resets: jax.Array,
+    cfg: _Config,
+) -> tuple[jax.Array, ...]:
+    """The kernels' inputs, still in the caller's layout: q, k [B, T', H, key_width], v [B, T', H, V'], float32 g,
+    beta [B, T', H] and doc [B, T'], with T' the length rounded up to a multiple of C (copies only where padding
+    is needed)."""
+    length = _round_up(q.shape[1], cfg.chunk)
+    return (
+        _pad(q, length, cfg.key_width),
+        _pad(k, length, cfg.key_width),
+        _pad(v, length, cfg.value_dim),
+        _pad(g.astype(_F32), length),
+        _pad(beta.astype(_F32), length),
+        _documents(resets, length, cfg.chunk),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -916,24 +1011,15 @@ def _run(
     scale: float | jax.Array,
     cfg: _Config,
 ) -> tuple[jax.Array, jax.Array]:
-    """Pads and transposes to the kernel layout, runs ``_gdn`` and restores [B, T, H, V] / [B, H, K, V]."""
+    """Pads what the kernels need padded, runs ``_gdn`` and slices back to [B, T, H, V] / [B, H, K, V]."""
     batch, length, heads, key_dim = q.shape
     value_dim = v.shape[-1]
-    padded = -(-length // cfg.chunk) * cfg.chunk
-    widths = (cfg.key_dim, cfg.value_dim)
-    h0 = jnp.pad(initial_state.astype(_F32), ((0, 0), (0, 0), (0, widths[0] - key_dim), (0, widths[1] - value_dim)))
-    o, final = _gdn(
-        _to_heads((q * scale).astype(q.dtype), padded, widths[0]),
-        _to_heads(k, padded, widths[0]),
-        _to_heads(v, padded, widths[1]),
-        _gates_to_heads(g, padded),
-        _gates_to_heads(beta, padded),
-        h0.reshape(batch * heads, *widths),
-        _documents(resets, padded, cfg.chunk, heads),
-        cfg,
-    )
-    o = o.reshape(batch, heads, padded, widths[1]).transpose(0, 2, 1, 3)[:, :length, :, :value_dim]
-    return o, final.reshape(batch, heads, *widths)[:, :, :key_dim, :value_dim]
+    pads = ((0, 0), (0, 0), (0, cfg.key_dim - key_dim), (0, cfg.value_dim - value_dim))
+    h0 = jnp.pad(initial_state.astype(_F32), pads).reshape(batch * heads, cfg.key_dim, cfg.value_dim)
+    q, k, v, g, beta, doc = _prepare((q * scale).astype(q.dtype), k, v, g, beta, resets, cfg)
+    o, final = _gdn(q, k, v, g, beta, h0, doc, cfg)
+    final = final.reshape(batch, heads, cfg.key_dim, cfg.value_dim)
+    return o[:, :length, :, :value_dim], final[:, :, :key_dim, :value_dim]
 
 
 def pallas_gpu_gated_delta_rule(
