@@ -20,8 +20,11 @@ and across chunks, carrying the state S [K, V] in float32,
 in the chunk-parallel kernel and the sequential scan only does three [C, K] x [K, BV]-sized matmuls per
 chunk.)
 
-Kernels, all on the layout [B * H, T_padded, channels]; "chunk-parallel" ones have grid (B * H, chunks), the
-scans grid (B * H, V / BV) with the state [K, BV] in float32 registers and a sequential loop over chunks.
+The kernels read q, k, v, g, beta and dO and write o, dq, dk, dv, dg and dbeta in the caller's [B, T, H, D] /
+[B, T, H] layout in place (the block of head h of batch row b is a strided view), so no transposes run around
+them; their intermediates are on the layout [B * H, T, channels]. "Chunk-parallel" kernels have grid
+(B * H, chunks), the scans grid (B * H, V / BV) with the state [K, BV] in float32 registers and a sequential loop
+over chunks.
 
 Forward:
 1. ``_solve_kernel``: T = (I + A)^-1 per chunk, from 16 x 16 blocks of A formed directly (diagonal blocks by
@@ -48,12 +51,15 @@ sums, K K^T and the inverse T are float32 and every matmul accumulates in float3
 operand dtype of the matmuls and the storage dtype of W, U, Qt, PU, Kt, v_new and the saved states:
 float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core passes, ``TF32_TF32_F32_X3``,
 relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
-1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). The block substitution
+1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). It is also the storage dtype
+of the backward's per-token cotangents dU, dW, dQt, dKt; the C x C cotangents stay float32. The block substitution
 of the inverse is float32-accurate in both modes.
 
-Triton needs power-of-two block dims >= 16: K is zero-padded to the next power of two (zero key/query
-channels change nothing), V to a multiple of the tile BV (a power of two), T to a multiple of C with
-q = k = v = g = beta = 0 (which leaves the state unchanged); everything is sliced back.
+Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
+(K = 96 in three blocks of 32) and the value width in tiles of BV; the state, W, Qt and Kt have K rows / columns
+rounded up to a power of two, the extra ones zero (zero key channels change nothing). Inputs are copied with
+zero padding only where needed: K or V not a multiple of 16, or T not a multiple of C (padded tokens have
+q = k = v = g = beta = 0, which leaves the state unchanged); outputs are sliced back.
 """
 
 from __future__ import annotations
@@ -370,7 +376,7 @@ def _scan_bwd_kernel(
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
         d_states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = d_state.astype(d_states_ref.dtype)
         d_v_new = _mm(kt_ref[rows, :], d_state, cfg)
-        du_ref[rows, :] = d_v_new
+        du_ref[rows, :] = d_v_new.astype(du_ref.dtype)
         decay = _chunk_decay(g_ref[rows], doc_ref[rows])
         d_state = decay * d_state + _mm(qt_ref[rows, :], do_ref[rows, :], cfg, transpose_a=True)
         return d_state - _mm(w_ref[rows, :], d_v_new, cfg, transpose_a=True)
@@ -397,9 +403,9 @@ def _contract_bwd_kernel(
         dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
         dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
         d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
-    dw_ref[...] = dw
-    dqt_ref[...] = dqt
-    dkt_ref[...] = dkt
+    dw_ref[...] = dw.astype(dw_ref.dtype)
+    dqt_ref[...] = dqt.astype(dqt_ref.dtype)
+    dkt_ref[...] = dkt.astype(dkt_ref.dtype)
     ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
 
 
@@ -437,7 +443,7 @@ def _value_bwd_kernel(
         v = v_ref[:, columns].astype(_F32)
         do = do_ref[:, columns].astype(_F32)
         d_p += _mm(do, u_ref[:, columns], cfg, transpose_b=True)
-        du = du_ref[:, columns] + _mm(p, do, cfg, transpose_a=True)
+        du = du_ref[:, columns].astype(_F32) + _mm(p, do, cfg, transpose_a=True)
         d_inverse += _mm(du, beta[:, None] * v, cfg, transpose_b=True)
         d_xu = _mm(inverse, du, cfg, transpose_a=True)
         dv_ref[:, columns] = (beta[:, None] * d_xu).astype(dv_ref.dtype)
@@ -479,9 +485,9 @@ def _key_bwd_kernel(
     d_decay_in = jnp.zeros_like(decay_in)
     d_decay_out = jnp.zeros_like(decay_in)
     for keys in _key_blocks(cfg, 32):
-        dqt, dkt = dqt_ref[:, keys], dkt_ref[:, keys]
-        dw = dw_ref[:, keys] - _mm(p, dqt, cfg, transpose_a=True)
-        dw_out_ref[:, keys] = dw
+        dqt, dkt = dqt_ref[:, keys].astype(_F32), dkt_ref[:, keys].astype(_F32)
+        dw = dw_ref[:, keys].astype(_F32) - _mm(p, dqt, cfg, transpose_a=True)
+        dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
         k = k_ref[:, keys].astype(_F32)
         d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
         d_decay_out += jnp.sum(k * dkt, axis=1)
@@ -539,9 +545,10 @@ def _finish_bwd_kernel(
         q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
         d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True)  # d(diag(beta D) K)
         k_dxw += jnp.sum(k * d_xw, axis=1)
-        dq = decay_in[:, None] * dqt_ref[:, keys] + _mm(d_qk, k, cfg)
+        dq = decay_in[:, None] * dqt_ref[:, keys].astype(_F32) + _mm(d_qk, k, cfg)
         dq_ref[:, keys] = dq.astype(dq_ref.dtype)
-        dk = decay_out[:, None] * dkt_ref[:, keys] + beta_decay[:, None] * d_xw + _mm(d_qk, q, cfg, transpose_a=True)
+        dk = decay_out[:, None] * dkt_ref[:, keys].astype(_F32) + beta_decay[:, None] * d_xw
+        dk += _mm(d_qk, q, cfg, transpose_a=True)
         dk_ref[:, keys] = (dk + _mm(d_kk_sym, k, cfg)).astype(dk_ref.dtype)
     dbeta_out_ref[...] = d_beta + decay_in * k_dxw
     d_decay_in = ddecay_in_ref[...] + beta * k_dxw
@@ -727,8 +734,8 @@ def _scan_backward(
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """[dU [B * H, T, V] (float32), dS leaving each chunk [B * H, N * K, V] (storage dtype), dh0 [B * H, K, V]
-    (float32)]. do: [B, T, H, V]."""
+    """[dU [B * H, T, V] and dS leaving each chunk [B * H, N * K, V] (storage dtype), dh0 [B * H, K, V] (float32)].
+    do: [B, T, H, V]."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
@@ -744,7 +751,7 @@ def _scan_backward(
         + [_doc_spec(cfg, length, chunks=False)]
         + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
         [
-            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), _F32)),
+            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
             (
                 _tile_spec(cfg, num_chunks * cfg.key_dim),
                 jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
@@ -758,14 +765,14 @@ def _scan_backward(
 def _contract_backward(
     v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
-    """dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] (each chunk's value repeated over its C positions), float32.
-    do: [B, T, H, V]."""
+    """dW, dQt, dKt [B * H, T, K] (storage dtype) and d(d) [B * H, T] (float32, each chunk's value repeated over
+    its C positions). do: [B, T, H, V]."""
     heads, length, _ = v_new.shape
     key_blocks = cfg.key_dim // cfg.block_k
     value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kb: (bh, n, 0))
     state_spec = pl.BlockSpec((None, cfg.block_k, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
     key_spec = pl.BlockSpec((None, cfg.chunk, cfg.block_k), lambda bh, n, kb: (bh, n, kb))
-    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_dim), _F32))
+    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_dim), cfg.matmul_dtype))
     decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))
     dw, dqt, dkt, d_decay = _call(
         _contract_bwd_kernel,
@@ -824,7 +831,11 @@ def _chunk_backward(
         "gdn_key_bwd",
         [q, k, *gates, w, dw, dqt, dkt, d_p, d_inverse],
         [key_in, key_in, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
-        [square, square, (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), _F32))]
+        [
+            square,
+            square,
+            (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)),
+        ]
         + [vector, vector],
     )
     dq, dk, dg, d_beta = _chunk_call(
