@@ -128,9 +128,9 @@ class _Config:
         return min(64, self.key_width & -self.key_width)
 
 
-def _chunk_params(num_warps: int = 4) -> plgpu.CompilerParams:
-    """Chunk-parallel kernels: 4 warps (8 measured no faster on an H100, except where noted), no pipelining."""
-    return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
+def _chunk_params() -> plgpu.CompilerParams:
+    """Chunk-parallel kernels: 4 warps (8 measured no faster on an H100), no pipelining."""
+    return plgpu.CompilerParams(num_warps=4, num_stages=1)
 
 
 def _scan_params(step_bytes: int) -> plgpu.CompilerParams:
@@ -621,11 +621,11 @@ def _call(kernel, cfg: _Config, name: str, grid: tuple, args: list, in_specs: li
     )(*args)
 
 
-def _chunk_call(kernel, cfg: _Config, name: str, args: list, in_specs: list, outs: list, warps: int = 4) -> Any:
+def _chunk_call(kernel, cfg: _Config, name: str, args: list, in_specs: list, outs: list) -> Any:
     """A chunk-parallel kernel: grid (B * H, chunks); the first argument is a caller-layout [B, T, H, .] array."""
     batch, length = args[0].shape[:2]
     grid = (batch * cfg.heads, length // cfg.chunk)
-    return _call(kernel, cfg, name, grid, args, in_specs, outs, _chunk_params(warps))
+    return _call(kernel, cfg, name, grid, args, in_specs, outs, _chunk_params())
 
 
 def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
@@ -848,7 +848,6 @@ def _chunk_backward(
         + [vector_spec] * 4,
         [(key_in, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_in, jax.ShapeDtypeStruct(k.shape, k.dtype))]
         + [gate_out, gate_out],
-        warps=8,  # the most C x C values alive at once: 8 warps keep them in registers
     )
     return dq, dk, dv, dg, d_beta
 
