@@ -6,6 +6,9 @@ Run on a CUDA machine from the repository root:
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
+    git show REV:pallas_kernels/gdn/gpu.py > gpu_before.py                         # A/B against another revision,
+    python tools/bench_gdn.py --shapes 0 --impls pallas --baseline gpu_before.py   # timed in the same process
+
 Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and float32 g (log-sigmoid of a
 normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64. "fwd" is the output and the
 final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta. Each number is the median over
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import importlib.util
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -79,12 +85,24 @@ def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float
     return fwd, bwd
 
 
-def _pallas(matmul_dtype: str) -> Callable:
+def _load_module(path: str) -> ModuleType:
+    """Imports a copy of ``pallas_kernels/gdn/gpu.py`` (e.g. from another commit) from ``path``."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --baseline {path}: no such file")
+    name = "baseline_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pallas(matmul_dtype: str, module: ModuleType = gpu) -> Callable:
     def run(q, k, v, g, beta):
         batch, length, heads, key_dim = q.shape
         state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
         resets = jnp.zeros((batch, length), bool)
-        return gpu.pallas_gpu_gated_delta_rule(
+        return module.pallas_gpu_gated_delta_rule(
             q, k, v, g, beta, state, resets, key_dim**-0.5, CHUNK, matmul_dtype=matmul_dtype
         )
 
@@ -197,7 +215,19 @@ def main() -> None:
     parser.add_argument("--matmul-dtype", default="bfloat16", help="the Pallas kernel's matmul_dtype")
     parser.add_argument("--stages", action="store_true", help="also time each Pallas kernel on its own")
     parser.add_argument("--write", default=None, help="append the table, with date, card and command, to this file")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a copy of pallas_kernels/gdn/gpu.py from another revision (git show REV:pallas_kernels/gdn/gpu.py > "
+        "FILE), timed in the same run as the current kernel; may be repeated",
+    )
+    parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache (reruns skip compiling)")
     args = parser.parse_args()
+    if args.cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    baselines = {os.path.basename(path): _load_module(path) for path in args.baseline}
     impls = args.impls.split(",")
     card = jax.devices()[0].device_kind
     append = _open_table(args.write, card)
@@ -211,6 +241,10 @@ def main() -> None:
             rows[f"pallas_gpu ({args.matmul_dtype} matmul)"] = lambda: _jax_times(
                 _pallas(args.matmul_dtype), x, args.runs
             )
+            for file, module in baselines.items():
+                rows[f"pallas_gpu {file}"] = functools.partial(
+                    _jax_times, _pallas(args.matmul_dtype, module), x, args.runs
+                )
         if "chunked" in impls and shape[1] <= 8192:
             rows["chunked (jnp, XLA)"] = lambda: _jax_times(_chunked, x, args.runs)
         if "fla" in impls and _fla_available():
