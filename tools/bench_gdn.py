@@ -97,13 +97,13 @@ def _load_module(path: str) -> ModuleType:
     return module
 
 
-def _pallas(matmul_dtype: str, module: ModuleType = gpu) -> Callable:
+def _pallas(matmul_dtype: str, module: ModuleType = gpu, block_v: int | None = None) -> Callable:
     def run(q, k, v, g, beta):
         batch, length, heads, key_dim = q.shape
         state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
         resets = jnp.zeros((batch, length), bool)
         return module.pallas_gpu_gated_delta_rule(
-            q, k, v, g, beta, state, resets, key_dim**-0.5, CHUNK, matmul_dtype=matmul_dtype
+            q, k, v, g, beta, state, resets, key_dim**-0.5, CHUNK, matmul_dtype=matmul_dtype, block_v=block_v
         )
 
     return run
@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--impls", default="pallas,chunked,fla", help="comma-separated subset of pallas,chunked,fla")
     parser.add_argument("--matmul-dtype", default="bfloat16", help="the Pallas kernel's matmul_dtype")
+    parser.add_argument(
+        "--block-v", default="", help="also time the Pallas kernel with these value tiles (comma-separated: 16,32,64)"
+    )
     parser.add_argument("--stages", action="store_true", help="also time each Pallas kernel on its own")
     parser.add_argument("--write", default=None, help="append the table, with date, card and command, to this file")
     parser.add_argument(
@@ -241,6 +244,10 @@ def main() -> None:
             rows[f"pallas_gpu ({args.matmul_dtype} matmul)"] = lambda: _jax_times(
                 _pallas(args.matmul_dtype), x, args.runs
             )
+            for block_v in (int(b) for b in args.block_v.split(",") if b):
+                rows[f"pallas_gpu ({args.matmul_dtype} matmul, block_v {block_v})"] = functools.partial(
+                    _jax_times, _pallas(args.matmul_dtype, block_v=block_v), x, args.runs
+                )
             for file, module in baselines.items():
                 rows[f"pallas_gpu {file}"] = functools.partial(
                     _jax_times, _pallas(args.matmul_dtype, module), x, args.runs
