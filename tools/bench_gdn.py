@@ -9,6 +9,9 @@ Run on a CUDA machine from the repository root:
     git show REV:pallas_kernels/gdn/gpu.py > gpu_before.py                         # A/B against another revision,
     python tools/bench_gdn.py --shapes 0 --impls pallas --baseline gpu_before.py   # timed in the same process
 
+    cp pallas_kernels/gdn/gpu.py gpu_now.py                                        # A/B of a kernel's warps
+    python tools/bench_gdn.py --shapes 0 --impls pallas --warps gdn_solve=2 --baseline gpu_now.py
+
 Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and float32 g (log-sigmoid of a
 normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64. "fwd" is the output and the
 final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta. Each number is the median over
@@ -226,7 +229,18 @@ def main() -> None:
         "FILE), timed in the same run as the current kernel; may be repeated",
     )
     parser.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache (reruns skip compiling)")
+    parser.add_argument(
+        "--warps",
+        default="",
+        help="warps for some of our kernels, e.g. gdn_solve=2,gdn_scan_fwd=8 (names in gpu.KERNEL_WARPS); with a "
+        "--baseline copy of the unchanged module this is an A/B of the setting",
+    )
     args = parser.parse_args()
+    for setting in (s for s in args.warps.split(",") if s):
+        name, _, warps = setting.partition("=")
+        if name not in gpu.KERNEL_WARPS or warps not in ("1", "2", "4", "8", "16"):
+            raise SystemExit(f"error: --warps {setting}: expected NAME=W, NAME in {sorted(gpu.KERNEL_WARPS)}, W 1-16")
+        gpu.KERNEL_WARPS[name] = int(warps)
     if args.cache_dir:
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -128,14 +128,27 @@ class _Config:
         return min(64, self.key_width & -self.key_width)
 
 
-def _chunk_params() -> plgpu.CompilerParams:
-    """Chunk-parallel kernels: 4 warps (8 measured no faster on an H100), no pipelining."""
-    return plgpu.CompilerParams(num_warps=4, num_stages=1)
+# Warps per kernel, by pallas_call name: 4 measured best or equal on an H100 (BENCHMARKS.md).
+# ``tools/bench_gdn.py --warps NAME=W`` overrides entries before anything is traced, to try others.
+KERNEL_WARPS = dict.fromkeys(
+    (
+        "gdn_solve",
+        "gdn_chunk_fwd",
+        "gdn_scan_fwd",
+        "gdn_scan_states",
+        "gdn_scan_bwd",
+        "gdn_contract_bwd",
+        "gdn_value_bwd",
+        "gdn_key_bwd",
+        "gdn_finish_bwd",
+    ),
+    4,
+)
 
 
-def _scan_params(step_bytes: int) -> plgpu.CompilerParams:
+def _scan_stages(step_bytes: int) -> int:
     """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
-    return plgpu.CompilerParams(num_warps=4, num_stages=2 if step_bytes <= 96 * 1024 else 1)
+    return 2 if step_bytes <= 96 * 1024 else 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -607,15 +620,18 @@ def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j: (bh, 0, j))
 
 
-def _call(kernel, cfg: _Config, name: str, grid: tuple, args: list, in_specs: list, outs: list, params) -> Any:
-    """pallas_call of ``kernel`` (cfg bound); outs: (spec, ShapeDtypeStruct) per output."""
+def _call(
+    kernel, cfg: _Config, name: str, grid: tuple, args: list, in_specs: list, outs: list, num_stages: int = 1
+) -> Any:
+    """pallas_call of ``kernel`` (cfg bound) with KERNEL_WARPS[name] warps; outs: (spec, ShapeDtypeStruct) per
+    output. Chunk-parallel kernels have no loop to pipeline (1 stage)."""
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg),
         grid=grid,
         in_specs=in_specs,
         out_specs=[spec for spec, _ in outs],
         out_shape=[shape for _, shape in outs],
-        compiler_params=params,
+        compiler_params=plgpu.CompilerParams(num_warps=KERNEL_WARPS[name], num_stages=num_stages),
         interpret=cfg.interpret,
         name=name,
     )(*args)
@@ -625,7 +641,7 @@ def _chunk_call(kernel, cfg: _Config, name: str, args: list, in_specs: list, out
     """A chunk-parallel kernel: grid (B * H, chunks); the first argument is a caller-layout [B, T, H, .] array."""
     batch, length = args[0].shape[:2]
     grid = (batch * cfg.heads, length // cfg.chunk)
-    return _call(kernel, cfg, name, grid, args, in_specs, outs, _chunk_params())
+    return _call(kernel, cfg, name, grid, args, in_specs, outs)
 
 
 def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
@@ -720,7 +736,7 @@ def _scan_forward(
         [w, u, kt, g, doc, h0, *(outputs or ())],
         in_specs,
         outs,
-        _scan_params(step_bytes),
+        _scan_stages(step_bytes),
     )
 
 
@@ -758,7 +774,7 @@ def _scan_backward(
             ),
             (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)),
         ],
-        _scan_params(step_bytes),
+        _scan_stages(step_bytes),
     )
 
 
@@ -782,7 +798,6 @@ def _contract_backward(
         [v_new, states, d_states, do, du],
         [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec],
         [key_out] * 3 + [(decay_spec, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32))],
-        _chunk_params(),
     )
     return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
 
