@@ -1,0 +1,67 @@
+"""tools/bench_gdn.py on the CPU: its A/B options load and validate before any GPU work."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import shutil
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gdn_kernel_cases import differentiable_args, random_inputs, rel
+from pallas_kernels.gdn import gpu
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gdn", ROOT / "tools" / "bench_gdn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baseline_copy_runs_like_the_kernel(bench, tmp_path: pathlib.Path):
+    """A copy of gpu.py given as --baseline is a separate module (own KERNEL_WARPS) computing the same outputs."""
+    copy = tmp_path / "gpu_copy.py"
+    shutil.copy(gpu.__file__, copy)
+    baseline = bench._load_module(str(copy))
+    assert baseline is not gpu and baseline.KERNEL_WARPS is not gpu.KERNEL_WARPS
+    x = random_inputs(5, (1, 20, 2, 12, 24), "mixed")
+    args = (*differentiable_args(x), x["resets"], 12**-0.5, 16)
+    o, final = baseline.pallas_gpu_gated_delta_rule(*args, interpret=True)
+    o_ref, final_ref = gpu.pallas_gpu_gated_delta_rule(*args, interpret=True)
+    assert np.linalg.norm(np.asarray(o)) > 0
+    assert rel(o, o_ref) == 0 and rel(final, final_ref) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--baseline", "/nonexistent/gpu_old.py"], "--baseline /nonexistent/gpu_old.py: no such file"),
+        (["--warps", "gdn_solve=3"], "--warps gdn_solve=3: expected NAME=W"),
+        (["--warps", "gdn_nothing=4"], "--warps gdn_nothing=4: expected NAME=W"),
+    ],
+)
+def test_bad_options_are_refused(bench, monkeypatch, argv: list[str], message: str):
+    monkeypatch.setattr(sys, "argv", ["bench_gdn.py", "--impls", "none", *argv])
+    warps = dict(gpu.KERNEL_WARPS)
+    with pytest.raises(SystemExit, match=message):
+        bench.main()
+    assert gpu.KERNEL_WARPS == warps
+
+
+def test_warps_override_reaches_the_kernels(bench, monkeypatch):
+    """--warps gdn_solve=2 changes the solve kernel's launch (traced, not run: the CPU has no Triton)."""
+    monkeypatch.setattr(sys, "argv", ["bench_gdn.py", "--impls", "none", "--shapes", "0", "--warps", "gdn_solve=2"])
+    monkeypatch.setitem(gpu.KERNEL_WARPS, "gdn_solve", 4)
+    bench.main()
+    x = random_inputs(6, (1, 24, 3, 12, 24), "mixed")
+    forward = lambda *a: gpu.pallas_gpu_gated_delta_rule(*a, x["resets"], 12**-0.5, 16)  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(forward)(*differentiable_args(x)))
+    assert re.findall(r"num_warps=(\d+)", jaxpr) == ["2", "4", "4"]  # solve, chunk_fwd, scan_fwd
