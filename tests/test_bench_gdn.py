@@ -1,4 +1,4 @@
-"""tools/bench_gdn.py on the CPU: its A/B options load and validate before any GPU work."""
+"""tools/bench_gdn.py on the CPU: its A/B options load and validate before any GPU work; its timer checks outputs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gdn_kernel_cases import differentiable_args, random_inputs, rel
+from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import gpu
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,3 +67,18 @@ def test_warps_override_reaches_the_kernels(bench, monkeypatch):
     forward = lambda *a: gpu.pallas_gpu_gated_delta_rule(*a, x["resets"], 12**-0.5, 16)  # noqa: E731
     jaxpr = str(jax.make_jaxpr(forward)(*differentiable_args(x)))
     assert re.findall(r"num_warps=(\d+)", jaxpr) == ["2", "4", "4"]  # solve, chunk_fwd, scan_fwd
+
+
+def test_timer_reports_whether_everything_is_finite(bench):
+    """_jax_times on the CPU with the chunked reference at a tiny shape; a NaN in one gradient is reported."""
+    x = bench._inputs((1, 32, 2, 8, 8), seed=0)
+
+    def chunked(q, k, v, g, beta):
+        return gated_delta_rule(q, k, v, g, beta, chunk_size=16, impl="chunked")
+
+    def nan_in_dbeta(q, k, v, g, beta):
+        return chunked(q, k, v, g, beta * jnp.sqrt(beta - 2.0))  # beta < 2: NaN values, NaN gradient
+
+    fwd, fwd_bwd, finite = bench._jax_times(chunked, x, runs=1)
+    assert fwd > 0 and fwd_bwd > 0 and finite
+    assert not bench._jax_times(nan_in_dbeta, x, runs=1)[2]

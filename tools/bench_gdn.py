@@ -14,7 +14,8 @@ Run on a CUDA machine from the repository root:
 
 Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and float32 g (log-sigmoid of a
 normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64. "fwd" is the output and the
-final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta. Each number is the median over
+final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta; "finite" says whether all of
+them came out finite. Each number is the median over
 ``--runs`` timed calls (host clock around a synchronised call, after warm-up), all in one process, so the rows
 of one run compare directly. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its
 Hopper guard against a Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
@@ -72,8 +73,9 @@ def _median_ms(fn: Callable[[], object], sync: Callable[[object], object], runs:
     return 1e3 * statistics.median(times)
 
 
-def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
-    """(fwd ms, fwd+bwd ms) of fn(q, k, v, g, beta) -> (o, final) on bf16 q, k, v."""
+def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]:
+    """(fwd ms, fwd+bwd ms, whether o, the final state and all gradients are finite) of fn(q, k, v, g, beta) ->
+    (o, final) on bf16 q, k, v."""
     args = [jnp.asarray(x[n], jnp.bfloat16 if n in ("q", "k", "v") else jnp.float32) for n in GRAD_NAMES]
     forward = jax.jit(fn)
     o, final = forward(*args)
@@ -83,9 +85,10 @@ def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float
         jnp.asarray(rng.standard_normal(final.shape), final.dtype),
     )
     backward = jax.jit(lambda *a: jax.vjp(fn, *a)[1](cotangent))
+    finite = all(bool(jnp.all(jnp.isfinite(t))) for t in (o, final, *backward(*args)))
     fwd = _median_ms(lambda: forward(*args), jax.block_until_ready, runs)
     bwd = _median_ms(lambda: backward(*args), jax.block_until_ready, runs)
-    return fwd, bwd
+    return fwd, bwd, finite
 
 
 def _load_module(path: str) -> ModuleType:
@@ -116,8 +119,8 @@ def _chunked(q, k, v, g, beta):
     return gated_delta_rule(q, k, v, g, beta, chunk_size=CHUNK, impl="chunked")
 
 
-def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
-    """(fwd ms, fwd+bwd ms) of flash-linear-attention's chunk_gated_delta_rule on the same inputs."""
+def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]:
+    """(fwd ms, fwd+bwd ms, all finite) of flash-linear-attention's chunk_gated_delta_rule on the same inputs."""
     import torch
     from fla.ops.common import chunk_o
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -142,7 +145,8 @@ def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float]:
         o, final = chunk_gated_delta_rule(**tensors, output_final_state=True)
         return torch.autograd.grad((o, final), list(tensors.values()), (do, dfinal))
 
-    return _median_ms(forward, sync, runs), _median_ms(forward_backward, sync, runs)
+    finite = all(bool(torch.isfinite(t).all()) for t in (o, final, *forward_backward()))
+    return _median_ms(forward, sync, runs), _median_ms(forward_backward, sync, runs), finite
 
 
 def _fla_available() -> bool:
@@ -201,7 +205,8 @@ def _open_table(path: str | None, card: str) -> Callable[[str], None]:
     command = "python tools/bench_gdn.py " + " ".join(sys.argv[1:])
     with open(path, "a") as f:
         f.write(f"\n## Gated delta rule, {datetime.date.today()}, {card}, jax {jax.__version__}\n\n`{command}`\n\n")
-        f.write("| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms |\n|---|---|---|---|\n")
+        f.write("| shape B,T,H,K,V | impl | fwd ms | fwd+bwd ms | outputs and gradients finite |\n")
+        f.write("|---|---|---|---|---|\n")
 
     def append(line: str) -> None:
         with open(path, "a") as f:
@@ -272,12 +277,13 @@ def main() -> None:
             rows["flash-linear-attention"] = lambda: _fla_times(x, args.runs)
         for name, timer in rows.items():
             try:
-                fwd, fwd_bwd = timer()
+                fwd, fwd_bwd, finite = timer()
             except Exception as error:  # report and go on with the other implementations
                 print(f"{label:<24} {name:<28} FAILED: {str(error).splitlines()[0][:300]}", flush=True)
                 continue
-            print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}", flush=True)
-            append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} |")
+            finite = "yes" if finite else "NO"
+            print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}   finite: {finite}", flush=True)
+            append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
         if args.stages:
             stages = _stage_times(x, args.runs, args.matmul_dtype)
             print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in stages.items()), flush=True)
