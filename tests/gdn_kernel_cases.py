@@ -72,3 +72,22 @@ def probe_gradients(fn: Callable, x: dict[str, jax.Array], seed: int) -> list[ja
         return jnp.sum(o * probe_o) + jnp.sum(final * probe_state)
 
     return jax.jit(jax.grad(loss, argnums=tuple(range(len(GRAD_NAMES)))))(*differentiable_args(x))
+
+
+def lowered_modules(fn: Callable, x: dict[str, jax.Array], platform: str) -> tuple[str, str]:
+    """The StableHLO text of fn(q, k, v, g, beta, initial_state) -> (o, final) and of its gradient, lowered for
+    ``platform`` ("cuda" or "tpu") on this machine: the Pallas kernels lower to Triton / Mosaic here, without
+    the accelerator (its compiler runs only on the device)."""
+    from jax import export
+
+    def loss(*args):
+        o, final = fn(*args)
+        return jnp.sum(o.astype(jnp.float32)) + jnp.sum(final)
+
+    # The Triton call has no serialization guarantee; only its lowering is inspected here.
+    unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    args = differentiable_args(x)
+    return tuple(
+        export.export(jax.jit(f), platforms=(platform,), disabled_checks=unchecked)(*args).mlir_module()
+        for f in (fn, jax.grad(loss, argnums=tuple(range(len(args)))))
+    )

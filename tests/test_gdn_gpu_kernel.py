@@ -2,11 +2,13 @@
 
 Every kernel runs with ``interpret=True`` against the naive time-step scan in float32, on tiny shapes: T not a
 multiple of the chunk, K and V not multiples of 16 (so K, V and T are all padded), several value tiles, initial
-state, document resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4.
+state, document resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4. The forward and the gradient are
+also lowered to Triton for a CUDA GPU at the Olmo Hybrid head dims (the CPU builds the Triton IR).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import jax
@@ -14,7 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gdn_kernel_cases import GRAD_NAMES, differentiable_args, naive, probe_gradients, random_inputs, rel
+from gdn_kernel_cases import (
+    GRAD_NAMES,
+    differentiable_args,
+    lowered_modules,
+    naive,
+    probe_gradients,
+    random_inputs,
+    rel,
+)
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import gpu
 
@@ -160,3 +170,25 @@ def test_entry_point_refuses_pallas_gpu_without_a_gpu():
     gates = jnp.full((1, 4, 1), -0.1)
     with pytest.raises(ValueError, match="impl='pallas_gpu' needs a GPU"):
         gated_delta_rule(q, q, q, gates, gates, impl="pallas_gpu")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernels_lower_for_cuda(dtype: jnp.dtype):
+    """Forward and gradient at the Olmo Hybrid head dims (K = 96, V = 192) lower to Triton for a CUDA GPU on the
+    CPU: every kernel in KERNEL_WARPS appears, with its warps (the Triton IR itself is built here)."""
+    x = random_inputs(7, (1, 100, 2, 96, 192), "mixed")
+    x = {name: x[name].astype(dtype) if name in ("q", "k", "v") else x[name] for name in x}
+
+    def run(q, k, v, g, beta, initial_state):
+        return gpu.pallas_gpu_gated_delta_rule(
+            q, k, v, g, beta, initial_state, x["resets"], 96**-0.5, 64, matmul_dtype=dtype
+        )
+
+    forward, gradient = lowered_modules(run, x, "cuda")
+    launches = lambda text: re.findall(
+        r'name = "(gdn_\w+)", num_stages = \d+ : i32, num_warps = (\d+)', text
+    )  # noqa: E731
+    assert [name for name, _ in launches(forward)] == ["gdn_solve", "gdn_chunk_fwd", "gdn_scan_fwd"]
+    everything = launches(forward) + launches(gradient)
+    assert {name for name, _ in everything} == set(gpu.KERNEL_WARPS)
+    assert all(int(warps) == gpu.KERNEL_WARPS[name] for name, warps in everything)

@@ -1,14 +1,16 @@
-"""Tests of the Pallas TPU gated delta rule forward kernel, run in the TPU interpreter on the CPU.
+"""Tests of the Pallas TPU gated delta rule kernels, run in the TPU interpreter on the CPU.
 
 The kernel runs with ``interpret=pltpu.InterpretParams()`` against the naive time-step scan in float32, on tiny
 shapes: T not a multiple of the chunk, K and V not powers of two (so K, V and T are all padded), initial state,
 document resets (at chunk boundaries 16, 32 and 64, and a one-token document), beta in [0, 2] and gates near 0, in
 [-20, 0] and -1e4. Gradients go through the custom_vjp: the chunked form's chunk-parallel VJP around the Pallas
-state-scan kernels (forward and reverse), which are also checked on their own against ``lax.scan``.
+state-scan kernels (forward and reverse), which are also checked on their own against ``lax.scan``. The forward
+and the gradient are also lowered to Mosaic for a TPU at the Olmo Hybrid head dims.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import jax
@@ -17,7 +19,15 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from gdn_kernel_cases import GRAD_NAMES, differentiable_args, naive, probe_gradients, random_inputs, rel
+from gdn_kernel_cases import (
+    GRAD_NAMES,
+    differentiable_args,
+    lowered_modules,
+    naive,
+    probe_gradients,
+    random_inputs,
+    rel,
+)
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import chunked, tpu
 
@@ -115,3 +125,17 @@ def test_entry_point_refuses_pallas_tpu_without_a_tpu():
     gates = jnp.full((1, 4, 1), -0.1)
     with pytest.raises(ValueError, match="impl='pallas_tpu' needs a TPU"):
         gated_delta_rule(q, q, q, gates, gates, impl="pallas_tpu")
+
+
+def test_kernels_lower_for_tpu():
+    """Forward and gradient at the Olmo Hybrid head dims (K = 96, V = 192) lower to Mosaic for a TPU on the CPU
+    (block shapes, tiling and memory spaces pass Pallas' Mosaic lowering; the Mosaic compiler runs on the TPU)."""
+    x = random_inputs(8, (1, 100, 2, 96, 192), "mixed")
+
+    def run(q, k, v, g, beta, initial_state):
+        return tpu.pallas_tpu_gated_delta_rule(q, k, v, g, beta, initial_state, x["resets"], 96**-0.5, 64)
+
+    forward, gradient = lowered_modules(run, x, "tpu")
+    kernels = lambda text: re.findall(r'kernel_name = "(\w+)"', text)  # noqa: E731
+    assert kernels(forward) == ["_prep_kernel", "_scan_kernel"]
+    assert kernels(gradient) == ["_states_kernel", "_states_bwd_kernel"]
