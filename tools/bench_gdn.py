@@ -13,12 +13,12 @@ Run on a CUDA machine from the repository root:
     python tools/bench_gdn.py --shapes 0 --impls pallas --warps gdn_solve=2 --baseline gpu_now.py
 
 Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and float32 g (log-sigmoid of a
-normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64. "fwd" is the output and the
-final state; "fwd+bwd" is the forward plus the gradients of q, k, v, g and beta; "finite" says whether all of
-them came out finite. Each number is the median over
-``--runs`` timed calls (host clock around a synchronised call, after warm-up), all in one process, so the rows
-of one run compare directly. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its
-Hopper guard against a Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
+normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64 (``--chunk`` changes ours and the
+jnp reference's). "fwd" is the output and the final state; "fwd+bwd" is the forward plus the gradients of q, k, v,
+g and beta; "finite" says whether all of them came out finite. Each number is the median over ``--runs`` timed
+calls (host clock around a synchronised call, after warm-up), all in one process, so the rows of one run compare
+directly. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its Hopper guard against a
+Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
 """
 
 from __future__ import annotations
@@ -103,20 +103,20 @@ def _load_module(path: str) -> ModuleType:
     return module
 
 
-def _pallas(matmul_dtype: str, module: ModuleType = gpu, block_v: int | None = None) -> Callable:
+def _pallas(matmul_dtype: str, module: ModuleType = gpu, block_v: int | None = None, chunk: int = CHUNK) -> Callable:
     def run(q, k, v, g, beta):
         batch, length, heads, key_dim = q.shape
         state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
         resets = jnp.zeros((batch, length), bool)
         return module.pallas_gpu_gated_delta_rule(
-            q, k, v, g, beta, state, resets, key_dim**-0.5, CHUNK, matmul_dtype=matmul_dtype, block_v=block_v
+            q, k, v, g, beta, state, resets, key_dim**-0.5, chunk, matmul_dtype=matmul_dtype, block_v=block_v
         )
 
     return run
 
 
-def _chunked(q, k, v, g, beta):
-    return gated_delta_rule(q, k, v, g, beta, chunk_size=CHUNK, impl="chunked")
+def _chunked(chunk: int) -> Callable:
+    return lambda q, k, v, g, beta: gated_delta_rule(q, k, v, g, beta, chunk_size=chunk, impl="chunked")
 
 
 def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]:
@@ -159,11 +159,11 @@ def _fla_available() -> bool:
         return False
 
 
-def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str) -> dict[str, float]:
+def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: int) -> dict[str, float]:
     """Median ms of each Pallas kernel of the forward and backward, on the kernel layout."""
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
-    cfg = gpu._make_config(q, v, {}, CHUNK, False, matmul_dtype, None)
+    cfg = gpu._make_config(q, v, {}, chunk, False, matmul_dtype, None)
     resets = jnp.zeros((batch, length), bool)
     q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
     h0 = jnp.zeros((batch * heads, cfg.key_dim, cfg.value_dim), jnp.float32)
@@ -219,6 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="0,1,2,3", help="indices into SHAPES, comma-separated")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="chunk size of our kernel and the jnp reference")
     parser.add_argument("--impls", default="pallas,chunked,fla", help="comma-separated subset of pallas,chunked,fla")
     parser.add_argument("--matmul-dtype", default="bfloat16", help="the Pallas kernel's matmul_dtype")
     parser.add_argument(
@@ -253,7 +254,10 @@ def main() -> None:
     impls = args.impls.split(",")
     card = jax.devices()[0].device_kind
     append = _open_table(args.write, card)
-    print(f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {CHUNK}")
+    print(
+        f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {args.chunk} "
+        "(flash-linear-attention: 64)"
+    )
     for index in (int(i) for i in args.shapes.split(",")):
         shape = SHAPES[index]
         x = _inputs(shape, 100 + index)
@@ -261,18 +265,18 @@ def main() -> None:
         rows = {}
         if "pallas" in impls:
             rows[f"pallas_gpu ({args.matmul_dtype} matmul)"] = lambda: _jax_times(
-                _pallas(args.matmul_dtype), x, args.runs
+                _pallas(args.matmul_dtype, chunk=args.chunk), x, args.runs
             )
             for block_v in (int(b) for b in args.block_v.split(",") if b):
                 rows[f"pallas_gpu ({args.matmul_dtype} matmul, block_v {block_v})"] = functools.partial(
-                    _jax_times, _pallas(args.matmul_dtype, block_v=block_v), x, args.runs
+                    _jax_times, _pallas(args.matmul_dtype, block_v=block_v, chunk=args.chunk), x, args.runs
                 )
             for file, module in baselines.items():
                 rows[f"pallas_gpu {file}"] = functools.partial(
-                    _jax_times, _pallas(args.matmul_dtype, module), x, args.runs
+                    _jax_times, _pallas(args.matmul_dtype, module, chunk=args.chunk), x, args.runs
                 )
         if "chunked" in impls and shape[1] <= 8192:
-            rows["chunked (jnp, XLA)"] = lambda: _jax_times(_chunked, x, args.runs)
+            rows["chunked (jnp, XLA)"] = lambda: _jax_times(_chunked(args.chunk), x, args.runs)
         if "fla" in impls and _fla_available():
             rows["flash-linear-attention"] = lambda: _fla_times(x, args.runs)
         for name, timer in rows.items():
@@ -285,7 +289,7 @@ def main() -> None:
             print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}   finite: {finite}", flush=True)
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
         if args.stages:
-            stages = _stage_times(x, args.runs, args.matmul_dtype)
+            stages = _stage_times(x, args.runs, args.matmul_dtype, args.chunk)
             print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in stages.items()), flush=True)
 
 
