@@ -1,4 +1,8 @@
-"""Shared fixtures: a small run config that compiles fast; `--runslow` opts into tests marked slow."""
+"""Shared fixtures: a small run config that compiles fast, tool loading; `--runslow` opts into tests marked slow."""
+
+import importlib.util
+import pathlib
+import types
 
 import pytest
 from ml_collections import config_dict
@@ -21,6 +25,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def load_tool(name: str) -> types.ModuleType:
+    """Imports ``tools/<name>.py`` (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_config(layer_pattern=("gdn", "attn")) -> config_dict.ConfigDict:

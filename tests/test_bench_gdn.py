@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 import shutil
@@ -13,19 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import load_tool
 from gdn_kernel_cases import differentiable_args, random_inputs, rel
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import gpu
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gdn", ROOT / "tools" / "bench_gdn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_gdn")
 
 
 def test_baseline_copy_runs_like_the_kernel(bench, tmp_path: pathlib.Path):

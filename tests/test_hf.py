@@ -1,7 +1,6 @@
 """Hugging Face interoperability: export to and import from transformers' olmo_hybrid / olmo3, checked on logits."""
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -14,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import experiments  # noqa: E402
-from conftest import small_config  # noqa: E402
+from conftest import load_tool, small_config  # noqa: E402
 from hybridlm import api, checkpoint  # noqa: E402
 from hybridlm.hf import HFFormatError, convert, load  # noqa: E402
 from hybridlm.hf.export import export_params, export_workdir  # noqa: E402
@@ -268,9 +267,7 @@ def test_workdir_steps(hybrid, tmp_path):
 
 
 def test_cli_bf16_sharded(hybrid, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_hf", pathlib.Path(__file__).parents[1] / "tools/export_hf.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("export_hf")
     out = tmp_path / "hf"
     args = ["--workdir", str(hybrid.workdir), "--out", str(out), "--dtype", "bf16", "--max_shard_gb", "0.00005"]
     assert cli.main(args) == 0
