@@ -1,7 +1,7 @@
 """Tests of the Pallas GPU gated delta rule kernels, run with the Pallas interpreter on the CPU.
 
 Every kernel runs with ``interpret=True`` against the naive time-step scan in float32, on tiny shapes: T not a
-multiple of the chunk, K and V not powers of two (so K, V and T are all padded), several value tiles, initial
+multiple of the chunk, K and V not multiples of 16 (so K, V and T are all padded), several value tiles, initial
 state, document resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4.
 """
 
@@ -31,8 +31,9 @@ def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
     return run
 
 
-# (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 gives two 64-wide
-# key blocks; block_v = 16 with V = 40 gives three value tiles (V padded to 48, not a power of two).
+# (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 (padded to 80) is
+# stepped in five 16-wide key blocks and scanned as two state parts (64 + 16); block_v = 16 with V = 40 gives three
+# value tiles (V padded to 48, not a power of two).
 FORWARD_CASES = {
     "c16_tiles": ((2, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),
     "c16_extreme_gates": ((1, 40, 2, 8, 8), 16, dict(), "extreme"),
