@@ -33,10 +33,11 @@ Forward:
 3. ``_scan_fwd_kernel``: O and the final state.
 
 Backward (a ``jax.custom_vjp``; the forward saves only its inputs and T):
-4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt) and ``_scan_fwd_kernel`` in its states mode: the state entering
-   every chunk and v_new = U - W S.
-5. ``_scan_bwd_kernel``: the reverse loop carrying dS; writes dU = d(v_new) and the dS leaving every chunk, and
-   does only the three matmuls on the sequential path.
+4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt), then ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two
+   independent scans in one launch: ``_scan_fwd_kernel`` in its states mode (the state entering every chunk and
+   v_new = U - W S) and
+5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
+   and does only the three matmuls on the sequential path.
 6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / 64): the contractions over V (dW, dQt, dKt, d(d)) from the
    saved states, chunk-parallel.
 7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
@@ -335,15 +336,15 @@ def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _
     """One (head, value tile): the loop over chunks carrying S [K, BV] (one tile per key part).
 
     Inputs per head: W, Kt [T, K]; U [T, BV]; g, doc [T]; h0 [K, BV]; if ``outputs`` also Qt [T, K] and
-    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the final state and the state
-    entering each chunk [N * K, BV].
+    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the state entering each chunk
+    [N * K, BV] and v_new = U - W S [T, BV].
     """
     chunk, parts = cfg.chunk, _key_parts(cfg)
     num_chunks = g_ref.shape[0] // chunk
     if outputs:
         qt_ref, pu_ref, o_ref, final_ref = refs
     else:
-        final_ref, states_ref, v_new_ref = refs
+        states_ref, v_new_ref = refs
 
     def step(n: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
@@ -365,8 +366,10 @@ def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _
         )
 
     initial = tuple(h0_ref[part, :].astype(_F32) for part in parts)
-    for part, tile in zip(parts, jax.lax.fori_loop(0, num_chunks, step, initial)):
-        final_ref[part, :] = tile
+    final = jax.lax.fori_loop(0, num_chunks, step, initial)
+    if outputs:
+        for part, tile in zip(parts, final):
+            final_ref[part, :] = tile
 
 
 def _scan_bwd_kernel(
@@ -401,6 +404,41 @@ def _scan_bwd_kernel(
     initial = tuple(dfinal_ref[part, :].astype(_F32) for part in parts)
     for part, tile in zip(parts, jax.lax.fori_loop(0, num_chunks, step, initial)):
         dh0_ref[part, :] = tile
+
+
+def _scan_pair_kernel(
+    w_ref,
+    u_ref,
+    qt_ref,
+    kt_ref,
+    g_ref,
+    doc_ref,
+    h0_ref,
+    do_ref,
+    dfinal_ref,
+    states_ref,
+    v_new_ref,
+    du_ref,
+    d_states_ref,
+    dh0_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One (head, value tile, direction) of the backward's two scans, which are independent of each other:
+    direction 0 recomputes the states entering every chunk and v_new (``_scan_fwd_kernel``), direction 1 runs the
+    reverse loop (``_scan_bwd_kernel``). One launch runs both at once on twice the programs; either alone leaves
+    most of the GPU's SMs idle (B * H * V / BV programs)."""
+    forward = pl.program_id(2) == 0
+
+    @pl.when(forward)
+    def _states() -> None:
+        _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, states_ref, v_new_ref, cfg=cfg, outputs=False)
+
+    @pl.when(jnp.logical_not(forward))
+    def _reverse() -> None:
+        _scan_bwd_kernel(
+            w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, cfg=cfg
+        )
 
 
 def _contract_bwd_kernel(
@@ -618,12 +656,12 @@ def _doc_spec(cfg: _Config, rows: int, *, chunks: bool) -> pl.BlockSpec:
 
 def _head_spec(rows: int, width: int) -> pl.BlockSpec:
     """All of head bh [rows, width] of a kernel-layout array, for grids (B * H, value tiles)."""
-    return pl.BlockSpec((None, rows, width), lambda bh, j: (bh, 0, 0))
+    return pl.BlockSpec((None, rows, width), lambda bh, j, *_: (bh, 0, 0))
 
 
 def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
     """Value tile j of head bh [rows, BV] of a kernel-layout array, for grids (B * H, value tiles)."""
-    return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j: (bh, 0, j))
+    return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j, *_: (bh, 0, j))
 
 
 def _call(kernel, cfg: _Config, name: str, grid: tuple, args: list, in_specs: list, outs: list, params) -> Any:
@@ -704,79 +742,71 @@ def _scan_forward(
     w: jax.Array,
     u: jax.Array,
     kt: jax.Array,
+    qt: jax.Array,
+    pu: jax.Array,
     g: jax.Array,
     doc: jax.Array,
     h0: jax.Array,
     cfg: _Config,
-    *,
-    outputs: tuple[jax.Array, jax.Array] | None,
-    o_dtype: Any = None,
+    o_dtype: Any,
 ) -> list[jax.Array]:
-    """With outputs = (Qt, PU): [o [B, T, H, V] in o_dtype, final [B * H, K, V]]; with None: [final, states
-    [B * H, N * K, V] entering each chunk, v_new = U - W S [B * H, T, V]]. g: [B, T, H], doc: [B, T]."""
+    """[o [B, T, H, V] in o_dtype, final state [B * H, K, V]]. g: [B, T, H], doc: [B, T]; the rest kernel layout."""
     heads, length, _ = w.shape
-    num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_width)
-    final = (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32))
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
-    in_specs = [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-    in_specs += [_doc_spec(cfg, length, chunks=False), state_spec]
-    if outputs is not None:
-        in_specs += [key_spec, value_spec]
-        o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
-        o_spec = _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)
-        outs = [(o_spec, jax.ShapeDtypeStruct(o_shape, o_dtype)), final]
-    else:
-        states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_width, cfg.value_dim), cfg.matmul_dtype)
-        v_new = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
-        outs = [final, (_tile_spec(cfg, num_chunks * cfg.key_width), states), (value_spec, v_new)]
+    o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
     step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        functools.partial(_scan_fwd_kernel, outputs=outputs is not None),
+        functools.partial(_scan_fwd_kernel, outputs=True),
         cfg,
-        "gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
+        "gdn_scan_fwd",
         (heads, cfg.num_v_blocks),
-        [w, u, kt, g, doc, h0, *(outputs or ())],
-        in_specs,
-        outs,
+        [w, u, kt, g, doc, h0, qt, pu],
+        [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), state_spec, key_spec, value_spec],
+        [
+            (
+                _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True),
+                jax.ShapeDtypeStruct(o_shape, o_dtype),
+            ),
+            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
+        ],
         _scan_params(step_bytes),
     )
 
 
-def _scan_backward(
+def _scans_backward(
     w: jax.Array,
+    u: jax.Array,
     qt: jax.Array,
     kt: jax.Array,
     g: jax.Array,
     doc: jax.Array,
+    h0: jax.Array,
     do: jax.Array,
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """[dU [B * H, T, V] and dS leaving each chunk [B * H, N * K, V] (storage dtype), dh0 [B * H, K, V] (float32)].
-    do: [B, T, H, V]."""
+    """Both scans of the backward in one launch (``_scan_pair_kernel``): [states entering each chunk [B * H, N * K,
+    V], v_new [B * H, T, V], dU [B * H, T, V], dS leaving each chunk [B * H, N * K, V] (all in the storage dtype),
+    dh0 [B * H, K, V] (float32)]. g: [B, T, H], doc: [B, T], do: [B, T, H, V]; the rest kernel layout."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
-    state_spec = _tile_spec(cfg, cfg.key_width)
-    step_bytes = 3 * cfg.chunk * cfg.key_width * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
+    state_spec, states_spec = _tile_spec(cfg, cfg.key_width), _tile_spec(cfg, num_chunks * cfg.key_width)
+    value = (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype))
+    states = (states_spec, jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_width, cfg.value_dim), cfg.matmul_dtype))
+    step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        _scan_bwd_kernel,
+        _scan_pair_kernel,
         cfg,
-        "gdn_scan_bwd",
-        (heads, cfg.num_v_blocks),
-        [w, qt, kt, g, doc, do, dfinal],
-        [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False)]
+        "gdn_scans_bwd",
+        (heads, cfg.num_v_blocks, 2),
+        [w, u, qt, kt, g, doc, h0, do, dfinal],
+        [key_spec, value_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), state_spec]
         + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
-        [
-            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
-            (
-                _tile_spec(cfg, num_chunks * cfg.key_width),
-                jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_width, cfg.value_dim), cfg.matmul_dtype),
-            ),
-            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
-        ],
+        [states, value, value, states, (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32))],
         _scan_params(step_bytes),
     )
 
@@ -913,7 +943,7 @@ def _gdn_fwd(
     """The forward saves its inputs and the chunks' inverses T; the backward recomputes the rest."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=True)
-    o, final = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=(qt, pu), o_dtype=v.dtype)
+    o, final = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype)
     return (o, final), (q, k, v, g, beta, h0, doc, inverse)
 
 
@@ -924,8 +954,7 @@ def _gdn_bwd(
     q, k, v, g, beta, h0, doc, inverse = residuals
     do, dfinal = cotangents
     w, u, qt, kt = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=False)
-    _, states, v_new = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=None)
-    du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
+    states, v_new, du, d_states, dh0 = _scans_backward(w, u, qt, kt, g, doc, h0, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
     return dq, dk, dv, dg, dbeta, dh0, None
