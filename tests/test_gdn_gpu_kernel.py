@@ -74,16 +74,17 @@ def test_gradients_match_naive(case: str):
 
 
 @pytest.mark.parametrize("chunk", gpu.CHUNK_SIZES)
-def test_unit_lower_inverse(chunk: int):
-    """The inverse against float64 numpy: a delta-rule A (unit keys, beta up to 2) and a generic
+def test_unit_lower_inverses(chunk: int):
+    """Both inverses of one call against float64 numpy: a delta-rule A (unit keys, beta up to 2) and a generic
     strictly lower A whose inverse grows (entries up to ~450 for C = 64)."""
     rng = np.random.default_rng(chunk)
     keys = rng.normal(size=(chunk, 4))
     keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
     delta_rule = rng.uniform(1.5, 2.0, size=(chunk, 1)) * (keys @ keys.T)
     generic = 0.5 * rng.normal(size=(chunk, chunk))
-    for a in (np.tril(delta_rule, -1), np.tril(generic, -1)):
-        inverse = gpu._unit_lower_inverse(jnp.asarray(a, jnp.float32))
+    blocks = [np.tril(delta_rule, -1), np.tril(generic, -1)]
+    inverses = gpu._unit_lower_inverses([jnp.asarray(a, jnp.float32) for a in blocks])
+    for a, inverse in zip(blocks, inverses):
         assert rel(inverse, np.linalg.inv(np.eye(chunk) + a)) < 1e-5
 
 

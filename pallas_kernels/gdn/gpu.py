@@ -189,22 +189,27 @@ def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, ja
     return gamma, decay_in, decay_out
 
 
-def _unit_lower_inverse(a: jax.Array) -> jax.Array:
-    """(I + A)^-1 [C, C] for strictly lower-triangular A [C, C], by forward substitution (C - 1 steps).
+def _unit_lower_inverses(blocks: list[jax.Array]) -> list[jax.Array]:
+    """(I + A)^-1 [S, S] for each strictly lower-triangular A [S, S] in ``blocks``, by forward substitution: one
+    loop of S - 1 steps updates every block, so the blocks' independent steps overlap.
 
-    Row i of the inverse is e_i - sum_{j < i} A_ij (row j); rows j >= i are still e_j when row i is formed,
-    and A_ij = 0 there. Rows of A are read from A^T so the broadcast needs no layout change.
+    Row i of an inverse is e_i - sum_{j < i} A_ij (row j); rows j >= i are still e_j when row i is formed, and
+    A_ij = 0 there. Rows of A are read from A^T so the broadcast needs no layout change.
     """
-    size = a.shape[0]
+    size = blocks[0].shape[0]
     rows, cols = _positions(size)
-    a_t = a.T
+    transposed = [a.T for a in blocks]
 
-    def substitute(i: jax.Array, inverse: jax.Array) -> jax.Array:
-        a_row = jnp.sum(jnp.where(cols == i, a_t, 0.0), axis=1)
-        update = jnp.sum(a_row[:, None] * inverse, axis=0)
-        return jnp.where(rows == i, inverse - update[None, :], inverse)
+    def substitute(i: jax.Array, inverses: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        updated = []
+        for a_t, inverse in zip(transposed, inverses):
+            a_row = jnp.sum(jnp.where(cols == i, a_t, 0.0), axis=1)
+            update = jnp.sum(a_row[:, None] * inverse, axis=0)
+            updated.append(jnp.where(rows == i, inverse - update[None, :], inverse))
+        return tuple(updated)
 
-    return jax.lax.fori_loop(1, size, substitute, (rows == cols).astype(_F32))
+    identity = (rows == cols).astype(_F32)
+    return list(jax.lax.fori_loop(1, size, substitute, (identity,) * len(blocks)))
 
 
 def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
@@ -257,7 +262,7 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
     A = strictly_lower(diag(beta) (K K^T * Gamma)) is formed directly in 16 x 16 blocks (i >= j): the log-decay
     of the pair (r, c) in blocks (i, j), i > j, is (g summed over block i up to r) + (whole blocks between) +
     (g summed over block j after c), each a direct sum of non-positive gates. The diagonal blocks are inverted
-    by forward substitution (15 steps on 16 x 16), the rest by the block recurrence
+    by forward substitution (one loop of 15 steps for all of them), the rest by the block recurrence
     T_ij = -T_ii sum_{j <= m < i} A_im T_mj with float32-accurate matmuls.
     """
     blocks = cfg.chunk // _SUB
@@ -283,7 +288,7 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
         return jnp.where(mask, beta[i][:, None] * kk * jnp.exp(jnp.where(mask, pair_log, -jnp.inf)), 0.0)
 
     a = {(i, j): block_a(i, j) for i in range(blocks) for j in range(i + 1)}
-    t = {(i, i): _unit_lower_inverse(a[i, i]) for i in range(blocks)}
+    t = dict(zip([(i, i) for i in range(blocks)], _unit_lower_inverses([a[i, i] for i in range(blocks)])))
     for i in range(1, blocks):
         for j in range(i - 1, -1, -1):
             acc = sum((_mm_exact(a[i, m], t[m, j], cfg) for m in range(j, i)), jnp.zeros((_SUB, _SUB), _F32))
