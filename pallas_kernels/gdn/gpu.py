@@ -128,9 +128,11 @@ def _chunk_params() -> plgpu.CompilerParams:
     return plgpu.CompilerParams(num_warps=4, num_stages=1)
 
 
-def _scan_params(step_bytes: int) -> plgpu.CompilerParams:
-    """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
-    return plgpu.CompilerParams(num_warps=4, num_stages=2 if step_bytes <= 96 * 1024 else 1)
+def _scan_params(step_bytes: int, programs_per_sm: int = 1) -> plgpu.CompilerParams:
+    """Scans prefetch the next chunk's tiles (2 stages) while the double buffers of ``programs_per_sm`` programs
+    fit in an SM's shared memory (228 KiB on an H100; 220 KiB leaves room for layout conversions)."""
+    prefetch = programs_per_sm * 2 * step_bytes <= 220 * 1024
+    return plgpu.CompilerParams(num_warps=4, num_stages=2 if prefetch else 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -812,7 +814,7 @@ def _scans_backward(
         + [_doc_spec(cfg, length, chunks=False), state_spec]
         + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
         [states, value, value, states, (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32))],
-        _scan_params(step_bytes),
+        _scan_params(step_bytes, programs_per_sm=2),  # one program per direction on each SM
     )
 
 
