@@ -42,7 +42,7 @@ def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
 
 
 # (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 (padded to 80) is
-# stepped in five 16-wide key blocks, with the state's keys padded to 128; block_v = 16 with V = 40 gives three
+# stepped in five 16-wide key blocks and scanned as two state parts (64 + 16); block_v = 16 with V = 40 gives three
 # value tiles (V padded to 48, not a power of two).
 FORWARD_CASES = {
     "c16_tiles": ((2, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),

@@ -166,7 +166,7 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: 
     cfg = gpu._make_config(q, v, {}, chunk, False, matmul_dtype, None)
     resets = jnp.zeros((batch, length), bool)
     q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
-    h0 = jnp.zeros((batch * heads, cfg.key_dim, cfg.value_dim), jnp.float32)
+    h0 = jnp.zeros((batch * heads, cfg.key_width, cfg.value_dim), jnp.float32)
     do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
     dfinal = jnp.ones_like(h0)
     solve = jax.jit(lambda *a: gpu._solve(*a, cfg))
@@ -174,11 +174,9 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: 
     chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=True))
     chunk_recompute = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=False))
     w, u, qt, kt, pu = chunk_fwd(q, k, v, g, beta, doc, inverse)
-    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a[:6], cfg, outputs=a[6:], o_dtype=jnp.bfloat16))
-    scan_states = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, outputs=None))
-    _, states, v_new = scan_states(w, u, kt, g, doc, h0)
-    scan_bwd = jax.jit(lambda *a: gpu._scan_backward(*a, cfg))
-    du, d_states, _ = scan_bwd(w, qt, kt, g, doc, do, dfinal)
+    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16))
+    scans_bwd = jax.jit(lambda *a: gpu._scans_backward(*a, cfg))
+    states, v_new, du, d_states, _ = scans_bwd(w, u, qt, kt, g, doc, h0, do, dfinal)
     contract = jax.jit(lambda *a: gpu._contract_backward(*a, cfg))
     partials = contract(v_new, states, d_states, do, du)
     chunk_bwd = jax.jit(lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg))
@@ -186,10 +184,9 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: 
     return {
         "solve": _median_ms(lambda: solve(k, g, beta, doc), sync, runs),
         "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc, inverse), sync, runs),
-        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, kt, g, doc, h0, qt, pu), sync, runs),
+        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, kt, qt, pu, g, doc, h0), sync, runs),
         "chunk_recompute": _median_ms(lambda: chunk_recompute(q, k, v, g, beta, doc, inverse), sync, runs),
-        "scan_states": _median_ms(lambda: scan_states(w, u, kt, g, doc, h0), sync, runs),
-        "scan_bwd": _median_ms(lambda: scan_bwd(w, qt, kt, g, doc, do, dfinal), sync, runs),
+        "scans_bwd": _median_ms(lambda: scans_bwd(w, u, qt, kt, g, doc, h0, do, dfinal), sync, runs),
         "contract_bwd": _median_ms(lambda: contract(v_new, states, d_states, do, du), sync, runs),
         "chunk_bwd": _median_ms(lambda: chunk_bwd(q, k, v, g, beta, doc, inverse, w, u, du, do, *partials), sync, runs),
     }

@@ -33,10 +33,11 @@ Forward:
 3. ``_scan_fwd_kernel``: O and the final state.
 
 Backward (a ``jax.custom_vjp``; the forward saves only its inputs and T):
-4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt) and ``_scan_fwd_kernel`` in its states mode: the state entering
-   every chunk and v_new = U - W S.
-5. ``_scan_bwd_kernel``: the reverse loop carrying dS; writes dU = d(v_new) and the dS leaving every chunk, and
-   does only the three matmuls on the sequential path.
+4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt), then ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two
+   independent scans in one launch: ``_scan_fwd_kernel`` in its states mode (the state entering every chunk and
+   v_new = U - W S) and
+5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
+   and does only the three matmuls on the sequential path.
 6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / 64): the contractions over V (dW, dQt, dKt, d(d)) from the
    saved states, chunk-parallel.
 7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
@@ -56,10 +57,10 @@ of the backward's per-token cotangents dU, dW, dQt, dKt; the C x C cotangents st
 of the inverse is float32-accurate in both modes.
 
 Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
-(K = 96 in three blocks of 32) and the value width in tiles of BV; the state, W, Qt and Kt have K rows / columns
-rounded up to a power of two, the extra ones zero (zero key channels change nothing). Inputs are copied with
-zero padding only where needed: K or V not a multiple of 16, or T not a multiple of C (padded tokens have
-q = k = v = g = beta = 0, which leaves the state unchanged); outputs are sliced back.
+(K = 96 in three blocks of 32) and the value width in tiles of BV; the scans hold the state as one tile per
+power-of-two part of the key width (96 = 64 + 32), so no array is padded to a power of two. Inputs are copied with
+zero padding only where needed: K or V not a multiple of 16 (zero key channels change nothing), or T not a multiple
+of C (padded tokens have q = k = v = g = beta = 0, which leaves the state unchanged); outputs are sliced back.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ class _Config:
     """Static kernel configuration.
 
     chunk: C. heads: H (the kernels read and write the caller's [B, T, H, D] arrays in place).
-    key_width: K rounded up to a multiple of 16, the width of q, k, dq, dk. key_dim: key_width rounded up to a
-    power of two, the key rows of the state and the width of W, Qt, Kt. block_v: BV, the value columns per scan
-    program and per step of the chunk kernels. num_v_blocks: value width / BV.
+    key_width: K rounded up to a multiple of 16, the width of q, k, W, Qt, Kt, dq, dk and the key rows of the state.
+    block_v: BV, the value columns per scan program and per step of the chunk kernels. num_v_blocks: value
+    width / BV.
     matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
     """
@@ -98,7 +99,6 @@ class _Config:
     chunk: int
     heads: int
     key_width: int
-    key_dim: int
     block_v: int
     num_v_blocks: int
     matmul_dtype: np.dtype
@@ -118,11 +118,6 @@ class _Config:
         return _HIGHEST if self.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
 
     @property
-    def block_k(self) -> int:
-        """Key rows per program of the contraction kernel."""
-        return min(self.key_dim, 64)
-
-    @property
     def key_block(self) -> int:
         """The widest power of two <= 64 that divides key_width: the column step of the chunk kernels' key loops."""
         return min(64, self.key_width & -self.key_width)
@@ -135,8 +130,7 @@ KERNEL_WARPS = dict.fromkeys(
         "gdn_solve",
         "gdn_chunk_fwd",
         "gdn_scan_fwd",
-        "gdn_scan_states",
-        "gdn_scan_bwd",
+        "gdn_scans_bwd",
         "gdn_contract_bwd",
         "gdn_value_bwd",
         "gdn_key_bwd",
@@ -146,13 +140,14 @@ KERNEL_WARPS = dict.fromkeys(
 )
 
 
-def _scan_stages(step_bytes: int) -> int:
-    """Scans prefetch the next chunk's tiles (2 stages) while one step's loads fit in 96 KiB of shared memory."""
-    return 2 if step_bytes <= 96 * 1024 else 1
+def _scan_stages(step_bytes: int, programs_per_sm: int = 1) -> int:
+    """Scans prefetch the next chunk's tiles (2 stages) while the double buffers of ``programs_per_sm`` programs
+    fit in an SM's shared memory (228 KiB on an H100; 220 KiB leaves room for layout conversions)."""
+    return 2 if programs_per_sm * 2 * step_bytes <= 220 * 1024 else 1
 
 
 # ----------------------------------------------------------------------------------------------------------
-# In-kernel helpers (traced inside the kernels; every array shape is a power of two).
+# In-kernel helpers (traced inside the kernels; every value's dims are powers of two).
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -257,13 +252,6 @@ def _key_blocks(cfg: _Config, width: int = 64) -> list[pl.Slice]:
     return [pl.ds(b, width) for b in range(0, cfg.key_width, width)]
 
 
-def _zero_key_padding(refs: list[Any], cfg: _Config) -> None:
-    """Writes zeros to the columns [key_width, key_dim) of [C, key_dim] blocks (the scans' padding keys)."""
-    for start in range(cfg.key_width, cfg.key_dim, cfg.key_block):
-        for ref in refs:
-            ref[:, pl.ds(start, cfg.key_block)] = jnp.zeros((cfg.chunk, cfg.key_block), ref.dtype)
-
-
 def _value_tiles(cfg: _Config, width: int | None = None) -> list[pl.Slice]:
     """Column slices of the (padded) value dim, BV (or min(BV, width)) wide."""
     width = cfg.block_v if width is None else min(cfg.block_v, width)
@@ -339,7 +327,6 @@ def _chunk_fwd_kernel(
         qt = decay_in[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
         qt_ref[:, keys] = qt.astype(qt_ref.dtype)
         kt_ref[:, keys] = (decay_out[:, None] * k).astype(kt_ref.dtype)
-    _zero_key_padding([w_ref, qt_ref, kt_ref], cfg)
     for columns in _value_tiles(cfg):
         u = _mm(inverse, beta[:, None] * v_ref[:, columns].astype(_F32), cfg)
         u_ref[:, columns] = u.astype(u_ref.dtype)
@@ -347,59 +334,129 @@ def _chunk_fwd_kernel(
             ref[:, columns] = _mm(p, u, cfg).astype(ref.dtype)
 
 
+def _key_parts(cfg: _Config) -> list[pl.Slice]:
+    """The key width split into power-of-two row ranges, largest first (96 -> 64 + 32, 128 -> 128): the scans
+    hold the state as one [part, BV] float32 tile per range."""
+    parts, start = [], 0
+    for bit in reversed(range(cfg.key_width.bit_length())):
+        if cfg.key_width & (1 << bit):
+            parts.append(pl.ds(start, 1 << bit))
+            start += 1 << bit
+    return parts
+
+
+def _state_rows(n: jax.Array, part: pl.Slice, cfg: _Config) -> pl.Slice:
+    """Rows of ``part`` of the state of chunk n in a [N * K, BV] array of per-chunk states."""
+    return pl.ds(pl.multiple_of(n * cfg.key_width + part.start, 16), part.size)
+
+
 def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _Config, outputs: bool) -> None:
-    """One (head, value tile): the loop over chunks carrying S [K, BV].
+    """One (head, value tile): the loop over chunks carrying S [K, BV] (one tile per key part).
 
     Inputs per head: W, Kt [T, K]; U [T, BV]; g, doc [T]; h0 [K, BV]; if ``outputs`` also Qt [T, K] and
-    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the final state and the state
-    entering each chunk [N * K, BV].
+    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the state entering each chunk
+    [N * K, BV] and v_new = U - W S [T, BV].
     """
-    chunk, key_dim = cfg.chunk, cfg.key_dim
+    chunk, parts = cfg.chunk, _key_parts(cfg)
     num_chunks = g_ref.shape[0] // chunk
     if outputs:
         qt_ref, pu_ref, o_ref, final_ref = refs
     else:
-        final_ref, states_ref, v_new_ref = refs
+        states_ref, v_new_ref = refs
 
-    def step(n: jax.Array, state: jax.Array) -> jax.Array:
+    def step(n: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
-        if not outputs:
-            states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = state.astype(states_ref.dtype)
-        v_new = u_ref[rows, :].astype(_F32) - _mm(w_ref[rows, :], state, cfg)
+        v_new = u_ref[rows, :].astype(_F32)
+        for part, tile in zip(parts, state):
+            if not outputs:
+                states_ref[_state_rows(n, part, cfg), :] = tile.astype(states_ref.dtype)
+            v_new -= _mm(w_ref[rows, part], tile, cfg)
         if not outputs:
             v_new_ref[rows, :] = v_new.astype(v_new_ref.dtype)
         if outputs:
-            o = pu_ref[rows, :].astype(_F32) + _mm(qt_ref[rows, :], state, cfg)
+            o = pu_ref[rows, :].astype(_F32)
+            for part, tile in zip(parts, state):
+                o += _mm(qt_ref[rows, part], tile, cfg)
             o_ref[rows, :] = o.astype(o_ref.dtype)
         decay = _chunk_decay(g_ref[rows], doc_ref[rows])
-        return decay * state + _mm(kt_ref[rows, :], v_new, cfg, transpose_a=True)
+        return tuple(
+            decay * tile + _mm(kt_ref[rows, part], v_new, cfg, transpose_a=True) for part, tile in zip(parts, state)
+        )
 
-    final_ref[...] = jax.lax.fori_loop(0, num_chunks, step, h0_ref[...].astype(_F32))
+    initial = tuple(h0_ref[part, :].astype(_F32) for part in parts)
+    final = jax.lax.fori_loop(0, num_chunks, step, initial)
+    if outputs:
+        for part, tile in zip(parts, final):
+            final_ref[part, :] = tile
 
 
 def _scan_bwd_kernel(
     w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, *, cfg: _Config
 ) -> None:
-    """One (head, value tile): the reverse loop over chunks carrying dS [K, BV], the cotangent of the state
-    leaving the chunk.
+    """One (head, value tile): the reverse loop over chunks carrying dS [K, BV] (one tile per key part), the
+    cotangent of the state leaving the chunk.
 
     Inputs per head: W, Qt, Kt [T, K]; g, doc [T]; dO [T, BV]; dfinal [K, BV]. Writes dU = d(v_new) [T, BV],
     dS leaving every chunk [N * K, BV] (for ``_contract_bwd_kernel``) and dh0 [K, BV].
     """
-    chunk, key_dim = cfg.chunk, cfg.key_dim
+    chunk, parts = cfg.chunk, _key_parts(cfg)
     num_chunks = g_ref.shape[0] // chunk
 
-    def step(i: jax.Array, d_state: jax.Array) -> jax.Array:
+    def step(i: jax.Array, d_state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         n = num_chunks - 1 - i
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
-        d_states_ref[pl.ds(pl.multiple_of(n * key_dim, key_dim), key_dim), :] = d_state.astype(d_states_ref.dtype)
-        d_v_new = _mm(kt_ref[rows, :], d_state, cfg)
+        d_v_new = jnp.zeros((chunk, cfg.block_v), _F32)
+        for part, tile in zip(parts, d_state):
+            d_states_ref[_state_rows(n, part, cfg), :] = tile.astype(d_states_ref.dtype)
+            d_v_new += _mm(kt_ref[rows, part], tile, cfg)
         du_ref[rows, :] = d_v_new.astype(du_ref.dtype)
         decay = _chunk_decay(g_ref[rows], doc_ref[rows])
-        d_state = decay * d_state + _mm(qt_ref[rows, :], do_ref[rows, :], cfg, transpose_a=True)
-        return d_state - _mm(w_ref[rows, :], d_v_new, cfg, transpose_a=True)
+        do = do_ref[rows, :]
+        return tuple(
+            decay * tile
+            + _mm(qt_ref[rows, part], do, cfg, transpose_a=True)
+            - _mm(w_ref[rows, part], d_v_new, cfg, transpose_a=True)
+            for part, tile in zip(parts, d_state)
+        )
 
-    dh0_ref[...] = jax.lax.fori_loop(0, num_chunks, step, dfinal_ref[...].astype(_F32))
+    initial = tuple(dfinal_ref[part, :].astype(_F32) for part in parts)
+    for part, tile in zip(parts, jax.lax.fori_loop(0, num_chunks, step, initial)):
+        dh0_ref[part, :] = tile
+
+
+def _scan_pair_kernel(
+    w_ref,
+    u_ref,
+    qt_ref,
+    kt_ref,
+    g_ref,
+    doc_ref,
+    h0_ref,
+    do_ref,
+    dfinal_ref,
+    states_ref,
+    v_new_ref,
+    du_ref,
+    d_states_ref,
+    dh0_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One (head, value tile, direction) of the backward's two scans, which are independent of each other:
+    direction 0 recomputes the states entering every chunk and v_new (``_scan_fwd_kernel``), direction 1 runs the
+    reverse loop (``_scan_bwd_kernel``). One launch runs both at once on twice the programs; either alone leaves
+    most of the GPU's SMs idle (B * H * V / BV programs)."""
+    forward = pl.program_id(2) == 0
+
+    @pl.when(forward)
+    def _states() -> None:
+        _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, states_ref, v_new_ref, cfg=cfg, outputs=False)
+
+    @pl.when(jnp.logical_not(forward))
+    def _reverse() -> None:
+        _scan_bwd_kernel(
+            w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, cfg=cfg
+        )
 
 
 def _contract_bwd_kernel(
@@ -410,7 +467,7 @@ def _contract_bwd_kernel(
     With S [BK, V] the state entering the chunk and dS [BK, V] the cotangent of the state leaving it:
     dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, BK] and this key block's share of d(d) = sum(S * dS).
     """
-    dw = jnp.zeros((cfg.chunk, cfg.block_k), _F32)
+    dw = jnp.zeros((cfg.chunk, cfg.key_block), _F32)
     dqt = jnp.zeros_like(dw)
     dkt = jnp.zeros_like(dw)
     d_decay = jnp.zeros((), _F32)
@@ -617,12 +674,12 @@ def _doc_spec(cfg: _Config, rows: int, *, chunks: bool) -> pl.BlockSpec:
 
 def _head_spec(rows: int, width: int) -> pl.BlockSpec:
     """All of head bh [rows, width] of a kernel-layout array, for grids (B * H, value tiles)."""
-    return pl.BlockSpec((None, rows, width), lambda bh, j: (bh, 0, 0))
+    return pl.BlockSpec((None, rows, width), lambda bh, j, *_: (bh, 0, 0))
 
 
 def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
     """Value tile j of head bh [rows, BV] of a kernel-layout array, for grids (B * H, value tiles)."""
-    return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j: (bh, 0, j))
+    return pl.BlockSpec((None, rows, cfg.block_v), lambda bh, j, *_: (bh, 0, j))
 
 
 def _call(
@@ -679,13 +736,13 @@ def _chunk_forward(
     *,
     with_pu: bool,
 ) -> list[jax.Array]:
-    """W, U, Qt, Kt (+ PU if with_pu): kernel-layout [B * H, T, key_dim] or [B * H, T, V], in the storage dtype."""
+    """W, U, Qt, Kt (+ PU if with_pu): kernel-layout [B * H, T, key_width] or [B * H, T, V], in the storage dtype."""
     batch, length = q.shape[:2]
     gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
     key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
     key_out = (
-        _chunk_spec(cfg, cfg.key_dim),
-        jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.key_dim), cfg.matmul_dtype),
+        _chunk_spec(cfg, cfg.key_width),
+        jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.key_width), cfg.matmul_dtype),
     )
     value_out = (
         _chunk_spec(cfg, cfg.value_dim),
@@ -706,80 +763,72 @@ def _scan_forward(
     w: jax.Array,
     u: jax.Array,
     kt: jax.Array,
+    qt: jax.Array,
+    pu: jax.Array,
     g: jax.Array,
     doc: jax.Array,
     h0: jax.Array,
     cfg: _Config,
-    *,
-    outputs: tuple[jax.Array, jax.Array] | None,
-    o_dtype: Any = None,
+    o_dtype: Any,
 ) -> list[jax.Array]:
-    """With outputs = (Qt, PU): [o [B, T, H, V] in o_dtype, final [B * H, K, V]]; with None: [final, states
-    [B * H, N * K, V] entering each chunk, v_new = U - W S [B * H, T, V]]. g: [B, T, H], doc: [B, T]."""
+    """[o [B, T, H, V] in o_dtype, final state [B * H, K, V]]. g: [B, T, H], doc: [B, T]; the rest kernel layout."""
     heads, length, _ = w.shape
-    num_chunks = length // cfg.chunk
-    state_spec = _tile_spec(cfg, cfg.key_dim)
-    final = (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32))
-    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
-    in_specs = [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-    in_specs += [_doc_spec(cfg, length, chunks=False), state_spec]
-    if outputs is not None:
-        in_specs += [key_spec, value_spec]
-        o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
-        o_spec = _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)
-        outs = [(o_spec, jax.ShapeDtypeStruct(o_shape, o_dtype)), final]
-    else:
-        states = jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype)
-        v_new = jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)
-        outs = [final, (_tile_spec(cfg, num_chunks * cfg.key_dim), states), (value_spec, v_new)]
-    step_bytes = (3 * cfg.key_dim + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
+    state_spec = _tile_spec(cfg, cfg.key_width)
+    key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
+    o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
+    step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        functools.partial(_scan_fwd_kernel, outputs=outputs is not None),
+        functools.partial(_scan_fwd_kernel, outputs=True),
         cfg,
-        "gdn_scan_fwd" if outputs is not None else "gdn_scan_states",
+        "gdn_scan_fwd",
         (heads, cfg.num_v_blocks),
-        [w, u, kt, g, doc, h0, *(outputs or ())],
-        in_specs,
-        outs,
+        [w, u, kt, g, doc, h0, qt, pu],
+        [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), state_spec, key_spec, value_spec],
+        [
+            (
+                _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True),
+                jax.ShapeDtypeStruct(o_shape, o_dtype),
+            ),
+            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
+        ],
         _scan_stages(step_bytes),
     )
 
 
-def _scan_backward(
+def _scans_backward(
     w: jax.Array,
+    u: jax.Array,
     qt: jax.Array,
     kt: jax.Array,
     g: jax.Array,
     doc: jax.Array,
+    h0: jax.Array,
     do: jax.Array,
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """[dU [B * H, T, V] and dS leaving each chunk [B * H, N * K, V] (storage dtype), dh0 [B * H, K, V] (float32)].
-    do: [B, T, H, V]."""
+    """Both scans of the backward in one launch (``_scan_pair_kernel``): [states entering each chunk [B * H, N * K,
+    V], v_new [B * H, T, V], dU [B * H, T, V], dS leaving each chunk [B * H, N * K, V] (all in the storage dtype),
+    dh0 [B * H, K, V] (float32)]. g: [B, T, H], doc: [B, T], do: [B, T, H, V]; the rest kernel layout."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
-    key_spec, value_spec = _head_spec(length, cfg.key_dim), _tile_spec(cfg, length)
-    state_spec = _tile_spec(cfg, cfg.key_dim)
-    step_bytes = 3 * cfg.chunk * cfg.key_dim * cfg.matmul_dtype.itemsize + cfg.chunk * cfg.block_v * do.dtype.itemsize
+    key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
+    state_spec, states_spec = _tile_spec(cfg, cfg.key_width), _tile_spec(cfg, num_chunks * cfg.key_width)
+    value = (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype))
+    states = (states_spec, jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_width, cfg.value_dim), cfg.matmul_dtype))
+    step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        _scan_bwd_kernel,
+        _scan_pair_kernel,
         cfg,
-        "gdn_scan_bwd",
-        (heads, cfg.num_v_blocks),
-        [w, qt, kt, g, doc, do, dfinal],
-        [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False)]
+        "gdn_scans_bwd",
+        (heads, cfg.num_v_blocks, 2),
+        [w, u, qt, kt, g, doc, h0, do, dfinal],
+        [key_spec, value_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), state_spec]
         + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
-        [
-            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
-            (
-                _tile_spec(cfg, num_chunks * cfg.key_dim),
-                jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_dim, cfg.value_dim), cfg.matmul_dtype),
-            ),
-            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_dim, cfg.value_dim), _F32)),
-        ],
-        _scan_stages(step_bytes),
+        [states, value, value, states, (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32))],
+        _scan_stages(step_bytes, programs_per_sm=2),  # one program per direction on each SM
     )
 
 
@@ -789,11 +838,11 @@ def _contract_backward(
     """dW, dQt, dKt [B * H, T, K] (storage dtype) and d(d) [B * H, T] (float32, each chunk's value repeated over
     its C positions). do: [B, T, H, V]."""
     heads, length, _ = v_new.shape
-    key_blocks = cfg.key_dim // cfg.block_k
+    key_blocks = cfg.key_width // cfg.key_block
     value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kb: (bh, n, 0))
-    state_spec = pl.BlockSpec((None, cfg.block_k, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
-    key_spec = pl.BlockSpec((None, cfg.chunk, cfg.block_k), lambda bh, n, kb: (bh, n, kb))
-    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_dim), cfg.matmul_dtype))
+    state_spec = pl.BlockSpec((None, cfg.key_block, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
+    key_spec = pl.BlockSpec((None, cfg.chunk, cfg.key_block), lambda bh, n, kb: (bh, n, kb))
+    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
     decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))
     dw, dqt, dkt, d_decay = _call(
         _contract_bwd_kernel,
@@ -830,7 +879,7 @@ def _chunk_backward(
     key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
     value_in = _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True)
     gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
-    key_spec, value_spec = _chunk_spec(cfg, cfg.key_dim), _chunk_spec(cfg, cfg.value_dim)
+    key_spec, value_spec = _chunk_spec(cfg, cfg.key_width), _chunk_spec(cfg, cfg.value_dim)
     vector_spec, square_spec = _chunk_vector_spec(cfg), _chunk_spec(cfg, cfg.chunk)
     vector = (vector_spec, jax.ShapeDtypeStruct((heads, length), _F32))
     square = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32))
@@ -892,10 +941,10 @@ def _gdn(
 
     Args:
       q (already scaled), k: [B, T, H, key_width]; v: [B, T, H, V]; g, beta: float32 [B, T, H];
-      h0: float32 [B * H, key_dim, V]; doc: int32 [B, T], document index within each chunk. T a multiple of C.
+      h0: float32 [B * H, key_width, V]; doc: int32 [B, T], document index within each chunk. T a multiple of C.
 
     Returns:
-      o [B, T, H, V] in v's dtype and the final state [B * H, key_dim, V] in float32.
+      o [B, T, H, V] in v's dtype and the final state [B * H, key_width, V] in float32.
     """
     (o, final), _ = _gdn_fwd(q, k, v, g, beta, h0, doc, cfg)
     return o, final
@@ -914,7 +963,7 @@ def _gdn_fwd(
     """The forward saves its inputs and the chunks' inverses T; the backward recomputes the rest."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=True)
-    o, final = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=(qt, pu), o_dtype=v.dtype)
+    o, final = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype)
     return (o, final), (q, k, v, g, beta, h0, doc, inverse)
 
 
@@ -925,8 +974,7 @@ def _gdn_bwd(
     q, k, v, g, beta, h0, doc, inverse = residuals
     do, dfinal = cotangents
     w, u, qt, kt = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=False)
-    _, states, v_new = _scan_forward(w, u, kt, g, doc, h0, cfg, outputs=None)
-    du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
+    states, v_new, du, d_states, dh0 = _scans_backward(w, u, qt, kt, g, doc, h0, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
     return dq, dk, dv, dg, dbeta, dh0, None
@@ -942,10 +990,6 @@ _gdn.defvjp(_gdn_fwd, _gdn_bwd)
 
 def _fail(message: str) -> NoReturn:
     raise ValueError(f"gated_delta_rule: {message}")
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -983,7 +1027,6 @@ def _make_config(
         chunk=int(chunk_size),
         heads=q.shape[2],
         key_width=key_width,
-        key_dim=_next_power_of_two(key_width),
         block_v=block_v,
         num_v_blocks=-(-value_dim // block_v),
         matmul_dtype=np.dtype(matmul_dtype),
@@ -1044,11 +1087,11 @@ def _run(
     """Pads what the kernels need padded, runs ``_gdn`` and slices back to [B, T, H, V] / [B, H, K, V]."""
     batch, length, heads, key_dim = q.shape
     value_dim = v.shape[-1]
-    pads = ((0, 0), (0, 0), (0, cfg.key_dim - key_dim), (0, cfg.value_dim - value_dim))
-    h0 = jnp.pad(initial_state.astype(_F32), pads).reshape(batch * heads, cfg.key_dim, cfg.value_dim)
+    pads = ((0, 0), (0, 0), (0, cfg.key_width - key_dim), (0, cfg.value_dim - value_dim))
+    h0 = jnp.pad(initial_state.astype(_F32), pads).reshape(batch * heads, cfg.key_width, cfg.value_dim)
     q, k, v, g, beta, doc = _prepare((q * scale).astype(q.dtype), k, v, g, beta, resets, cfg)
     o, final = _gdn(q, k, v, g, beta, h0, doc, cfg)
-    final = final.reshape(batch, heads, cfg.key_dim, cfg.value_dim)
+    final = final.reshape(batch, heads, cfg.key_width, cfg.value_dim)
     return o[:, :length, :, :value_dim], final[:, :, :key_dim, :value_dim]
 
 
