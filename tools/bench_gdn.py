@@ -171,8 +171,7 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: 
     dfinal = jnp.ones_like(h0)
     solve = jax.jit(lambda *a: gpu._solve(*a, cfg))
     inverse = solve(k, g, beta, doc)
-    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=True))
-    chunk_recompute = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg, with_pu=False))
+    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg))
     w, u, qt, kt, pu = chunk_fwd(q, k, v, g, beta, doc, inverse)
     scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16))
     scans_bwd = jax.jit(lambda *a: gpu._scans_backward(*a, cfg))
@@ -185,7 +184,6 @@ def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: 
         "solve": _median_ms(lambda: solve(k, g, beta, doc), sync, runs),
         "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc, inverse), sync, runs),
         "scan_fwd": _median_ms(lambda: scan_fwd(w, u, kt, qt, pu, g, doc, h0), sync, runs),
-        "chunk_recompute": _median_ms(lambda: chunk_recompute(q, k, v, g, beta, doc, inverse), sync, runs),
         "scans_bwd": _median_ms(lambda: scans_bwd(w, u, qt, kt, g, doc, h0, do, dfinal), sync, runs),
         "contract_bwd": _median_ms(lambda: contract(v_new, states, d_states, do, du), sync, runs),
         "chunk_bwd": _median_ms(lambda: chunk_bwd(q, k, v, g, beta, doc, inverse, w, u, du, do, *partials), sync, runs),

@@ -32,9 +32,9 @@ Forward:
 2. ``_chunk_fwd_kernel``: gate sums, Gamma, then W, U, Qt, PU, Kt ([C, 64] tiles at most).
 3. ``_scan_fwd_kernel``: O and the final state.
 
-Backward (a ``jax.custom_vjp``; the forward saves only its inputs and T):
-4. ``_chunk_fwd_kernel`` again (W, U, Qt, Kt), then ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two
-   independent scans in one launch: ``_scan_fwd_kernel`` in its states mode (the state entering every chunk and
+Backward (a ``jax.custom_vjp``; the forward saves its inputs, T and W, U, Qt, Kt, which it writes anyway; under
+the model's rematerialisation they live only while the layer's backward runs):
+4. ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two independent scans in one launch: ``_scan_fwd_kernel`` in its states mode (the state entering every chunk and
    v_new = U - W S) and
 5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
    and does only the three matmuls on the sequential path.
@@ -733,10 +733,8 @@ def _chunk_forward(
     doc: jax.Array,
     inverse: jax.Array,
     cfg: _Config,
-    *,
-    with_pu: bool,
 ) -> list[jax.Array]:
-    """W, U, Qt, Kt (+ PU if with_pu): kernel-layout [B * H, T, key_width] or [B * H, T, V], in the storage dtype."""
+    """W, U, Qt, Kt, PU: kernel-layout [B * H, T, key_width] or [B * H, T, V], in the storage dtype."""
     batch, length = q.shape[:2]
     gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
     key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
@@ -755,7 +753,7 @@ def _chunk_forward(
         [q, k, v, g, beta, doc, inverse],
         [key_in, key_in, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), gate, gate]
         + [_doc_spec(cfg, cfg.chunk, chunks=True), _chunk_spec(cfg, cfg.chunk)],
-        [key_out, value_out, key_out, key_out] + [value_out] * with_pu,
+        [key_out, value_out, key_out, key_out, value_out],
     )
 
 
@@ -960,20 +958,19 @@ def _gdn_fwd(
     doc: jax.Array,
     cfg: _Config,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """The forward saves its inputs and the chunks' inverses T; the backward recomputes the rest."""
+    """The forward saves its inputs, the chunks' inverses T and W, U, Qt, Kt; the backward recomputes the states."""
     inverse = _solve(k, g, beta, doc, cfg)
-    w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=True)
+    w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
     o, final = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype)
-    return (o, final), (q, k, v, g, beta, h0, doc, inverse)
+    return (o, final), (q, k, v, g, beta, h0, doc, inverse, w, u, qt, kt)
 
 
 def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
-    """Recomputes W, U, Qt, Kt and the chunk states, then runs the reverse scan and the chunk backward."""
-    q, k, v, g, beta, h0, doc, inverse = residuals
+    """Recomputes the chunk states alongside the reverse scan, then runs the chunk backward."""
+    q, k, v, g, beta, h0, doc, inverse, w, u, qt, kt = residuals
     do, dfinal = cotangents
-    w, u, qt, kt = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg, with_pu=False)
     states, v_new, du, d_states, dh0 = _scans_backward(w, u, qt, kt, g, doc, h0, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
