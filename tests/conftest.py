@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 import types
 
 import pytest
@@ -31,6 +32,7 @@ def load_tool(name: str) -> types.ModuleType:
     """Imports ``tools/<name>.py`` (the tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 

@@ -16,14 +16,16 @@ Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and 
 normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64 (``--chunk`` changes ours and the
 jnp reference's). "fwd" is the output and the final state; "fwd+bwd" is the forward plus the gradients of q, k, v,
 g and beta; "finite" says whether all of them came out finite. Each number is the median over ``--runs`` timed
-calls (host clock around a synchronised call, after warm-up), all in one process, so the rows of one run compare
-directly. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its Hopper guard against a
+calls (host clock around a synchronised call, after warm-up). All implementations of a shape are compiled first and
+then timed in rounds that call each of them once, so the rows of one run compare directly even when the card's
+speed drifts during the run. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its Hopper guard against a
 Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import importlib.util
@@ -62,20 +64,45 @@ def _inputs(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
     )
 
 
+def _call_ms(fn: Callable[[], object], sync: Callable[[object], object]) -> float:
+    """Milliseconds of one synchronised call."""
+    start = time.perf_counter()
+    sync(fn())
+    return 1e3 * (time.perf_counter() - start)
+
+
 def _median_ms(fn: Callable[[], object], sync: Callable[[object], object], runs: int) -> float:
     for _ in range(3):
         sync(fn())
-    times = []
+    return statistics.median(_call_ms(fn, sync) for _ in range(runs))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timed:
+    """One implementation, compiled and checked: its forward and its forward+backward as argument-less calls."""
+
+    forward: Callable[[], object]
+    forward_backward: Callable[[], object]
+    sync: Callable[[object], object]
+    finite: bool  # whether the outputs and all gradients came out finite
+
+
+def _interleaved_medians(timed: dict[str, _Timed], runs: int) -> dict[str, tuple[float, float]]:
+    """(fwd ms, fwd+bwd ms) medians per implementation, timed in ``runs`` rounds that call every implementation
+    once each, so a drift of the card's clocks during the run affects all rows alike."""
+    calls = [(name, kind, fn, t.sync) for name, t in timed.items() for kind, fn in enumerate((t.forward, t.forward_backward))]
+    for _, _, fn, sync in calls:  # warm-up
+        for _ in range(3):
+            sync(fn())
+    times = {(name, kind): [] for name, kind, _, _ in calls}
     for _ in range(runs):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, kind, fn, sync in calls:
+            times[name, kind].append(_call_ms(fn, sync))
+    return {name: (statistics.median(times[name, 0]), statistics.median(times[name, 1])) for name in timed}
 
 
-def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]:
-    """(fwd ms, fwd+bwd ms, whether o, the final state and all gradients are finite) of fn(q, k, v, g, beta) ->
-    (o, final) on bf16 q, k, v."""
+def _jax_timed(fn: Callable, x: dict[str, np.ndarray]) -> _Timed:
+    """fn(q, k, v, g, beta) -> (o, final) on bf16 q, k, v, compiled."""
     args = [jnp.asarray(x[n], jnp.bfloat16 if n in ("q", "k", "v") else jnp.float32) for n in GRAD_NAMES]
     forward = jax.jit(fn)
     o, final = forward(*args)
@@ -86,9 +113,7 @@ def _jax_times(fn: Callable, x: dict[str, np.ndarray], runs: int) -> tuple[float
     )
     forward_backward = jax.jit(functools.partial(_forward_backward, fn, cotangent))
     finite = all(bool(jnp.all(jnp.isfinite(t))) for t in jax.tree.leaves(forward_backward(*args)))
-    fwd = _median_ms(lambda: forward(*args), jax.block_until_ready, runs)
-    fwd_bwd = _median_ms(lambda: forward_backward(*args), jax.block_until_ready, runs)
-    return fwd, fwd_bwd, finite
+    return _Timed(lambda: forward(*args), lambda: forward_backward(*args), jax.block_until_ready, finite)
 
 
 def _forward_backward(fn: Callable, cotangent: tuple[jax.Array, ...], *args: jax.Array) -> tuple:
@@ -127,8 +152,8 @@ def _chunked(chunk: int) -> Callable:
     return lambda q, k, v, g, beta: gated_delta_rule(q, k, v, g, beta, chunk_size=chunk, impl="chunked")
 
 
-def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]:
-    """(fwd ms, fwd+bwd ms, all finite) of flash-linear-attention's chunk_gated_delta_rule on the same inputs."""
+def _fla_timed(x: dict[str, np.ndarray]) -> _Timed:
+    """flash-linear-attention's chunk_gated_delta_rule on the same inputs (its Triton autotuning runs here)."""
     import torch
     from fla.ops.common import chunk_o
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -154,7 +179,16 @@ def _fla_times(x: dict[str, np.ndarray], runs: int) -> tuple[float, float, bool]
         return torch.autograd.grad((o, final), list(tensors.values()), (do, dfinal))
 
     finite = all(bool(torch.isfinite(t).all()) for t in (o, final, *forward_backward()))
-    return _median_ms(forward, sync, runs), _median_ms(forward_backward, sync, runs), finite
+    return _Timed(forward, forward_backward, sync, finite)
+
+
+def _compile_or_report(label: str, name: str, build: Callable[[], _Timed]) -> _Timed | None:
+    """build(), or None after printing why it failed (the other implementations still run)."""
+    try:
+        return build()
+    except Exception as error:
+        print(f"{label:<24} {name:<28} FAILED: {str(error).splitlines()[0][:300]}", flush=True)
+        return None
 
 
 def _fla_available() -> bool:
@@ -265,30 +299,24 @@ def main() -> None:
         shape = SHAPES[index]
         x = _inputs(shape, 100 + index)
         label = ",".join(map(str, shape))
-        rows = {}
+        builders = {}
         if "pallas" in impls:
-            rows[f"pallas_gpu ({args.matmul_dtype} matmul)"] = lambda: _jax_times(
-                _pallas(args.matmul_dtype, chunk=args.chunk), x, args.runs
-            )
+            builders[f"pallas_gpu ({args.matmul_dtype} matmul)"] = _pallas(args.matmul_dtype, chunk=args.chunk)
             for block_v in (int(b) for b in args.block_v.split(",") if b):
-                rows[f"pallas_gpu ({args.matmul_dtype} matmul, block_v {block_v})"] = functools.partial(
-                    _jax_times, _pallas(args.matmul_dtype, block_v=block_v, chunk=args.chunk), x, args.runs
-                )
+                name = f"pallas_gpu ({args.matmul_dtype} matmul, block_v {block_v})"
+                builders[name] = _pallas(args.matmul_dtype, block_v=block_v, chunk=args.chunk)
             for file, module in baselines.items():
-                rows[f"pallas_gpu {file}"] = functools.partial(
-                    _jax_times, _pallas(args.matmul_dtype, module, chunk=args.chunk), x, args.runs
-                )
+                builders[f"pallas_gpu {file}"] = _pallas(args.matmul_dtype, module, chunk=args.chunk)
         if "chunked" in impls and shape[1] <= 8192:
-            rows["chunked (jnp, XLA)"] = lambda: _jax_times(_chunked(args.chunk), x, args.runs)
+            builders["chunked (jnp, XLA)"] = _chunked(args.chunk)
+        timed = {}
+        for name, fn in builders.items():
+            timed[name] = _compile_or_report(label, name, lambda: _jax_timed(fn, x))
         if "fla" in impls and _fla_available():
-            rows["flash-linear-attention"] = lambda: _fla_times(x, args.runs)
-        for name, timer in rows.items():
-            try:
-                fwd, fwd_bwd, finite = timer()
-            except Exception as error:  # report and go on with the other implementations
-                print(f"{label:<24} {name:<28} FAILED: {str(error).splitlines()[0][:300]}", flush=True)
-                continue
-            finite = "yes" if finite else "NO"
+            timed["flash-linear-attention"] = _compile_or_report(label, "flash-linear-attention", lambda: _fla_timed(x))
+        timed = {name: t for name, t in timed.items() if t is not None}
+        for name, (fwd, fwd_bwd) in _interleaved_medians(timed, args.runs).items():
+            finite = "yes" if timed[name].finite else "NO"
             print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}   finite: {finite}", flush=True)
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
         if args.stages:
