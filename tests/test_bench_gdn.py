@@ -77,9 +77,13 @@ def test_timer_reports_whether_everything_is_finite(bench):
 
     timed = {"chunked": bench._jax_timed(chunked, x), "nan": bench._jax_timed(nan_in_dbeta, x)}
     assert timed["chunked"].finite and not timed["nan"].finite
-    medians = bench._interleaved_medians(timed, runs=2)
-    assert list(medians) == ["chunked", "nan"]
-    assert all(fwd > 0 and fwd_bwd > 0 for fwd, fwd_bwd in medians.values())
+    calls = {
+        (name, kind): (fn, t.sync)
+        for name, t in timed.items()
+        for kind, fn in enumerate((t.forward, t.forward_backward))
+    }
+    medians = bench._interleaved_medians(calls, runs=2)
+    assert list(medians) == list(calls) and all(ms > 0 for ms in medians.values())
 
 
 def test_forward_backward_returns_the_outputs_too(bench):
@@ -93,3 +97,34 @@ def test_forward_backward_returns_the_outputs_too(bench):
     (o, final), grads = jax.jit(lambda *a: bench._forward_backward(fn, cotangent, *a))(*args)
     assert rel(o, outputs[0]) < 1e-6 and rel(final, outputs[1]) < 1e-6 and np.linalg.norm(np.asarray(o)) > 0
     assert len(grads) == len(args)
+
+
+def _pallas_warps(fn, args) -> dict[str, int]:
+    """{pallas_call name: num_warps} of the kernels fn launches (traced afresh, not run)."""
+    jaxpr = jax.make_jaxpr(lambda *a: fn(*a))(*args)  # a new function: make_jaxpr caches traces per function
+    return {
+        e.params["name"]: e.params["compiler_params"].num_warps for e in jaxpr.eqns if e.primitive.name == "pallas_call"
+    }
+
+
+def test_warps_sweep_traces_each_kernel_at_each_warps(bench, monkeypatch):
+    """--sweep-warps: every kernel of gpu.KERNEL_WARPS is traced at 2, 4 and 8 warps within its stage, the other
+    kernels of the stage keep their warps, and the table is restored afterwards."""
+    stages = bench._stages(bench._inputs((1, 32, 2, 16, 16), seed=2), "float32", 16, interpret=True)
+    assert set(stages) == set(bench.STAGE_KERNELS)
+    traced = {}
+
+    def trace_only(fn, args):
+        traced[len(traced)] = _pallas_warps(fn, args)
+        return lambda: None
+
+    monkeypatch.setattr(bench, "_compiled", trace_only)
+    defaults = dict(gpu.KERNEL_WARPS)
+    times = bench._warps_sweep(stages, runs=1)
+    assert gpu.KERNEL_WARPS == defaults
+    assert set(times) == {(kernel, w) for kernel in defaults for w in bench.WARPS}
+    expected = []
+    for kernels in bench.STAGE_KERNELS.values():
+        for kernel in kernels:
+            expected += [{**{k: defaults[k] for k in kernels}, kernel: w} for w in bench.WARPS]
+    assert list(traced.values()) == expected

@@ -4,6 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python tools/bench_gdn.py                        # the shapes in SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
+    python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 2, 4 and 8 warps
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
     git show REV:pallas_kernels/gdn/gpu.py > gpu_before.py                         # A/B against another revision,
@@ -33,7 +34,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 from types import ModuleType
 
 import jax
@@ -87,18 +89,17 @@ class _Timed:
     finite: bool  # whether the outputs and all gradients came out finite
 
 
-def _interleaved_medians(timed: dict[str, _Timed], runs: int) -> dict[str, tuple[float, float]]:
-    """(fwd ms, fwd+bwd ms) medians per implementation, timed in ``runs`` rounds that call every implementation
-    once each, so a drift of the card's clocks during the run affects all rows alike."""
-    calls = [(name, kind, fn, t.sync) for name, t in timed.items() for kind, fn in enumerate((t.forward, t.forward_backward))]
-    for _, _, fn, sync in calls:  # warm-up
+def _interleaved_medians(calls: dict[Hashable, tuple[Callable[[], object], Callable]], runs: int) -> dict:
+    """Median ms of each (call, sync) in ``calls``, timed in ``runs`` rounds that make every call once, so a drift
+    of the card's clocks during the run affects all of them alike."""
+    for fn, sync in calls.values():  # warm-up
         for _ in range(3):
             sync(fn())
-    times = {(name, kind): [] for name, kind, _, _ in calls}
+    times = {key: [] for key in calls}
     for _ in range(runs):
-        for name, kind, fn, sync in calls:
-            times[name, kind].append(_call_ms(fn, sync))
-    return {name: (statistics.median(times[name, 0]), statistics.median(times[name, 1])) for name in timed}
+        for key, (fn, sync) in calls.items():
+            times[key].append(_call_ms(fn, sync))
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def _jax_timed(fn: Callable, x: dict[str, np.ndarray]) -> _Timed:
@@ -201,35 +202,77 @@ def _fla_available() -> bool:
         return False
 
 
-def _stage_times(x: dict[str, np.ndarray], runs: int, matmul_dtype: str, chunk: int) -> dict[str, float]:
-    """Median ms of each Pallas kernel of the forward and backward, on the kernel layout."""
+# The pallas_call names (gpu.KERNEL_WARPS keys) in each stage of ``_stages``.
+STAGE_KERNELS = {
+    "solve": ("gdn_solve",),
+    "chunk_fwd": ("gdn_chunk_fwd",),
+    "scan_fwd": ("gdn_scan_fwd",),
+    "scans_bwd": ("gdn_scans_bwd",),
+    "contract_bwd": ("gdn_contract_bwd",),
+    "chunk_bwd": ("gdn_value_bwd", "gdn_key_bwd", "gdn_finish_bwd"),
+}
+WARPS = (2, 4, 8)
+
+
+def _stages(
+    x: dict[str, np.ndarray], matmul_dtype: str, chunk: int, interpret: bool = False
+) -> dict[str, tuple[Callable, tuple]]:
+    """Each stage of the Pallas forward and backward as (function, its kernel-layout arguments); the arguments
+    are computed once, here (``interpret``: by the Pallas interpreter, for CPU tests). Jitting a function traces
+    it with the warps in gpu.KERNEL_WARPS at that moment."""
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
-    cfg = gpu._make_config(q, v, {}, chunk, False, matmul_dtype, None)
+    cfg = gpu._make_config(q, v, {}, chunk, interpret, matmul_dtype, None)
     resets = jnp.zeros((batch, length), bool)
     q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
     h0 = jnp.zeros((batch * heads, cfg.key_width, cfg.value_dim), jnp.float32)
     do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
     dfinal = jnp.ones_like(h0)
-    solve = jax.jit(lambda *a: gpu._solve(*a, cfg))
-    inverse = solve(k, g, beta, doc)
-    chunk_fwd = jax.jit(lambda *a: gpu._chunk_forward(*a, cfg))
-    w, u, qt, kt, pu = chunk_fwd(q, k, v, g, beta, doc, inverse)
-    scan_fwd = jax.jit(lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16))
-    scans_bwd = jax.jit(lambda *a: gpu._scans_backward(*a, cfg))
-    states, v_new, du, d_states, _ = scans_bwd(w, u, qt, kt, g, doc, h0, do, dfinal)
-    contract = jax.jit(lambda *a: gpu._contract_backward(*a, cfg))
-    partials = contract(v_new, states, d_states, do, du)
-    chunk_bwd = jax.jit(lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg))
-    sync = jax.block_until_ready
-    return {
-        "solve": _median_ms(lambda: solve(k, g, beta, doc), sync, runs),
-        "chunk_fwd": _median_ms(lambda: chunk_fwd(q, k, v, g, beta, doc, inverse), sync, runs),
-        "scan_fwd": _median_ms(lambda: scan_fwd(w, u, kt, qt, pu, g, doc, h0), sync, runs),
-        "scans_bwd": _median_ms(lambda: scans_bwd(w, u, qt, kt, g, doc, h0, do, dfinal), sync, runs),
-        "contract_bwd": _median_ms(lambda: contract(v_new, states, d_states, do, du), sync, runs),
-        "chunk_bwd": _median_ms(lambda: chunk_bwd(q, k, v, g, beta, doc, inverse, w, u, du, do, *partials), sync, runs),
-    }
+    stages = {}
+
+    def stage(name: str, fn: Callable, *args: jax.Array) -> Any:
+        stages[name] = (fn, args)
+        return jax.jit(fn)(*args)
+
+    inverse = stage("solve", lambda *a: gpu._solve(*a, cfg), k, g, beta, doc)
+    w, u, qt, kt, pu = stage("chunk_fwd", lambda *a: gpu._chunk_forward(*a, cfg), q, k, v, g, beta, doc, inverse)
+    stage("scan_fwd", lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16), w, u, kt, qt, pu, g, doc, h0)
+    scans = stage("scans_bwd", lambda *a: gpu._scans_backward(*a, cfg), w, u, qt, kt, g, doc, h0, do, dfinal)
+    states, v_new, du, d_states, _ = scans
+    partials = stage("contract_bwd", lambda *a: gpu._contract_backward(*a, cfg), v_new, states, d_states, do, du)
+    chunk_bwd = lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg)  # noqa: E731
+    stage("chunk_bwd", chunk_bwd, q, k, v, g, beta, doc, inverse, w, u, du, do, *partials)
+    return stages
+
+
+def _compiled(fn: Callable, args: tuple) -> Callable[[], object]:
+    """fn(*args) jitted afresh (traced with the current gpu.KERNEL_WARPS), as an argument-less call."""
+    call = jax.jit(lambda *a: fn(*a))
+    call(*args)
+    return lambda: call(*args)
+
+
+def _stage_times(stages: dict[str, tuple[Callable, tuple]], runs: int) -> dict[str, float]:
+    """Median ms of each stage, timed in interleaved rounds."""
+    calls = {name: (_compiled(fn, args), jax.block_until_ready) for name, (fn, args) in stages.items()}
+    return _interleaved_medians(calls, runs)
+
+
+def _warps_sweep(stages: dict[str, tuple[Callable, tuple]], runs: int) -> dict[tuple[str, int], float]:
+    """Median ms of the stage holding each kernel with that kernel at each of WARPS warps (the other kernels as in
+    gpu.KERNEL_WARPS), keyed (kernel, warps), all timed in interleaved rounds."""
+    calls = {}
+    for stage, kernels in STAGE_KERNELS.items():
+        fn, args = stages[stage]
+        for kernel in kernels:
+            default = gpu.KERNEL_WARPS[kernel]
+            try:
+                for warps in WARPS:
+                    gpu.KERNEL_WARPS[kernel] = warps
+                    calls[kernel, warps] = (_compiled(fn, args), jax.block_until_ready)
+            finally:
+                gpu.KERNEL_WARPS[kernel] = default
+    return _interleaved_medians(calls, runs)
 
 
 def _open_table(path: str | None, card: str) -> Callable[[str], None]:
@@ -257,12 +300,21 @@ def main() -> None:
     parser.add_argument("--shapes", default="0,1,2,3", help="indices into SHAPES, comma-separated")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=CHUNK, help="chunk size of our kernel and the jnp reference")
-    parser.add_argument("--impls", default="pallas,chunked,fla", help="comma-separated subset of pallas,chunked,fla")
+    parser.add_argument(
+        "--impls",
+        default="pallas,chunked,fla",
+        help="comma-separated subset of pallas,chunked,fla; none times only --stages or --sweep-warps",
+    )
     parser.add_argument("--matmul-dtype", default="bfloat16", help="the Pallas kernel's matmul_dtype")
     parser.add_argument(
         "--block-v", default="", help="also time the Pallas kernel with these value tiles (comma-separated: 16,32,64)"
     )
-    parser.add_argument("--stages", action="store_true", help="also time each Pallas kernel on its own")
+    parser.add_argument("--stages", action="store_true", help="also time each stage of the Pallas kernel on its own")
+    parser.add_argument(
+        "--sweep-warps",
+        action="store_true",
+        help=f"also time the stage holding each Pallas kernel with that kernel at {WARPS} warps",
+    )
     parser.add_argument("--write", default=None, help="append the table, with date, card and command, to this file")
     parser.add_argument(
         "--baseline",
@@ -315,13 +367,25 @@ def main() -> None:
         if "fla" in impls and _fla_available():
             timed["flash-linear-attention"] = _compile_or_report(label, "flash-linear-attention", lambda: _fla_timed(x))
         timed = {name: t for name, t in timed.items() if t is not None}
-        for name, (fwd, fwd_bwd) in _interleaved_medians(timed, args.runs).items():
+        calls = {}
+        for name, t in timed.items():
+            calls[name, "fwd"], calls[name, "fwd+bwd"] = (t.forward, t.sync), (t.forward_backward, t.sync)
+        medians = _interleaved_medians(calls, args.runs)
+        for name in timed:
+            fwd, fwd_bwd = medians[name, "fwd"], medians[name, "fwd+bwd"]
             finite = "yes" if timed[name].finite else "NO"
             print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}   finite: {finite}", flush=True)
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
+        if args.stages or args.sweep_warps:
+            stages = _stages(x, args.matmul_dtype, args.chunk)
         if args.stages:
-            stages = _stage_times(x, args.runs, args.matmul_dtype, args.chunk)
-            print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in stages.items()), flush=True)
+            times = _stage_times(stages, args.runs)
+            print(f"{label:<24} stages: " + ", ".join(f"{n} {t:.3f}" for n, t in times.items()), flush=True)
+        if args.sweep_warps:
+            times = _warps_sweep(stages, args.runs)
+            for kernel in gpu.KERNEL_WARPS:
+                row = ", ".join(f"{w} warps {times[kernel, w]:.3f}" for w in WARPS)
+                print(f"{label:<24} {kernel:<18} (its stage) {row}; now {gpu.KERNEL_WARPS[kernel]}", flush=True)
 
 
 if __name__ == "__main__":
