@@ -17,10 +17,10 @@ Every implementation gets the same inputs: bfloat16 q, k (L2-normalised), v and 
 normal, so gates near 0 and below), beta in [0, 1], no initial state, chunk 64 (``--chunk`` changes ours and the
 jnp reference's). "fwd" is the output and the final state; "fwd+bwd" is the forward plus the gradients of q, k, v,
 g and beta; "finite" says whether all of them came out finite. Each number is the median over ``--runs`` timed
-calls (host clock around a synchronised call, after warm-up). All implementations of a shape are compiled first and
-then timed in rounds that call each of them once, so the rows of one run compare directly even when the card's
-speed drifts during the run. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its Hopper guard against a
-Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
+calls (host clock around a synchronised call, after warm-up). All implementations of a shape are compiled first
+and then timed in rounds that call each of them once, so the rows of one run compare directly even when the card's
+speed drifts during the run. flash-linear-attention (PyTorch + Triton) is timed when ``fla`` imports; its Hopper
+guard against a Triton bug in the gated backward is bypassed, so its backward is a speed anchor only.
 """
 
 from __future__ import annotations

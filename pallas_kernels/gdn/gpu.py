@@ -34,11 +34,11 @@ Forward:
 
 Backward (a ``jax.custom_vjp``; the forward saves its inputs, T and W, U, Qt, Kt, which it writes anyway; under
 the model's rematerialisation they live only while the layer's backward runs):
-4. ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two independent scans in one launch: ``_scan_fwd_kernel`` in its states mode (the state entering every chunk and
-   v_new = U - W S) and
+4. ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two independent scans in one launch: ``_scan_fwd_kernel``
+   in its states mode (the state entering every chunk and v_new = U - W S) and
 5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
    and does only the three matmuls on the sequential path.
-6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / 64): the contractions over V (dW, dQt, dKt, d(d)) from the
+6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d)) from the
    saved states, chunk-parallel.
 7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
    key side, then through T, Gamma and the gate sums) to dq, dk, dv, dg, dbeta. Three kernels rather than one
