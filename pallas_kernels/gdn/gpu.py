@@ -38,8 +38,8 @@ the model's rematerialisation they live only while the layer's backward runs):
    in its states mode (the state entering every chunk and v_new = U - W S) and
 5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
    and does only the three matmuls on the sequential path.
-6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d)) from the
-   saved states, chunk-parallel.
+6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d))
+   from the saved states, chunk-parallel.
 7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
    key side, then through T, Gamma and the gate sums) to dq, dk, dv, dg, dbeta. Three kernels rather than one
    keep each one's C x C values in registers (one kernel spilled gigabytes to local memory on an H100).
