@@ -73,12 +73,6 @@ def _call_ms(fn: Callable[[], object], sync: Callable[[object], object]) -> floa
     return 1e3 * (time.perf_counter() - start)
 
 
-def _median_ms(fn: Callable[[], object], sync: Callable[[object], object], runs: int) -> float:
-    for _ in range(3):
-        sync(fn())
-    return statistics.median(_call_ms(fn, sync) for _ in range(runs))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Timed:
     """One implementation, compiled and checked: its forward and its forward+backward as argument-less calls."""
@@ -216,10 +210,10 @@ WARPS = (2, 4, 8)
 
 def _stages(
     x: dict[str, np.ndarray], matmul_dtype: str, chunk: int, interpret: bool = False
-) -> dict[str, tuple[Callable, tuple]]:
-    """Each stage of the Pallas forward and backward as (function, its kernel-layout arguments); the arguments
-    are computed once, here (``interpret``: by the Pallas interpreter, for CPU tests). Jitting a function traces
-    it with the warps in gpu.KERNEL_WARPS at that moment."""
+) -> dict[str, tuple[Callable, tuple, Callable[[], object]]]:
+    """Each stage of the Pallas forward and backward as (function, its kernel-layout arguments, the function
+    compiled on them as an argument-less call); the arguments are computed once, here (``interpret``: by the Pallas
+    interpreter, for CPU tests). Jitting a function traces it with the warps in gpu.KERNEL_WARPS at that moment."""
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
     cfg = gpu._make_config(q, v, {}, chunk, interpret, matmul_dtype, None)
@@ -231,8 +225,9 @@ def _stages(
     stages = {}
 
     def stage(name: str, fn: Callable, *args: jax.Array) -> Any:
-        stages[name] = (fn, args)
-        return jax.jit(fn)(*args)
+        call = _compiled(fn, args)
+        stages[name] = (fn, args, call)
+        return call()
 
     inverse = stage("solve", lambda *a: gpu._solve(*a, cfg), k, g, beta, doc)
     w, u, qt, kt, pu = stage("chunk_fwd", lambda *a: gpu._chunk_forward(*a, cfg), q, k, v, g, beta, doc, inverse)
@@ -252,18 +247,19 @@ def _compiled(fn: Callable, args: tuple) -> Callable[[], object]:
     return lambda: call(*args)
 
 
-def _stage_times(stages: dict[str, tuple[Callable, tuple]], runs: int) -> dict[str, float]:
+def _stage_times(stages: dict[str, tuple[Callable, tuple, Callable[[], object]]], runs: int) -> dict[str, float]:
     """Median ms of each stage, timed in interleaved rounds."""
-    calls = {name: (_compiled(fn, args), jax.block_until_ready) for name, (fn, args) in stages.items()}
-    return _interleaved_medians(calls, runs)
+    return _interleaved_medians({name: (call, jax.block_until_ready) for name, (_, _, call) in stages.items()}, runs)
 
 
-def _warps_sweep(stages: dict[str, tuple[Callable, tuple]], runs: int) -> dict[tuple[str, int], float]:
+def _warps_sweep(
+    stages: dict[str, tuple[Callable, tuple, Callable[[], object]]], runs: int
+) -> dict[tuple[str, int], float]:
     """Median ms of the stage holding each kernel with that kernel at each of WARPS warps (the other kernels as in
     gpu.KERNEL_WARPS), keyed (kernel, warps), all timed in interleaved rounds."""
     calls = {}
     for stage, kernels in STAGE_KERNELS.items():
-        fn, args = stages[stage]
+        fn, args, _ = stages[stage]
         for kernel in kernels:
             default = gpu.KERNEL_WARPS[kernel]
             try:

@@ -123,8 +123,9 @@ class _Config:
         return min(64, self.key_width & -self.key_width)
 
 
-# Warps per kernel, by pallas_call name: 4 measured best or equal on an H100 (BENCHMARKS.md).
-# ``tools/bench_gdn.py --warps NAME=W`` overrides entries before anything is traced, to try others.
+# Warps per kernel, by pallas_call name: 4 everywhere; 8 measured slower for the kernels tried on an H100
+# (BENCHMARKS.md). ``tools/bench_gdn.py --warps NAME=W`` overrides entries before anything is traced, and
+# ``--sweep-warps`` times each kernel at 2, 4 and 8.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
