@@ -54,7 +54,7 @@ float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core pas
 relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
 1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). It is also the storage dtype
 of the backward's per-token cotangents dU, dW, dQt, dKt; the C x C cotangents stay float32. The block substitution
-of the inverse is float32-accurate in both modes.
+of the inverse uses float32 operands: float32-accurate with float32 matmuls, one TF32 pass with bfloat16 ones.
 
 Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
 (K = 96 in three blocks of 32) and the value width in tiles of BV; the scans hold the state as one tile per
@@ -168,9 +168,16 @@ def _mm(a: jax.Array, b: jax.Array, cfg: _Config, *, transpose_a: bool = False, 
     )
 
 
-def _mm_exact(a: jax.Array, b: jax.Array, cfg: _Config) -> jax.Array:
-    """a @ b at float32 accuracy whatever ``cfg.matmul_dtype`` (for the small blocks of the inverse)."""
-    precision = _HIGHEST if cfg.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+def _mm_solve(a: jax.Array, b: jax.Array, cfg: _Config) -> jax.Array:
+    """a @ b for the block substitution of the inverse, float32 operands: float32-accurate (three TF32 passes on
+    the GPU) with float32 matmuls; one TF32 pass (10-bit mantissa, finer than the bfloat16 operands the inverse
+    then meets in W and U) with bfloat16 matmuls."""
+    if cfg.interpret:
+        precision = _HIGHEST
+    elif cfg.matmul_dtype == np.dtype(_F32):
+        precision = jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    else:
+        precision = jax.lax.DotAlgorithmPreset.TF32_TF32_F32
     return jnp.dot(a.astype(_F32), b.astype(_F32), precision=precision, preferred_element_type=_F32)
 
 
@@ -277,7 +284,7 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
     of the pair (r, c) in blocks (i, j), i > j, is (g summed over block i up to r) + (whole blocks between) +
     (g summed over block j after c), each a direct sum of non-positive gates. The diagonal blocks are inverted
     by forward substitution (one loop of 15 steps for all of them), the rest by the block recurrence
-    T_ij = -T_ii sum_{j <= m < i} A_im T_mj with float32-accurate matmuls.
+    T_ij = -T_ii sum_{j <= m < i} A_im T_mj with float32-operand matmuls (``_mm_solve``).
     """
     blocks = cfg.chunk // _SUB
     rows, cols = _positions(_SUB)
@@ -305,8 +312,8 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
     t = dict(zip([(i, i) for i in range(blocks)], _unit_lower_inverses([a[i, i] for i in range(blocks)])))
     for i in range(1, blocks):
         for j in range(i - 1, -1, -1):
-            acc = sum((_mm_exact(a[i, m], t[m, j], cfg) for m in range(j, i)), jnp.zeros((_SUB, _SUB), _F32))
-            t[i, j] = -_mm_exact(t[i, i], acc, cfg)
+            acc = sum((_mm_solve(a[i, m], t[m, j], cfg) for m in range(j, i)), jnp.zeros((_SUB, _SUB), _F32))
+            t[i, j] = -_mm_solve(t[i, i], acc, cfg)
     zeros = jnp.zeros((_SUB, _SUB), _F32)
     for i in range(blocks):
         for j in range(blocks):
