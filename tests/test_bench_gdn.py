@@ -108,7 +108,7 @@ def _pallas_warps(fn, args) -> dict[str, int]:
 
 
 def test_warps_sweep_traces_each_kernel_at_each_warps(bench, monkeypatch):
-    """--sweep-warps: every kernel of gpu.KERNEL_WARPS is traced at 2, 4 and 8 warps within its stage, the other
+    """--sweep-warps: every kernel of gpu.KERNEL_WARPS is traced at 1, 2, 4 and 8 warps within its stage, the other
     kernels of the stage keep their warps, and the table is restored afterwards."""
     stages = bench._stages(bench._inputs((1, 32, 2, 16, 16), seed=2), "float32", 16, interpret=True)
     assert set(stages) == set(bench.STAGE_KERNELS)

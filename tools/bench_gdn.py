@@ -4,7 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python tools/bench_gdn.py                        # the shapes in SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
-    python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 2, 4 and 8 warps
+    python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 1, 2, 4 and 8 warps
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
     git show REV:pallas_kernels/gdn/gpu.py > gpu_before.py                         # A/B against another revision,
@@ -205,7 +205,7 @@ STAGE_KERNELS = {
     "contract_bwd": ("gdn_contract_bwd",),
     "chunk_bwd": ("gdn_value_bwd", "gdn_key_bwd", "gdn_finish_bwd"),
 }
-WARPS = (2, 4, 8)
+WARPS = (1, 2, 4, 8)
 
 
 def _stages(

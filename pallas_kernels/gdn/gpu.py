@@ -28,7 +28,7 @@ over chunks.
 
 Forward:
 1. ``_solve_kernel``: T = (I + A)^-1 per chunk, from 16 x 16 blocks of A formed directly (diagonal blocks by
-   forward substitution, the rest by block substitution with float32-accurate matmuls). Saved for the backward.
+   forward substitution, the rest by block substitution with float32-operand matmuls). Saved for the backward.
 2. ``_chunk_fwd_kernel``: gate sums, Gamma, then W, U, Qt, PU, Kt ([C, 64] tiles at most).
 3. ``_scan_fwd_kernel``: O and the final state.
 
@@ -48,8 +48,9 @@ Numerics. Every log-decay is a direct sum of non-positive gates over a contiguou
 along axis 0 of a masked C x C matrix for the pairs, masked row sums for E, block head/tail sums in the solve
 kernel), never a difference of cumulative sums, so a chunk holding a gate of -1e4 loses no precision in the pairs
 after it. Exponents are masked to -inf before ``exp``, so no positive exponent is formed. The state, all gate
-sums, K K^T and the inverse T are float32 and every matmul accumulates in float32. ``matmul_dtype`` sets the
-operand dtype of the matmuls and the storage dtype of W, U, Qt, PU, Kt, v_new and the saved states:
+sums, K K^T and the inverse T are computed in float32 and every matmul accumulates in float32. ``matmul_dtype``
+sets the operand dtype of the matmuls and the storage dtype of T, W, U, Qt, PU, Kt, v_new and the saved states
+(T meets the matmuls only as an operand, so storing it in that dtype loses nothing):
 float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core passes, ``TF32_TF32_F32_X3``,
 relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
 1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). It is also the storage dtype
@@ -123,9 +124,9 @@ class _Config:
         return min(64, self.key_width & -self.key_width)
 
 
-# Warps per kernel, by pallas_call name: 4 everywhere; 8 measured slower for the kernels tried on an H100
-# (BENCHMARKS.md). ``tools/bench_gdn.py --warps NAME=W`` overrides entries before anything is traced, and
-# ``--sweep-warps`` times each kernel at 2, 4 and 8.
+# Warps per kernel, by pallas_call name: the fastest of 1, 2, 4 and 8 on an H100 at the Olmo Hybrid shape
+# (``tools/bench_gdn.py --sweep-warps``, BENCHMARKS.md): 1 for the solve, whose 16 x 16 blocks fit one warp, 4 for
+# the rest. ``--warps NAME=W`` overrides entries before anything is traced.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
@@ -138,7 +139,7 @@ KERNEL_WARPS = dict.fromkeys(
         "gdn_finish_bwd",
     ),
     4,
-)
+) | {"gdn_solve": 1}
 
 
 def _scan_stages(step_bytes: int, programs_per_sm: int = 1) -> int:
@@ -278,7 +279,8 @@ _SUB = 16  # rows per diagonal block of the inverse
 
 
 def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config) -> None:
-    """One chunk: k [C, K], g, beta, doc [C] -> T = (I + A)^-1 [C, C], float32.
+    """One chunk: k [C, K], g, beta, doc [C] -> T = (I + A)^-1 [C, C], computed in float32, stored in the matmul
+    dtype.
 
     A = strictly_lower(diag(beta) (K K^T * Gamma)) is formed directly in 16 x 16 blocks (i >= j): the log-decay
     of the pair (r, c) in blocks (i, j), i > j, is (g summed over block i up to r) + (whole blocks between) +
@@ -296,19 +298,23 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
     tail = [jnp.sum(jnp.where(cols > rows, x[None, :], 0.0), axis=1) for x in g]  # over (c, block end)
     total = [jnp.sum(x) for x in g]
 
+    pairs = [(i, j) for i in range(blocks) for j in range(i + 1)]
+    kk = dict.fromkeys(pairs, jnp.zeros((_SUB, _SUB), _F32))
+    for keys in _key_blocks(cfg):
+        tiles = [k_ref[span, keys] for span in spans]
+        for i, j in pairs:
+            kk[i, j] += _mm(tiles[i], tiles[j], cfg, transpose_b=True)
+
     def block_a(i: int, j: int) -> jax.Array:
-        kk = jnp.zeros((_SUB, _SUB), _F32)
-        for keys in _key_blocks(cfg):
-            kk += _mm(k_ref[spans[i], keys], k_ref[spans[j], keys], cfg, transpose_b=True)
         if i == j:
             pair_log = jnp.cumsum(jnp.where(cols < rows, g[i][:, None], 0.0), axis=0)
             mask = (cols < rows) & (doc[i][:, None] == doc[i][None, :])
         else:
             pair_log = head[i][:, None] + sum(total[j + 1 : i], jnp.zeros((), _F32)) + tail[j][None, :]
             mask = doc[i][:, None] == doc[j][None, :]
-        return jnp.where(mask, beta[i][:, None] * kk * jnp.exp(jnp.where(mask, pair_log, -jnp.inf)), 0.0)
+        return jnp.where(mask, beta[i][:, None] * kk[i, j] * jnp.exp(jnp.where(mask, pair_log, -jnp.inf)), 0.0)
 
-    a = {(i, j): block_a(i, j) for i in range(blocks) for j in range(i + 1)}
+    a = {pair: block_a(*pair) for pair in pairs}
     t = dict(zip([(i, i) for i in range(blocks)], _unit_lower_inverses([a[i, i] for i in range(blocks)])))
     for i in range(1, blocks):
         for j in range(i - 1, -1, -1):
@@ -317,7 +323,7 @@ def _solve_kernel(k_ref, g_ref, beta_ref, doc_ref, inverse_ref, *, cfg: _Config)
     zeros = jnp.zeros((_SUB, _SUB), _F32)
     for i in range(blocks):
         for j in range(blocks):
-            inverse_ref[spans[i], spans[j]] = t.get((i, j), zeros)
+            inverse_ref[spans[i], spans[j]] = t.get((i, j), zeros).astype(inverse_ref.dtype)
 
 
 def _chunk_fwd_kernel(
@@ -715,7 +721,7 @@ def _chunk_call(kernel, cfg: _Config, name: str, args: list, in_specs: list, out
 
 
 def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
-    """T = (I + A)^-1 of every chunk, float32 [B * H, T, C] (rows of chunk n at n * C).
+    """T = (I + A)^-1 of every chunk, [B * H, T, C] in the matmul dtype (rows of chunk n at n * C).
 
     k: [B, T, H, key_width]; g, beta: float32 [B, T, H]; doc: int32 [B, T].
     """
@@ -727,7 +733,7 @@ def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Co
         "gdn_solve",
         [k, g, beta, doc],
         [_input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True), gate, gate, _doc_spec(cfg, cfg.chunk, chunks=True)],
-        [(_chunk_spec(cfg, cfg.chunk), jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.chunk), _F32))],
+        [(_chunk_spec(cfg, cfg.chunk), jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.chunk), cfg.matmul_dtype))],
     )
     return inverse
 
