@@ -531,47 +531,23 @@ def _value_bwd_kernel(
 
 
 def _key_bwd_kernel(
-    q_ref,
-    k_ref,
-    g_ref,
-    beta_ref,
-    doc_ref,
-    w_ref,
-    dw_ref,
-    dqt_ref,
-    dkt_ref,
-    dp_ref,
-    dinv_ref,
-    dp_out_ref,
-    dinv_out_ref,
-    dw_out_ref,
-    ddecay_in_ref,
-    ddecay_out_ref,
-    *,
-    cfg: _Config,
+    q_ref, k_ref, g_ref, doc_ref, dw_ref, dqt_ref, dkt_ref, dw_out_ref, ddecay_in_ref, ddecay_out_ref, *, cfg: _Config
 ) -> None:
-    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
+    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, Kt = diag(E) K.
 
-    Adds the K-parts to the cotangents of P and T [C, C]; writes dW including the P W path [C, K] and the
-    cotangents of the decay factors D (without the W path) and E [C].
+    Writes dW including the P W path [C, K] and the cotangents of the decay factors D (without the W path) and E
+    [C]. The C x C parts of this side go to ``_pairs_bwd_kernel``, so this kernel holds one C x C value, P.
     """
-    gamma, decay_in, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
     p = _key_product(q_ref, k_ref, cfg) * gamma
-    beta_decay = beta_ref[...] * decay_in
-    d_p, d_inverse = dp_ref[...], dinv_ref[...]
-    d_decay_in = jnp.zeros_like(decay_in)
-    d_decay_out = jnp.zeros_like(decay_in)
+    d_decay_in = jnp.zeros((cfg.chunk,), _F32)
+    d_decay_out = jnp.zeros_like(d_decay_in)
     for keys in _key_blocks(cfg, 32):
-        dqt, dkt = dqt_ref[:, keys].astype(_F32), dkt_ref[:, keys].astype(_F32)
+        dqt = dqt_ref[:, keys].astype(_F32)
         dw = dw_ref[:, keys].astype(_F32) - _mm(p, dqt, cfg, transpose_a=True)
         dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
-        k = k_ref[:, keys].astype(_F32)
         d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
-        d_decay_out += jnp.sum(k * dkt, axis=1)
-        d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
-        d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, transpose_b=True)
-    dp_out_ref[...] = d_p
-    dinv_out_ref[...] = d_inverse
+        d_decay_out += jnp.sum(k_ref[:, keys].astype(_F32) * dkt_ref[:, keys].astype(_F32), axis=1)
     ddecay_in_ref[...] = d_decay_in
     ddecay_out_ref[...] = d_decay_out
 
@@ -583,6 +559,9 @@ def _pairs_bwd_kernel(
     beta_ref,
     doc_ref,
     inverse_ref,
+    w_ref,
+    dw_ref,
+    dqt_ref,
     dp_ref,
     dinv_ref,
     dbeta_ref,
@@ -594,17 +573,24 @@ def _pairs_bwd_kernel(
     cfg: _Config,
 ) -> None:
     """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma
-    to the pair level. Writes d(Q K^T) and d(K K^T) (symmetrised) [C, C] in the storage dtype, the row less column
-    sums of the pair cotangent [C] (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
+    to the pair level. Adds the key side's parts (through Qt = diag(D) Q - P W and W = T diag(beta D) K, from W,
+    dW and dQt [C, K]) to the value side's cotangents of P and T [C, C]. Writes d(Q K^T) and d(K K^T)
+    (symmetrised) [C, C] in the storage dtype, the row less column sums of the pair cotangent [C]
+    (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
     rows, cols = _positions(cfg.chunk)
     lower = rows > cols
-    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    gamma, decay_in, _ = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
-    d_qk = dp_ref[...] * gamma
+    d_p, d_inverse = dp_ref[...], dinv_ref[...]
+    for keys in _key_blocks(cfg, 32):
+        d_p -= _mm(dqt_ref[:, keys], w_ref[:, keys], cfg, transpose_b=True)
+        k = (beta * decay_in)[:, None] * k_ref[:, keys].astype(_F32)
+        d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
+    d_qk = d_p * gamma
     dqk_ref[...] = d_qk.astype(dqk_ref.dtype)
     d_pair = d_qk * _key_product(q_ref, k_ref, cfg)
     inverse = inverse_ref[...]
-    d_a = -_mm(_mm(inverse, dinv_ref[...], cfg, transpose_a=True), inverse, cfg, transpose_b=True)
+    d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
     d_a = jnp.where(lower, d_a, 0.0)
     d_a_kk = d_a * _key_product(k_ref, k_ref, cfg) * gamma
     dbeta_out_ref[...] = dbeta_ref[...] + jnp.sum(d_a_kk, axis=1)
@@ -922,26 +908,21 @@ def _chunk_backward(
         [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_spec, value_in],
         [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
     )
-    d_p, d_inverse, dw, d_decay_in, d_decay_out = _chunk_call(
+    dw, d_decay_in, d_decay_out = _chunk_call(
         _key_bwd_kernel,
         cfg,
         "gdn_key_bwd",
-        [q, k, *gates, w, dw, dqt, dkt, d_p, d_inverse],
-        [key_in, key_in, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
-        [
-            square,
-            square,
-            (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)),
-        ]
-        + [vector, vector],
+        [q, k, g, doc, dw, dqt, dkt],
+        [key_in, key_in, gate, _doc_spec(cfg, cfg.chunk, chunks=True)] + [key_spec] * 3,
+        [(key_spec, jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)), vector, vector],
     )
     square_stored = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), cfg.matmul_dtype))
     d_qk, d_kk, pair_sums, d_beta = _chunk_call(
         _pairs_bwd_kernel,
         cfg,
         "gdn_pairs_bwd",
-        [q, k, *gates, inverse, d_p, d_inverse, d_beta],
-        [key_in, key_in, *gate_specs] + [square_spec] * 3 + [vector_spec],
+        [q, k, *gates, inverse, w, dw, dqt, d_p, d_inverse, d_beta],
+        [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec],
         [square_stored, square_stored, vector, vector],
     )
     dq, dk, dg, d_beta = _chunk_call(
