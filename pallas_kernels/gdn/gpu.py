@@ -40,9 +40,10 @@ the model's rematerialisation they live only while the layer's backward runs):
    and does only the three matmuls on the sequential path.
 6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d))
    from the saved states, chunk-parallel.
-7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value side,
-   key side, then through T, Gamma and the gate sums) to dq, dk, dv, dg, dbeta. Three kernels rather than one
-   keep each one's C x C values in registers (one kernel spilled gigabytes to local memory on an H100).
+7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra
+   backwards (value side, key side, through T and Gamma to the pair level, then the key loop and the gate sums) to
+   dq, dk, dv, dg, dbeta. Four kernels rather than one keep each one's C x C values in registers (one kernel
+   spilled gigabytes to local memory on an H100).
 
 Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
 along axis 0 of a masked C x C matrix for the pairs, masked row sums for E, block head/tail sums in the solve
@@ -136,6 +137,7 @@ KERNEL_WARPS = dict.fromkeys(
         "gdn_contract_bwd",
         "gdn_value_bwd",
         "gdn_key_bwd",
+        "gdn_pairs_bwd",
         "gdn_finish_bwd",
     ),
     4,
@@ -234,20 +236,20 @@ def _unit_lower_inverses(blocks: list[jax.Array]) -> list[jax.Array]:
     return list(jax.lax.fori_loop(1, size, substitute, (identity,) * len(blocks)))
 
 
-def _gate_grad(d_pair: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
+def _gate_grad(pair_sums: jax.Array, d_in: jax.Array, d_out: jax.Array, d_all: jax.Array) -> jax.Array:
     """dg [C] from the cotangents of the chunk's gate sums.
 
     Args:
-      d_pair: [C, C], the cotangent of L_ij = sum of g over (j, i], zero for j >= i.
+      pair_sums: [C], row sums less column sums of d_pair [C, C], the cotangent of L_ij = sum of g over (j, i]
+        (zero for j >= i).
       d_in, d_out: [C], the cotangents of the sums over [0, i] and over (j, C).
       d_all: scalar, the cotangent of the sum over the whole chunk.
 
     g_m is in L_ij when j < m <= i, so its pair part is sum_{i >= m} (row sum i - column sum i) of d_pair (the
     pairs with i >= m less those with j >= m); it is in [0, i] when m <= i and in (j, C) when j < m.
     """
-    rows, cols = _positions(d_pair.shape[0])
-    from_start = jnp.sum(d_pair, axis=1) - jnp.sum(d_pair, axis=0) + d_in
-    return jnp.sum(jnp.where(rows >= cols, from_start[:, None], d_out[:, None]), axis=0) + d_all
+    rows, cols = _positions(pair_sums.shape[0])
+    return jnp.sum(jnp.where(rows >= cols, (pair_sums + d_in)[:, None], d_out[:, None]), axis=0) + d_all
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -543,49 +545,73 @@ def _value_bwd_kernel(
 
 
 def _key_bwd_kernel(
+    q_ref, k_ref, g_ref, doc_ref, dw_ref, dqt_ref, dkt_ref, dw_out_ref, ddecay_in_ref, ddecay_out_ref, *, cfg: _Config
+) -> None:
+    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, Kt = diag(E) K.
+
+    Writes dW including the P W path [C, K] and the cotangents of the decay factors D (without the W path) and E
+    [C]. The C x C parts of this side go to ``_pairs_bwd_kernel``, so this kernel holds one C x C value, P.
+    """
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    p = _key_product(q_ref, k_ref, cfg) * gamma
+    d_decay_in = jnp.zeros((cfg.chunk,), _F32)
+    d_decay_out = jnp.zeros_like(d_decay_in)
+    for keys in _key_blocks(cfg, 32):
+        dqt = dqt_ref[:, keys].astype(_F32)
+        dw = dw_ref[:, keys].astype(_F32) - _mm(p, dqt, cfg, transpose_a=True)
+        dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
+        d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
+        d_decay_out += jnp.sum(k_ref[:, keys].astype(_F32) * dkt_ref[:, keys].astype(_F32), axis=1)
+    ddecay_in_ref[...] = d_decay_in
+    ddecay_out_ref[...] = d_decay_out
+
+
+def _pairs_bwd_kernel(
     q_ref,
     k_ref,
     g_ref,
     beta_ref,
     doc_ref,
+    inverse_ref,
     w_ref,
     dw_ref,
     dqt_ref,
-    dkt_ref,
     dp_ref,
     dinv_ref,
-    dp_out_ref,
-    dinv_out_ref,
-    dw_out_ref,
-    ddecay_in_ref,
-    ddecay_out_ref,
+    dbeta_ref,
+    dqk_ref,
+    dkk_ref,
+    pair_sums_ref,
+    dbeta_out_ref,
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, W = T diag(beta D) K, Kt = diag(E) K.
-
-    Adds the K-parts to the cotangents of P and T [C, C]; writes dW including the P W path [C, K] and the
-    cotangents of the decay factors D (without the W path) and E [C].
-    """
+    """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma
+    to the pair level. Adds the key side's parts (through Qt = diag(D) Q - P W and W = T diag(beta D) K, from W,
+    dW and dQt [C, K]) to the value side's cotangents of P and T [C, C]. Writes d(Q K^T) and d(K K^T)
+    (symmetrised) [C, C] in the storage dtype, the row less column sums of the pair cotangent [C]
+    (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
+    rows, cols = _positions(cfg.chunk)
+    lower = rows > cols
     gamma, decay_in, _ = _chunk_gates(g_ref[...], doc_ref[...])
-    p = _key_product(q_ref, k_ref, cfg) * gamma
-    beta_decay = beta_ref[...] * decay_in
+    beta = beta_ref[...]
     d_p, d_inverse = dp_ref[...], dinv_ref[...]
-    d_decay_in = jnp.zeros_like(decay_in)
-    d_decay_out = jnp.zeros_like(decay_in)
     for keys in _key_blocks(cfg, 32):
-        dqt, dkt = dqt_ref[:, keys].astype(_F32), dkt_ref[:, keys].astype(_F32)
-        dw = dw_ref[:, keys].astype(_F32) - _mm(p, dqt, cfg, transpose_a=True)
-        dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
-        k = k_ref[:, keys].astype(_F32)
-        d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
-        d_decay_out += jnp.sum(k * dkt, axis=1)
-        d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
-        d_inverse += _mm(dw, beta_decay[:, None] * k, cfg, transpose_b=True)
-    dp_out_ref[...] = d_p
-    dinv_out_ref[...] = d_inverse
-    ddecay_in_ref[...] = d_decay_in
-    ddecay_out_ref[...] = d_decay_out
+        d_p -= _mm(dqt_ref[:, keys], w_ref[:, keys], cfg, transpose_b=True)
+        k = (beta * decay_in)[:, None] * k_ref[:, keys].astype(_F32)
+        d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
+    d_qk = d_p * gamma
+    dqk_ref[...] = d_qk.astype(dqk_ref.dtype)
+    d_pair = d_qk * _key_product(q_ref, k_ref, cfg)
+    inverse = inverse_ref[...]
+    d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
+    d_a = jnp.where(lower, d_a, 0.0)
+    d_a_kk = d_a * _key_product(k_ref, k_ref, cfg) * gamma
+    dbeta_out_ref[...] = dbeta_ref[...] + jnp.sum(d_a_kk, axis=1)
+    d_pair = jnp.where(lower, d_pair + beta[:, None] * d_a_kk, 0.0)  # d(Gamma) * Gamma: the cotangent of L
+    pair_sums_ref[...] = jnp.sum(d_pair, axis=1) - jnp.sum(d_pair, axis=0)
+    d_kk = d_a * beta[:, None] * gamma
+    dkk_ref[...] = (d_kk + d_kk.T).astype(dkk_ref.dtype)
 
 
 def _finish_bwd_kernel(
@@ -598,8 +624,9 @@ def _finish_bwd_kernel(
     dw_ref,
     dqt_ref,
     dkt_ref,
-    dp_ref,
-    dinv_ref,
+    dqk_ref,
+    dkk_ref,
+    pair_sums_ref,
     dbeta_ref,
     ddecay_in_ref,
     ddecay_out_ref,
@@ -611,24 +638,13 @@ def _finish_bwd_kernel(
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)), P = (Q K^T) * Gamma
-    and the gate sums, to dq, dk [C, K], dg and dbeta [C]. dw [C, K] already holds the P W path."""
-    rows, cols = _positions(cfg.chunk)
+    """One chunk: from the pair-level cotangents of ``_pairs_bwd_kernel`` and dw [C, K] (which already holds the
+    P W path) to dq, dk [C, K], dg and dbeta [C]."""
     g, doc = g_ref[...], doc_ref[...]
-    gamma, decay_in, decay_out = _chunk_gates(g, doc)
+    _, decay_in, decay_out = _chunk_gates(g, doc)
     beta = beta_ref[...]
-    inverse = inverse_ref[...]
-    d_a = -_mm(_mm(inverse, dinv_ref[...], cfg, transpose_a=True), inverse, cfg, transpose_b=True)
-    d_a = jnp.where(rows > cols, d_a, 0.0)
-    kk_gamma = _key_product(k_ref, k_ref, cfg) * gamma
-    d_beta = dbeta_ref[...] + jnp.sum(d_a * kk_gamma, axis=1)
-    d_p = dp_ref[...]
-    d_pair = beta[:, None] * d_a * kk_gamma + d_p * _key_product(q_ref, k_ref, cfg) * gamma
-    d_pair = jnp.where(rows > cols, d_pair, 0.0)  # d(Gamma) * Gamma, the cotangent of L (L_ii = 0 is constant)
-    d_qk = d_p * gamma
-    d_kk = d_a * beta[:, None] * gamma
-    d_kk_sym = d_kk + d_kk.T
     beta_decay = beta * decay_in
+    inverse, d_qk, d_kk = inverse_ref[...], dqk_ref[...], dkk_ref[...]
     k_dxw = jnp.zeros_like(beta)
     for keys in _key_blocks(cfg, 32):
         q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
@@ -638,12 +654,12 @@ def _finish_bwd_kernel(
         dq_ref[:, keys] = dq.astype(dq_ref.dtype)
         dk = decay_out[:, None] * dkt_ref[:, keys].astype(_F32) + beta_decay[:, None] * d_xw
         dk += _mm(d_qk, q, cfg, transpose_a=True)
-        dk_ref[:, keys] = (dk + _mm(d_kk_sym, k, cfg)).astype(dk_ref.dtype)
-    dbeta_out_ref[...] = d_beta + decay_in * k_dxw
+        dk_ref[:, keys] = (dk + _mm(d_kk, k, cfg)).astype(dk_ref.dtype)
+    dbeta_out_ref[...] = dbeta_ref[...] + decay_in * k_dxw
     d_decay_in = ddecay_in_ref[...] + beta * k_dxw
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
     dg_ref[...] = _gate_grad(
-        d_pair, d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
+        pair_sums_ref[...], d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
     )
 
 
@@ -879,7 +895,7 @@ def _chunk_backward(
     cfg: _Config,
 ) -> tuple[jax.Array, ...]:
     """dq, dk [B, T, H, key_width] in q's and k's dtype, dv [B, T, H, V] in v's dtype, dg, dbeta [B, T, H] (float32),
-    in three chunk-parallel kernels (value side, key side, then through the inverse and the gates), each small
+    in four chunk-parallel kernels (value side, key side, pair level, then the key loop and the gates), each small
     enough to keep its values in registers.
 
     inputs: q, k, v, g, beta, doc (caller layout). partials: dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] from
@@ -906,27 +922,31 @@ def _chunk_backward(
         [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_spec, value_in],
         [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
     )
-    d_p, d_inverse, dw, d_decay_in, d_decay_out = _chunk_call(
+    dw, d_decay_in, d_decay_out = _chunk_call(
         _key_bwd_kernel,
         cfg,
         "gdn_key_bwd",
-        [q, k, *gates, w, dw, dqt, dkt, d_p, d_inverse],
-        [key_in, key_in, *gate_specs] + [key_spec] * 4 + [square_spec] * 2,
-        [
-            square,
-            square,
-            (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)),
-        ]
-        + [vector, vector],
+        [q, k, g, doc, dw, dqt, dkt],
+        [key_in, key_in, gate, _doc_spec(cfg, cfg.chunk, chunks=True)] + [key_spec] * 3,
+        [(key_spec, jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)), vector, vector],
+    )
+    square_stored = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), cfg.matmul_dtype))
+    d_qk, d_kk, pair_sums, d_beta = _chunk_call(
+        _pairs_bwd_kernel,
+        cfg,
+        "gdn_pairs_bwd",
+        [q, k, *gates, inverse, w, dw, dqt, d_p, d_inverse, d_beta],
+        [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec],
+        [square_stored, square_stored, vector, vector],
     )
     dq, dk, dg, d_beta = _chunk_call(
         _finish_bwd_kernel,
         cfg,
         "gdn_finish_bwd",
-        [q, k, *gates, inverse, dw, dqt, dkt, d_p, d_inverse, d_beta, d_decay_in, d_decay_out, d_decay],
+        [q, k, *gates, inverse, dw, dqt, dkt, d_qk, d_kk, pair_sums, d_beta, d_decay_in, d_decay_out, d_decay],
         [key_in, key_in, *gate_specs, square_spec, _chunk_spec(cfg, cfg.key_width), key_spec, key_spec]
         + [square_spec] * 2
-        + [vector_spec] * 4,
+        + [vector_spec] * 5,
         [(key_in, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_in, jax.ShapeDtypeStruct(k.shape, k.dtype))]
         + [gate_out, gate_out],
     )
