@@ -104,7 +104,7 @@ def test_solve_kernel_matches_float64(chunk: int):
     near 0 and -1e4, beta up to 2, and document starts (A and Gamma are zero across documents)."""
     x = random_inputs(chunk, (1, 2 * chunk, 2, 24, 8), "mixed")
     length = 2 * chunk
-    cfg = gpu._make_config(x["q"], x["v"], {}, chunk, True, jnp.float32, None)
+    cfg = gpu._make_config(x["q"], x["v"], {}, chunk, True, jnp.float32, None, 0.5)
     _, k, _, g, beta, doc = gpu._prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], x["resets"], cfg)
     inverse = np.asarray(gpu._solve(k, g, beta, doc, cfg), np.float64)
     k, g, beta, doc = (np.asarray(a, np.float64) for a in (k, g, beta, doc))
@@ -162,6 +162,17 @@ def test_bad_input_raises_before_launch(case: str):
     chunk_size = kwargs.pop("chunk_size")
     with pytest.raises(ValueError, match=r"^gated_delta_rule: .*" + message):
         gpu.pallas_gpu_gated_delta_rule(q, k, v, g, beta, state, resets, 0.25, chunk_size, **kwargs)
+
+
+def test_traced_scale_raises_before_launch():
+    """The scale is compiled into the kernels: a traced one is refused with a message saying so."""
+    x = random_inputs(3, (1, 12, 2, 16, 24), "mixed")
+
+    def run(scale):
+        return gpu.pallas_gpu_gated_delta_rule(*differentiable_args(x), x["resets"], scale, 16, interpret=True)
+
+    with pytest.raises(ValueError, match=r"^gated_delta_rule: scale .* must be a Python number"):
+        jax.jit(run)(0.25)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal on machines without a GPU")

@@ -216,7 +216,7 @@ def _stages(
     interpreter, for CPU tests). Jitting a function traces it with the warps in gpu.KERNEL_WARPS at that moment."""
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
-    cfg = gpu._make_config(q, v, {}, chunk, interpret, matmul_dtype, None)
+    cfg = gpu._make_config(q, v, {}, chunk, interpret, matmul_dtype, None, key_dim**-0.5)
     resets = jnp.zeros((batch, length), bool)
     q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
     h0 = jnp.zeros((batch * heads, cfg.key_width, cfg.value_dim), jnp.float32)

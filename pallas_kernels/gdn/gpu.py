@@ -96,6 +96,7 @@ class _Config:
     width / BV.
     matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
+    scale: the multiplier of q, applied inside the kernels (float32) rather than to a scaled copy of q.
     """
 
     chunk: int
@@ -105,6 +106,7 @@ class _Config:
     num_v_blocks: int
     matmul_dtype: np.dtype
     interpret: bool
+    scale: float
 
     @property
     def value_dim(self) -> int:
@@ -335,12 +337,12 @@ def _chunk_fwd_kernel(
     gamma, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
     inverse = inverse_ref[...]
-    p = _key_product(q_ref, k_ref, cfg) * gamma
+    p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
     for keys in _key_blocks(cfg):
         k = k_ref[:, keys].astype(_F32)
         w = _mm(inverse, (beta * decay_in)[:, None] * k, cfg)
         w_ref[:, keys] = w.astype(w_ref.dtype)
-        qt = decay_in[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
+        qt = (cfg.scale * decay_in)[:, None] * q_ref[:, keys].astype(_F32) - _mm(p, w, cfg)
         qt_ref[:, keys] = qt.astype(qt_ref.dtype)
         kt_ref[:, keys] = (decay_out[:, None] * k).astype(kt_ref.dtype)
     for columns in _value_tiles(cfg):
@@ -524,7 +526,7 @@ def _value_bwd_kernel(
     the cotangents of P and T [C, C].
     """
     gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
-    p = _key_product(q_ref, k_ref, cfg) * gamma
+    p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
     beta = beta_ref[...]
     inverse = inverse_ref[...]
     d_p = jnp.zeros_like(p)
@@ -553,7 +555,7 @@ def _key_bwd_kernel(
     [C]. The C x C parts of this side go to ``_pairs_bwd_kernel``, so this kernel holds one C x C value, P.
     """
     gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
-    p = _key_product(q_ref, k_ref, cfg) * gamma
+    p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
     d_decay_in = jnp.zeros((cfg.chunk,), _F32)
     d_decay_out = jnp.zeros_like(d_decay_in)
     for keys in _key_blocks(cfg, 32):
@@ -562,7 +564,7 @@ def _key_bwd_kernel(
         dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
         d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
         d_decay_out += jnp.sum(k_ref[:, keys].astype(_F32) * dkt_ref[:, keys].astype(_F32), axis=1)
-    ddecay_in_ref[...] = d_decay_in
+    ddecay_in_ref[...] = cfg.scale * d_decay_in  # Qt holds diag(D) (scale Q)
     ddecay_out_ref[...] = d_decay_out
 
 
@@ -602,7 +604,7 @@ def _pairs_bwd_kernel(
         d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
     d_qk = d_p * gamma
     dqk_ref[...] = d_qk.astype(dqk_ref.dtype)
-    d_pair = d_qk * _key_product(q_ref, k_ref, cfg)
+    d_pair = d_qk * (cfg.scale * _key_product(q_ref, k_ref, cfg))
     inverse = inverse_ref[...]
     d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
     d_a = jnp.where(lower, d_a, 0.0)
@@ -650,10 +652,10 @@ def _finish_bwd_kernel(
         q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
         d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True)  # d(diag(beta D) K)
         k_dxw += jnp.sum(k * d_xw, axis=1)
-        dq = decay_in[:, None] * dqt_ref[:, keys].astype(_F32) + _mm(d_qk, k, cfg)
-        dq_ref[:, keys] = dq.astype(dq_ref.dtype)
+        dq = decay_in[:, None] * dqt_ref[:, keys].astype(_F32) + _mm(d_qk, k, cfg)  # d(scale Q)
+        dq_ref[:, keys] = (cfg.scale * dq).astype(dq_ref.dtype)
         dk = decay_out[:, None] * dkt_ref[:, keys].astype(_F32) + beta_decay[:, None] * d_xw
-        dk += _mm(d_qk, q, cfg, transpose_a=True)
+        dk += cfg.scale * _mm(d_qk, q, cfg, transpose_a=True)
         dk_ref[:, keys] = (dk + _mm(d_kk, k, cfg)).astype(dk_ref.dtype)
     dbeta_out_ref[...] = dbeta_ref[...] + decay_in * k_dxw
     d_decay_in = ddecay_in_ref[...] + beta * k_dxw
@@ -972,7 +974,7 @@ def _gdn(
     """The forward on padded caller-layout inputs.
 
     Args:
-      q (already scaled), k: [B, T, H, key_width]; v: [B, T, H, V]; g, beta: float32 [B, T, H];
+      q, k: [B, T, H, key_width] (q unscaled: cfg.scale); v: [B, T, H, V]; g, beta: float32 [B, T, H];
       h0: float32 [B * H, key_width, V]; doc: int32 [B, T], document index within each chunk. T a multiple of C.
 
     Returns:
@@ -1035,8 +1037,11 @@ def _make_config(
     interpret: bool,
     matmul_dtype: Any,
     block_v: int | None,
+    scale: float,
 ) -> _Config:
     """Checks the limits of the kernels (ValueError before any launch) and picks the padding and tiles."""
+    if isinstance(scale, jax.core.Tracer):
+        _fail("scale is compiled into the pallas_gpu kernels and must be a Python number, not a traced value")
     for name, x in named.items():
         if np.dtype(x.dtype) not in _INPUT_DTYPES:
             _fail(f"the pallas_gpu kernel takes float32 or bfloat16 inputs; {name} has dtype {x.dtype}")
@@ -1062,6 +1067,7 @@ def _make_config(
         num_v_blocks=-(-value_dim // block_v),
         matmul_dtype=np.dtype(matmul_dtype),
         interpret=bool(interpret),
+        scale=float(scale),
     )
 
 
@@ -1112,7 +1118,6 @@ def _run(
     beta: jax.Array,
     initial_state: jax.Array,
     resets: jax.Array,
-    scale: float | jax.Array,
     cfg: _Config,
 ) -> tuple[jax.Array, jax.Array]:
     """Pads what the kernels need padded, runs ``_gdn`` and slices back to [B, T, H, V] / [B, H, K, V]."""
@@ -1120,7 +1125,7 @@ def _run(
     value_dim = v.shape[-1]
     pads = ((0, 0), (0, 0), (0, cfg.key_width - key_dim), (0, cfg.value_dim - value_dim))
     h0 = jnp.pad(initial_state.astype(_F32), pads).reshape(batch * heads, cfg.key_width, cfg.value_dim)
-    q, k, v, g, beta, doc = _prepare((q * scale).astype(q.dtype), k, v, g, beta, resets, cfg)
+    q, k, v, g, beta, doc = _prepare(q, k, v, g, beta, resets, cfg)
     o, final = _gdn(q, k, v, g, beta, h0, doc, cfg)
     final = final.reshape(batch, heads, cfg.key_width, cfg.value_dim)
     return o[:, :length, :, :value_dim], final[:, :, :key_dim, :value_dim]
@@ -1134,7 +1139,7 @@ def pallas_gpu_gated_delta_rule(
     beta: jax.Array,
     initial_state: jax.Array,
     resets: jax.Array,
-    scale: float | jax.Array,
+    scale: float,
     chunk_size: int,
     *,
     interpret: bool = False,
@@ -1148,7 +1153,7 @@ def pallas_gpu_gated_delta_rule(
         K, V <= 256, any T.
       initial_state: [B, H, K, V].
       resets: bool [B, T]; True where the state is zeroed before the token.
-      scale: multiplier applied to q (folded into q before the kernels, in q's dtype).
+      scale: multiplier applied to q, a Python number: the kernels apply it in float32 (no scaled copy of q).
       chunk_size: C in (16, 32, 64).
       interpret: run the kernels with the Pallas interpreter (CPU tests).
       matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
@@ -1158,10 +1163,11 @@ def pallas_gpu_gated_delta_rule(
       o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in float32.
 
     Raises:
-      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, or block_v.
+      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, or block_v, or a traced
+        scale.
     """
     named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
-    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v)
+    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v, scale)
     if q.shape[1] == 0:
         return jnp.zeros(v.shape, v.dtype), initial_state.astype(_F32)
-    return _run(q, k, v, g, beta, initial_state, resets, scale, cfg)
+    return _run(q, k, v, g, beta, initial_state, resets, cfg)
