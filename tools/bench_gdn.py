@@ -201,7 +201,7 @@ STAGE_KERNELS = {
     "solve": ("gdn_solve",),
     "chunk_fwd": ("gdn_chunk_fwd",),
     "scan_fwd": ("gdn_scan_fwd",),
-    "scans_bwd": ("gdn_scans_bwd",),
+    "scan_bwd": ("gdn_scan_bwd",),
     "contract_bwd": ("gdn_contract_bwd",),
     "chunk_bwd": ("gdn_value_bwd", "gdn_key_bwd", "gdn_pairs_bwd", "gdn_finish_bwd"),
 }
@@ -231,9 +231,9 @@ def _stages(
 
     inverse = stage("solve", lambda *a: gpu._solve(*a, cfg), k, g, beta, doc)
     w, u, qt, kt, pu = stage("chunk_fwd", lambda *a: gpu._chunk_forward(*a, cfg), q, k, v, g, beta, doc, inverse)
-    stage("scan_fwd", lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16), w, u, kt, qt, pu, g, doc, h0)
-    scans = stage("scans_bwd", lambda *a: gpu._scans_backward(*a, cfg), w, u, qt, kt, g, doc, h0, do, dfinal)
-    states, v_new, du, d_states, _ = scans
+    scan = lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16, save=True)  # noqa: E731
+    _, _, states, v_new = stage("scan_fwd", scan, w, u, kt, qt, pu, g, doc, h0)
+    du, d_states, _ = stage("scan_bwd", lambda *a: gpu._scan_backward(*a, cfg), w, qt, kt, g, doc, do, dfinal)
     partials = stage("contract_bwd", lambda *a: gpu._contract_backward(*a, cfg), v_new, states, d_states, do, du)
     chunk_bwd = lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg)  # noqa: E731
     stage("chunk_bwd", chunk_bwd, q, k, v, g, beta, doc, inverse, w, u, du, do, *partials)

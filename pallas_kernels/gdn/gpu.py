@@ -30,17 +30,16 @@ Forward:
 1. ``_solve_kernel``: T = (I + A)^-1 per chunk, from 16 x 16 blocks of A formed directly (diagonal blocks by
    forward substitution, the rest by block substitution with float32-operand matmuls). Saved for the backward.
 2. ``_chunk_fwd_kernel``: gate sums, Gamma, then W, U, Qt, PU, Kt ([C, 64] tiles at most).
-3. ``_scan_fwd_kernel``: O and the final state.
+3. ``_scan_fwd_kernel``: O and the final state; under differentiation also the state entering every chunk and
+   v_new = U - W S, for the backward.
 
-Backward (a ``jax.custom_vjp``; the forward saves its inputs, T and W, U, Qt, Kt, which it writes anyway; under
-the model's rematerialisation they live only while the layer's backward runs):
-4. ``_scan_pair_kernel``, grid (B * H, V / BV, 2), the two independent scans in one launch: ``_scan_fwd_kernel``
-   in its states mode (the state entering every chunk and v_new = U - W S) and
-5. ``_scan_bwd_kernel``, the reverse loop carrying dS: it writes dU = d(v_new) and the dS leaving every chunk,
-   and does only the three matmuls on the sequential path.
-6. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d))
+Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, U, Qt, Kt and the states and v_new, which it
+writes anyway; under the model's rematerialisation they live only while the layer's backward runs):
+4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
+   leaving every chunk, and does only the three matmuls on the sequential path.
+5. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d))
    from the saved states, chunk-parallel.
-7. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra
+6. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra
    backwards (value side, key side, through T and Gamma to the pair level, then the key loop and the gate sums) to
    dq, dk, dv, dg, dbeta. Four kernels rather than one keep each one's C x C values in registers (one kernel
    spilled gigabytes to local memory on an H100).
@@ -135,7 +134,7 @@ KERNEL_WARPS = dict.fromkeys(
         "gdn_solve",
         "gdn_chunk_fwd",
         "gdn_scan_fwd",
-        "gdn_scans_bwd",
+        "gdn_scan_bwd",
         "gdn_contract_bwd",
         "gdn_value_bwd",
         "gdn_key_bwd",
@@ -146,10 +145,10 @@ KERNEL_WARPS = dict.fromkeys(
 ) | {"gdn_solve": 1}
 
 
-def _scan_stages(step_bytes: int, programs_per_sm: int = 1) -> int:
-    """Scans prefetch the next chunk's tiles (2 stages) while the double buffers of ``programs_per_sm`` programs
-    fit in an SM's shared memory (228 KiB on an H100; 220 KiB leaves room for layout conversions)."""
-    return 2 if programs_per_sm * 2 * step_bytes <= 220 * 1024 else 1
+def _scan_stages(step_bytes: int) -> int:
+    """Scans prefetch the next chunk's tiles (2 stages) while their double buffers fit in an SM's shared memory
+    (228 KiB on an H100; 220 KiB leaves room for layout conversions)."""
+    return 2 if 2 * step_bytes <= 220 * 1024 else 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -368,34 +367,31 @@ def _state_rows(n: jax.Array, part: pl.Slice, cfg: _Config) -> pl.Slice:
     return pl.ds(pl.multiple_of(n * cfg.key_width + part.start, 16), part.size)
 
 
-def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _Config, outputs: bool) -> None:
+def _scan_fwd_kernel(
+    w_ref, u_ref, kt_ref, qt_ref, pu_ref, g_ref, doc_ref, h0_ref, o_ref, final_ref, *saved_refs, cfg: _Config
+) -> None:
     """One (head, value tile): the loop over chunks carrying S [K, BV] (one tile per key part).
 
-    Inputs per head: W, Kt [T, K]; U [T, BV]; g, doc [T]; h0 [K, BV]; if ``outputs`` also Qt [T, K] and
-    PU [T, BV]. Writes O [T, BV] and the final state [K, BV] if ``outputs``, else the state entering each chunk
-    [N * K, BV] and v_new = U - W S [T, BV].
+    Inputs per head: W, Kt, Qt [T, K]; U, PU [T, BV]; g, doc [T]; h0 [K, BV]. Writes O [T, BV] and the final state
+    [K, BV]; with ``saved_refs`` (for the backward) also the state entering each chunk [N * K, BV] and
+    v_new = U - W S [T, BV].
     """
     chunk, parts = cfg.chunk, _key_parts(cfg)
     num_chunks = g_ref.shape[0] // chunk
-    if outputs:
-        qt_ref, pu_ref, o_ref, final_ref = refs
-    else:
-        states_ref, v_new_ref = refs
 
     def step(n: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
         v_new = u_ref[rows, :].astype(_F32)
+        o = pu_ref[rows, :].astype(_F32)
         for part, tile in zip(parts, state):
-            if not outputs:
-                states_ref[_state_rows(n, part, cfg), :] = tile.astype(states_ref.dtype)
             v_new -= _mm(w_ref[rows, part], tile, cfg)
-        if not outputs:
-            v_new_ref[rows, :] = v_new.astype(v_new_ref.dtype)
-        if outputs:
-            o = pu_ref[rows, :].astype(_F32)
+            o += _mm(qt_ref[rows, part], tile, cfg)
+        o_ref[rows, :] = o.astype(o_ref.dtype)
+        if saved_refs:
+            states_ref, v_new_ref = saved_refs
             for part, tile in zip(parts, state):
-                o += _mm(qt_ref[rows, part], tile, cfg)
-            o_ref[rows, :] = o.astype(o_ref.dtype)
+                states_ref[_state_rows(n, part, cfg), :] = tile.astype(states_ref.dtype)
+            v_new_ref[rows, :] = v_new.astype(v_new_ref.dtype)
         decay = _chunk_decay(g_ref[rows], doc_ref[rows])
         return tuple(
             decay * tile + _mm(kt_ref[rows, part], v_new, cfg, transpose_a=True) for part, tile in zip(parts, state)
@@ -403,9 +399,8 @@ def _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, *refs, cfg: _
 
     initial = tuple(h0_ref[part, :].astype(_F32) for part in parts)
     final = jax.lax.fori_loop(0, num_chunks, step, initial)
-    if outputs:
-        for part, tile in zip(parts, final):
-            final_ref[part, :] = tile
+    for part, tile in zip(parts, final):
+        final_ref[part, :] = tile
 
 
 def _scan_bwd_kernel(
@@ -440,41 +435,6 @@ def _scan_bwd_kernel(
     initial = tuple(dfinal_ref[part, :].astype(_F32) for part in parts)
     for part, tile in zip(parts, jax.lax.fori_loop(0, num_chunks, step, initial)):
         dh0_ref[part, :] = tile
-
-
-def _scan_pair_kernel(
-    w_ref,
-    u_ref,
-    qt_ref,
-    kt_ref,
-    g_ref,
-    doc_ref,
-    h0_ref,
-    do_ref,
-    dfinal_ref,
-    states_ref,
-    v_new_ref,
-    du_ref,
-    d_states_ref,
-    dh0_ref,
-    *,
-    cfg: _Config,
-) -> None:
-    """One (head, value tile, direction) of the backward's two scans, which are independent of each other:
-    direction 0 recomputes the states entering every chunk and v_new (``_scan_fwd_kernel``), direction 1 runs the
-    reverse loop (``_scan_bwd_kernel``). One launch runs both at once on twice the programs; either alone leaves
-    most of the GPU's SMs idle (B * H * V / BV programs)."""
-    forward = pl.program_id(2) == 0
-
-    @pl.when(forward)
-    def _states() -> None:
-        _scan_fwd_kernel(w_ref, u_ref, kt_ref, g_ref, doc_ref, h0_ref, states_ref, v_new_ref, cfg=cfg, outputs=False)
-
-    @pl.when(jnp.logical_not(forward))
-    def _reverse() -> None:
-        _scan_bwd_kernel(
-            w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, cfg=cfg
-        )
 
 
 def _contract_bwd_kernel(
@@ -800,65 +760,74 @@ def _scan_forward(
     h0: jax.Array,
     cfg: _Config,
     o_dtype: Any,
+    save: bool,
 ) -> list[jax.Array]:
-    """[o [B, T, H, V] in o_dtype, final state [B * H, K, V]]. g: [B, T, H], doc: [B, T]; the rest kernel layout."""
+    """[o [B, T, H, V] in o_dtype, final state [B * H, K, V] (float32)] and with ``save`` also [the states entering
+    each chunk [B * H, N * K, V], v_new [B * H, T, V]] in the storage dtype, for the backward. g: [B, T, H],
+    doc: [B, T]; the rest kernel layout."""
     heads, length, _ = w.shape
+    num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_width)
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
-    o_shape = (g.shape[0], length, cfg.heads, cfg.value_dim)
+    o_spec = _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)
+    outs = [
+        (o_spec, jax.ShapeDtypeStruct((g.shape[0], length, cfg.heads, cfg.value_dim), o_dtype)),
+        (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
+    ]
+    if save:
+        states_shape = (heads, num_chunks * cfg.key_width, cfg.value_dim)
+        outs += [
+            (_tile_spec(cfg, num_chunks * cfg.key_width), jax.ShapeDtypeStruct(states_shape, cfg.matmul_dtype)),
+            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
+        ]
     step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        functools.partial(_scan_fwd_kernel, outputs=True),
+        _scan_fwd_kernel,
         cfg,
         "gdn_scan_fwd",
         (heads, cfg.num_v_blocks),
-        [w, u, kt, g, doc, h0, qt, pu],
-        [key_spec, value_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False), state_spec, key_spec, value_spec],
-        [
-            (
-                _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True),
-                jax.ShapeDtypeStruct(o_shape, o_dtype),
-            ),
-            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
-        ],
+        [w, u, kt, qt, pu, g, doc, h0],
+        [key_spec, value_spec, key_spec, key_spec, value_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), state_spec],
+        outs,
         _scan_stages(step_bytes),
     )
 
 
-def _scans_backward(
+def _scan_backward(
     w: jax.Array,
-    u: jax.Array,
     qt: jax.Array,
     kt: jax.Array,
     g: jax.Array,
     doc: jax.Array,
-    h0: jax.Array,
     do: jax.Array,
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
-    """Both scans of the backward in one launch (``_scan_pair_kernel``): [states entering each chunk [B * H, N * K,
-    V], v_new [B * H, T, V], dU [B * H, T, V], dS leaving each chunk [B * H, N * K, V] (all in the storage dtype),
-    dh0 [B * H, K, V] (float32)]. g: [B, T, H], doc: [B, T], do: [B, T, H, V]; the rest kernel layout."""
+    """The reverse scan (``_scan_bwd_kernel``): [dU [B * H, T, V], dS leaving each chunk [B * H, N * K, V] (both in
+    the storage dtype), dh0 [B * H, K, V] (float32)]. g: [B, T, H], doc: [B, T], do: [B, T, H, V]; the rest kernel
+    layout."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
-    state_spec, states_spec = _tile_spec(cfg, cfg.key_width), _tile_spec(cfg, num_chunks * cfg.key_width)
-    value = (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype))
-    states = (states_spec, jax.ShapeDtypeStruct((heads, num_chunks * cfg.key_width, cfg.value_dim), cfg.matmul_dtype))
-    step_bytes = (3 * cfg.key_width + 2 * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
+    state_spec = _tile_spec(cfg, cfg.key_width)
+    states_shape = (heads, num_chunks * cfg.key_width, cfg.value_dim)
+    step_bytes = (3 * cfg.key_width + cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
     return _call(
-        _scan_pair_kernel,
+        _scan_bwd_kernel,
         cfg,
-        "gdn_scans_bwd",
-        (heads, cfg.num_v_blocks, 2),
-        [w, u, qt, kt, g, doc, h0, do, dfinal],
-        [key_spec, value_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False), state_spec]
-        + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
-        [states, value, value, states, (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32))],
-        _scan_stages(step_bytes, programs_per_sm=2),  # one program per direction on each SM
+        "gdn_scan_bwd",
+        (heads, cfg.num_v_blocks),
+        [w, qt, kt, g, doc, do, dfinal],
+        [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
+        + [_doc_spec(cfg, length, chunks=False), _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)]
+        + [state_spec],
+        [
+            (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
+            (_tile_spec(cfg, num_chunks * cfg.key_width), jax.ShapeDtypeStruct(states_shape, cfg.matmul_dtype)),
+            (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
+        ],
+        _scan_stages(step_bytes),
     )
 
 
@@ -980,11 +949,11 @@ def _gdn(
     Returns:
       o [B, T, H, V] in v's dtype and the final state [B * H, key_width, V] in float32.
     """
-    (o, final), _ = _gdn_fwd(q, k, v, g, beta, h0, doc, cfg)
-    return o, final
+    outputs, _ = _forward(q, k, v, g, beta, h0, doc, cfg, save=False)
+    return outputs
 
 
-def _gdn_fwd(
+def _forward(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -993,21 +962,29 @@ def _gdn_fwd(
     h0: jax.Array,
     doc: jax.Array,
     cfg: _Config,
+    save: bool,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """The forward saves its inputs, the chunks' inverses T and W, U, Qt, Kt; the backward recomputes the states."""
+    """(o, final) and, with ``save``, the residuals of the backward: the inputs, the chunks' inverses T, W, U, Qt, Kt
+    (which the forward writes anyway) and the states entering every chunk and v_new (written by the forward scan, so
+    the backward runs only the reverse scan; under the model's rematerialisation they live only while the layer's
+    backward runs)."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
-    o, final = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype)
-    return (o, final), (q, k, v, g, beta, h0, doc, inverse, w, u, qt, kt)
+    o, final, *saved = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype, save)
+    return (o, final), (q, k, v, g, beta, doc, inverse, w, u, qt, kt, *saved)
+
+
+def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+    return _forward(*args, save=True)
 
 
 def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
-    """Recomputes the chunk states alongside the reverse scan, then runs the chunk backward."""
-    q, k, v, g, beta, h0, doc, inverse, w, u, qt, kt = residuals
+    """The reverse scan, the contractions with the saved states, then the chunk backward."""
+    q, k, v, g, beta, doc, inverse, w, u, qt, kt, states, v_new = residuals
     do, dfinal = cotangents
-    states, v_new, du, d_states, dh0 = _scans_backward(w, u, qt, kt, g, doc, h0, do, dfinal, cfg)
+    du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
     dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
     return dq, dk, dv, dg, dbeta, dh0, None
