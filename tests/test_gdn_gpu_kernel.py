@@ -41,13 +41,23 @@ def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
     return run
 
 
+def test_default_block_v_fills_the_sms_without_queueing():
+    """The scans' BV halves (more, shorter programs) while B * H * V / BV stays within 1.5 programs per SM (132 SMs
+    assumed off the GPU), never below 16 nor above the widest power of two dividing the value width."""
+    assert gpu._default_block_v(30, 192) == 32  # Olmo Hybrid 7B: 180 programs
+    assert gpu._default_block_v(32, 256) == 64  # 128 programs; at 32 there would be 256
+    assert gpu._default_block_v(16, 128) == 16  # 128 programs
+    assert gpu._default_block_v(1, 48) == 16  # 48 = 3 x 16: no wider tile divides it
+    assert gpu._default_block_v(256, 256) == 64
+
+
 # (B, T, H, K, V), chunk, options, gate regime. T is never a multiple of the chunk; K = 72 (padded to 80) is
 # stepped in five 16-wide key blocks and scanned as two state parts (64 + 16); block_v = 16 with V = 40 gives three
 # value tiles (V padded to 48, not a power of two).
 FORWARD_CASES = {
     "c16_tiles": ((2, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),
     "c16_extreme_gates": ((1, 40, 2, 8, 8), 16, dict(), "extreme"),
-    "c32": ((1, 70, 2, 24, 20), 32, dict(), "mixed"),
+    "c32": ((1, 70, 2, 24, 20), 32, dict(block_v=32), "mixed"),
     "c64_two_key_blocks": ((1, 100, 1, 72, 24), 64, dict(block_v=16), "mixed"),
 }
 

@@ -4,7 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python tools/check_gdn_gpu_kernel.py                  # all check shapes
     python tools/check_gdn_gpu_kernel.py --shapes 0,1     # some of them
-    python tools/check_gdn_gpu_kernel.py --block-v 32     # another value tile for the scans
+    python tools/check_gdn_gpu_kernel.py --block-v auto,64  # the default value tile of the scans and 64
 
 Float32 and bfloat16 inputs, document resets, gates near 0, in [-20, 0] and -1e4, beta in [0, 2], K and V not
 powers of two and up to 256: output, final state and all six gradients of the kernel against the naive time-step
@@ -58,13 +58,13 @@ def _inputs(shape: tuple[int, ...], seed: int, dtype) -> dict[str, jax.Array]:
     )
 
 
-def _kernel(x: dict[str, jax.Array], matmul_dtype, options: dict) -> Callable:
-    """(q, k, v, g, beta, initial_state) -> (o, final) through the Pallas kernel; options: block_v."""
+def _kernel(x: dict[str, jax.Array], matmul_dtype, block_v: int | None) -> Callable:
+    """(q, k, v, g, beta, initial_state) -> (o, final) through the Pallas kernel (block_v None: its default)."""
     scale = x["q"].shape[-1] ** -0.5
 
     def run(q, k, v, g, beta, initial_state):
         return pallas_gpu_gated_delta_rule(
-            q, k, v, g, beta, initial_state, x["resets"], scale, CHUNK, matmul_dtype=matmul_dtype, **options
+            q, k, v, g, beta, initial_state, x["resets"], scale, CHUNK, matmul_dtype=matmul_dtype, block_v=block_v
         )
 
     return run
@@ -90,12 +90,12 @@ def _forward_and_grads(fn: Callable, x: dict[str, jax.Array], seed: int) -> tupl
     return [o, final], list(jax.jit(vjp)(cotangent))
 
 
-def check(indices: list[int], options: dict) -> bool:
+def check(indices: list[int], block_vs: list[int | None]) -> bool:
     """Prints relative errors against the naive scan; returns whether all are within bounds."""
     ok = True
     print("check: relative error ||x - naive|| / ||naive|| (naive scan on float32 inputs, gradients by autodiff)")
     print(
-        f"{'shape B,T,H,K,V':<22} {'inputs':<9} {'impl':<20} {'o':>9} {'final':>9}  "
+        f"{'shape B,T,H,K,V':<22} {'inputs':<9} {'impl':<30} {'o':>9} {'final':>9}  "
         + "  ".join(f"{'d' + n[:5]:>8}" for n in GRAD_NAMES)
     )
     for seed in indices:
@@ -105,9 +105,11 @@ def check(indices: list[int], options: dict) -> bool:
             x32 = {n: (a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a) for n, a in x.items()}
             outs_ref, grads_ref = _forward_and_grads(_reference(x32, "naive"), x32, seed)
             candidates = {"chunked (jnp)": (_reference(x, "chunked"), None)}
-            candidates[f"pallas {jnp.dtype(dtype).name} matmul"] = (_kernel(x, dtype, options), bound)
+            for block_v in block_vs:
+                name = f"pallas {jnp.dtype(dtype).name} matmul" + (f", BV {block_v}" if block_v else "")
+                candidates[name] = (_kernel(x, dtype, block_v), bound)
             for name, (fn, limit) in candidates.items():
-                label = f"{','.join(map(str, shape)):<22} {jnp.dtype(dtype).name:<9} {name:<20}"
+                label = f"{','.join(map(str, shape)):<22} {jnp.dtype(dtype).name:<9} {name:<30}"
                 try:
                     outs, grads = _forward_and_grads(fn, x, seed)
                 except Exception as error:  # report and go on with the other candidates
@@ -126,9 +128,12 @@ def check(indices: list[int], options: dict) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="0,1,2", help="indices into CHECK_SHAPES, comma-separated")
-    parser.add_argument("--block-v", type=int, default=None, help="value columns per scan program: 16, 32, 64")
+    parser.add_argument(
+        "--block-v", default="auto", help="value columns per scan program, comma-separated: auto (the default), 16, 32, 64"
+    )
     args = parser.parse_args()
-    if not check([int(i) for i in args.shapes.split(",")], {"block_v": args.block_v}):
+    block_vs = [None if b == "auto" else int(b) for b in args.block_v.split(",")]
+    if not check([int(i) for i in args.shapes.split(",")], block_vs):
         sys.exit("some checks FAILED")
 
 

@@ -91,8 +91,7 @@ class _Config:
 
     chunk: C. heads: H (the kernels read and write the caller's [B, T, H, D] arrays in place).
     key_width: K rounded up to a multiple of 16, the width of q, k, W, Qt, Kt, dq, dk and the key rows of the state.
-    block_v: BV, the value columns per scan program and per step of the chunk kernels. num_v_blocks: value
-    width / BV.
+    block_v: BV, the value columns per scan program. num_v_blocks: value width / BV.
     matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
     scale: the multiplier of q, applied inside the kernels (float32) rather than to a scaled copy of q.
@@ -119,6 +118,12 @@ class _Config:
         if self.matmul_dtype != np.dtype(_F32):
             return None
         return _HIGHEST if self.interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+
+    @property
+    def value_tile(self) -> int:
+        """The widest power of two <= 64 that divides the value width: the column step of the chunk kernels' value
+        loops (independent of BV, which sets only the scans' parallelism)."""
+        return min(64, self.value_dim & -self.value_dim)
 
     @property
     def key_block(self) -> int:
@@ -264,10 +269,9 @@ def _key_blocks(cfg: _Config, width: int = 64) -> list[pl.Slice]:
     return [pl.ds(b, width) for b in range(0, cfg.key_width, width)]
 
 
-def _value_tiles(cfg: _Config, width: int | None = None) -> list[pl.Slice]:
-    """Column slices of the (padded) value dim, BV (or min(BV, width)) wide."""
-    width = cfg.block_v if width is None else min(cfg.block_v, width)
-    return [pl.ds(j * width, width) for j in range(cfg.value_dim // width)]
+def _value_tiles(cfg: _Config) -> list[pl.Slice]:
+    """Column slices of the (padded) value dim, ``cfg.value_tile`` wide."""
+    return [pl.ds(j, cfg.value_tile) for j in range(0, cfg.value_dim, cfg.value_tile)]
 
 
 def _key_product(x_ref, k_ref, cfg: _Config) -> jax.Array:
@@ -1006,6 +1010,18 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _default_block_v(batch_heads: int, value_width: int) -> int:
+    """BV for the scans: the narrowest of 64, 32 and 16 (more programs, each with a shorter step) while the
+    B * H * V / BV programs stay within 1.5 per SM, so the scans fill the GPU without queueing (an SM runs two scan
+    programs at once but not at full speed). Measured on an H100 (BENCHMARKS.md): 32 at the Olmo Hybrid shape
+    (180 programs), 16 at B * H = 16, V = 128 (128 programs), 64 at B * H = 32, V = 256 (128 programs)."""
+    sms = getattr(jax.devices()[0], "core_count", None) or 132  # 132: an H100's
+    block_v = min(64, value_width & -value_width)
+    while block_v > 16 and batch_heads * value_width // (block_v // 2) <= 1.5 * sms:
+        block_v //= 2
+    return block_v
+
+
 def _make_config(
     q: jax.Array,
     v: jax.Array,
@@ -1032,7 +1048,7 @@ def _make_config(
         _fail(f"the pallas_gpu kernel supports matmul_dtype float32 or bfloat16; got {np.dtype(matmul_dtype)}")
     value_width = _round_up(value_dim, 16)
     if block_v is None:
-        block_v = min(64, value_width & -value_width)
+        block_v = _default_block_v(q.shape[0] * q.shape[2], value_width)
     elif block_v not in _BLOCK_V:
         _fail(f"block_v must be one of {_BLOCK_V}; got {block_v}")
     key_width = _round_up(key_dim, 16)
@@ -1134,7 +1150,7 @@ def pallas_gpu_gated_delta_rule(
       chunk_size: C in (16, 32, 64).
       interpret: run the kernels with the Pallas interpreter (CPU tests).
       matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
-      block_v: value columns per scan program, 16, 32 or 64; default min(64, V rounded up to a power of two).
+      block_v: value columns per scan program, 16, 32 or 64; default ``_default_block_v`` (by the GPU's SMs).
 
     Returns:
       o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in float32.
