@@ -150,10 +150,12 @@ KERNEL_WARPS = dict.fromkeys(
 ) | {"gdn_solve": 1}
 
 
-def _scan_stages(step_bytes: int) -> int:
-    """Scans prefetch the next chunk's tiles (2 stages) while their double buffers fit in an SM's shared memory
-    (228 KiB on an H100; 220 KiB leaves room for layout conversions)."""
-    return 2 if 2 * step_bytes <= 220 * 1024 else 1
+def _scan_stages(step_bytes: int, cfg: _Config) -> int:
+    """Scans prefetch the next chunk's tiles (2 stages) while their double buffers and the layout conversions of
+    the state [K, BV] and of v_new or dU [C, BV] into matmul operands fit in the 227 KiB of shared memory a
+    program may use on an H100 (K = V = 256 at BV = 64 needs one stage)."""
+    conversions = (cfg.key_width + cfg.chunk) * cfg.block_v * cfg.matmul_dtype.itemsize
+    return 2 if 2 * step_bytes + conversions <= 227 * 1024 else 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -794,7 +796,7 @@ def _scan_forward(
         [key_spec, value_spec, key_spec, key_spec, value_spec, _input_spec(cfg, length, None, chunks=False)]
         + [_doc_spec(cfg, length, chunks=False), state_spec],
         outs,
-        _scan_stages(step_bytes),
+        _scan_stages(step_bytes, cfg),
     )
 
 
@@ -831,7 +833,7 @@ def _scan_backward(
             (_tile_spec(cfg, num_chunks * cfg.key_width), jax.ShapeDtypeStruct(states_shape, cfg.matmul_dtype)),
             (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
         ],
-        _scan_stages(step_bytes),
+        _scan_stages(step_bytes, cfg),
     )
 
 
