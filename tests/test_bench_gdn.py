@@ -128,3 +128,27 @@ def test_warps_sweep_traces_each_kernel_at_each_warps(bench, monkeypatch):
         for kernel in kernels:
             expected += [{**{k: defaults[k] for k in kernels}, kernel: w} for w in bench.WARPS]
     assert list(traced.values()) == expected
+
+
+def test_kernel_times_sum_gpu_events_per_call(bench):
+    """--profile's trace reader: durations of the GPU processes' complete events summed per kernel name and divided
+    by the number of calls; host events, other phases and metadata are left out."""
+    trace = {
+        "traceEvents": [
+            {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0 (stream 3)"}},
+            {"ph": "X", "pid": 7, "name": "gdn_solve", "dur": 90.0},
+            {"ph": "X", "pid": 7, "name": "gdn_solve", "dur": 94.0},
+            {"ph": "X", "pid": 7, "name": "gdn_scan_fwd", "dur": 500.0},
+            {"ph": "X", "pid": 1, "name": "PjitFunction", "dur": 4000.0},
+            {"ph": "i", "pid": 7, "name": "marker"},
+        ]
+    }
+    assert bench._gpu_kernel_times(trace, runs=2) == {"gdn_solve": 92.0, "gdn_scan_fwd": 250.0}
+
+
+def test_jax_kernel_times_reads_the_trace_it_records(bench):
+    """The jax.profiler trace of real calls is found and read; the CPU has no GPU process, so no kernels."""
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((32, 32)), jnp.float32)
+    call = jax.jit(lambda a: jnp.sin(a) @ a)
+    assert bench._jax_kernel_times(lambda: call(x), runs=2) == {}

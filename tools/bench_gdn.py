@@ -4,6 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python tools/bench_gdn.py                        # the shapes in SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
+    python tools/bench_gdn.py --shapes 0 --profile   # GPU time of every kernel of each fwd+bwd (profilers' device clocks)
     python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 1, 2, 4 and 8 warps
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
@@ -26,13 +27,18 @@ guard against a Triton bug in the gated backward is bypassed, so its backward is
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import functools
+import glob
+import gzip
 import importlib.util
+import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -81,6 +87,7 @@ class _Timed:
     forward_backward: Callable[[], object]
     sync: Callable[[object], object]
     finite: bool  # whether the outputs and all gradients came out finite
+    kernel_times: Callable[[int], dict[str, float]]  # runs -> {kernel: GPU us per fwd+bwd call}, from a profiler
 
 
 def _interleaved_medians(calls: dict[Hashable, tuple[Callable[[], object], Callable]], runs: int) -> dict:
@@ -108,7 +115,35 @@ def _jax_timed(fn: Callable, x: dict[str, np.ndarray]) -> _Timed:
     )
     forward_backward = jax.jit(functools.partial(_forward_backward, fn, cotangent))
     finite = all(bool(jnp.all(jnp.isfinite(t))) for t in jax.tree.leaves(forward_backward(*args)))
-    return _Timed(lambda: forward(*args), lambda: forward_backward(*args), jax.block_until_ready, finite)
+    call = lambda: forward_backward(*args)  # noqa: E731
+    return _Timed(lambda: forward(*args), call, jax.block_until_ready, finite, functools.partial(_jax_kernel_times, call))
+
+
+def _jax_kernel_times(call: Callable[[], object], runs: int) -> dict[str, float]:
+    """GPU microseconds per call of each kernel ``call`` launches, from a jax.profiler trace of ``runs`` calls."""
+    with tempfile.TemporaryDirectory() as logdir:
+        with jax.profiler.trace(logdir, create_perfetto_trace=True):
+            for _ in range(runs):
+                jax.block_until_ready(call())
+        (path,) = glob.glob(os.path.join(logdir, "**", "perfetto_trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            return _gpu_kernel_times(json.load(f), runs)
+
+
+def _gpu_kernel_times(trace: dict | list, runs: int) -> dict[str, float]:
+    """{kernel name: summed duration / runs} over the complete ("X") events of the trace's GPU processes (a Perfetto
+    JSON trace as jax.profiler writes it: durations in microseconds, processes named "/device:GPU:n ...")."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    gpu_processes = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name" and "/device:GPU" in e["args"]["name"]
+    }
+    totals = collections.defaultdict(float)
+    for e in events:
+        if e.get("ph") == "X" and e["pid"] in gpu_processes:
+            totals[e["name"]] += e["dur"] / runs
+    return dict(totals)
 
 
 def _forward_backward(fn: Callable, cotangent: tuple[jax.Array, ...], *args: jax.Array) -> tuple:
@@ -174,7 +209,19 @@ def _fla_timed(x: dict[str, np.ndarray]) -> _Timed:
         return torch.autograd.grad((o, final), list(tensors.values()), (do, dfinal))
 
     finite = all(bool(torch.isfinite(t).all()) for t in (o, final, *forward_backward()))
-    return _Timed(forward, forward_backward, sync, finite)
+    return _Timed(forward, forward_backward, sync, finite, functools.partial(_torch_kernel_times, forward_backward))
+
+
+def _torch_kernel_times(call: Callable[[], object], runs: int) -> dict[str, float]:
+    """GPU microseconds per call of each CUDA kernel ``call`` launches, from torch.profiler over ``runs`` calls."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            call()
+        torch.cuda.synchronize()
+    return {e.key: e.device_time_total / runs for e in prof.key_averages() if e.device_time_total > 0}
 
 
 def _compile_or_report(label: str, name: str, build: Callable[[], _Timed]) -> _Timed | None:
@@ -307,6 +354,11 @@ def main() -> None:
     )
     parser.add_argument("--stages", action="store_true", help="also time each stage of the Pallas kernel on its own")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also the GPU time of every kernel of each implementation's fwd+bwd (jax.profiler / torch.profiler)",
+    )
+    parser.add_argument(
         "--sweep-warps",
         action="store_true",
         help=f"also time the stage holding each Pallas kernel with that kernel at {WARPS} warps",
@@ -343,6 +395,7 @@ def main() -> None:
         f"device {card}, jax {jax.__version__}; median ms over {args.runs} runs; bf16 q, k, v; chunk {args.chunk} "
         "(flash-linear-attention: 64)"
     )
+    profiles = []
     for index in (int(i) for i in args.shapes.split(",")):
         shape = SHAPES[index]
         x = _inputs(shape, 100 + index)
@@ -372,6 +425,15 @@ def main() -> None:
             finite = "yes" if timed[name].finite else "NO"
             print(f"{label:<24} {name:<28} {fwd:9.3f} {fwd_bwd:9.3f}   finite: {finite}", flush=True)
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
+        if args.profile:
+            for name, t in timed.items():
+                kernels = sorted(t.kernel_times(args.runs).items(), key=lambda item: -item[1])
+                total = sum(us for _, us in kernels)
+                print(f"{label:<24} {name}: GPU us per fwd+bwd {total:.1f} (kernels above 1%):", flush=True)
+                for kernel, us in (item for item in kernels if item[1] >= 0.01 * total):
+                    print(f"{'':<26}{us:9.1f}  {kernel[:100]}")
+                    profiles.append(f"| {label} | {name} | {kernel[:100]} | {us:.1f} |")
+                profiles.append(f"| {label} | {name} | all kernels | {total:.1f} |")
         if args.stages or args.sweep_warps:
             stages = _stages(x, args.matmul_dtype, args.chunk)
         if args.stages:
@@ -382,6 +444,11 @@ def main() -> None:
             for kernel in gpu.KERNEL_WARPS:
                 row = ", ".join(f"{w} warps {times[kernel, w]:.3f}" for w in WARPS)
                 print(f"{label:<24} {kernel:<18} (its stage) {row}; now {gpu.KERNEL_WARPS[kernel]}", flush=True)
+    if profiles and args.write:
+        with open(args.write, "a") as f:
+            f.write("\nGPU time per fwd+bwd call of each kernel above 1% (profiler device clocks, mean over ")
+            f.write(f"{args.runs} calls):\n\n| shape B,T,H,K,V | impl | kernel | us |\n|---|---|---|---|\n")
+            f.write("\n".join(profiles) + "\n")
 
 
 if __name__ == "__main__":
