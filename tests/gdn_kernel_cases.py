@@ -75,7 +75,8 @@ def probe_gradients(fn: Callable, x: dict[str, jax.Array], seed: int) -> list[ja
 
 
 def lowered_modules(fn: Callable, x: dict[str, jax.Array], platform: str) -> tuple[str, str]:
-    """The StableHLO text of fn(q, k, v, g, beta, initial_state) -> (o, final) and of its gradient, lowered for
+    """The StableHLO text of fn(q, k, v, g, beta, initial_state) -> (o, final) and of a loss on it with its gradient
+    (as a training step computes both, so no part of the forward is dropped), lowered for
     ``platform`` ("cuda" or "tpu") on this machine: the Pallas kernels lower to Triton / Mosaic here, without
     the accelerator (its compiler runs only on the device)."""
     from jax import export
@@ -89,5 +90,5 @@ def lowered_modules(fn: Callable, x: dict[str, jax.Array], platform: str) -> tup
     args = differentiable_args(x)
     return tuple(
         export.export(jax.jit(f), platforms=(platform,), disabled_checks=unchecked)(*args).mlir_module()
-        for f in (fn, jax.grad(loss, argnums=tuple(range(len(args)))))
+        for f in (fn, jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
     )

@@ -138,4 +138,4 @@ def test_kernels_lower_for_tpu():
     forward, gradient = lowered_modules(run, x, "tpu")
     kernels = lambda text: re.findall(r'kernel_name = "(\w+)"', text)  # noqa: E731
     assert kernels(forward) == ["_prep_kernel", "_scan_kernel"]
-    assert kernels(gradient) == ["_states_kernel", "_states_bwd_kernel"]
+    assert kernels(gradient) == ["_prep_kernel", "_scan_kernel", "_states_kernel", "_states_bwd_kernel"]
