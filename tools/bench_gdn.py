@@ -2,9 +2,9 @@
 
 Run on a CUDA machine from the repository root:
 
-    python tools/bench_gdn.py                        # the shapes in SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
+    python tools/bench_gdn.py                        # SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
-    python tools/bench_gdn.py --shapes 0 --profile   # GPU time of every kernel of each fwd+bwd (profilers' device clocks)
+    python tools/bench_gdn.py --shapes 0 --profile   # GPU time of every kernel of each fwd+bwd (profiler clocks)
     python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 1, 2, 4 and 8 warps
     python tools/bench_gdn.py --write BENCHMARKS.md  # append the table to BENCHMARKS.md
 
@@ -116,7 +116,8 @@ def _jax_timed(fn: Callable, x: dict[str, np.ndarray]) -> _Timed:
     forward_backward = jax.jit(functools.partial(_forward_backward, fn, cotangent))
     finite = all(bool(jnp.all(jnp.isfinite(t))) for t in jax.tree.leaves(forward_backward(*args)))
     call = lambda: forward_backward(*args)  # noqa: E731
-    return _Timed(lambda: forward(*args), call, jax.block_until_ready, finite, functools.partial(_jax_kernel_times, call))
+    kernel_times = functools.partial(_jax_kernel_times, call)
+    return _Timed(lambda: forward(*args), call, jax.block_until_ready, finite, kernel_times)
 
 
 def _jax_kernel_times(call: Callable[[], object], runs: int) -> dict[str, float]:

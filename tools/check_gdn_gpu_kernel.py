@@ -129,7 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="0,1,2", help="indices into CHECK_SHAPES, comma-separated")
     parser.add_argument(
-        "--block-v", default="auto", help="value columns per scan program, comma-separated: auto (the default), 16, 32, 64"
+        "--block-v",
+        default="auto",
+        help="value columns per scan program, comma-separated: auto (the kernel's default), 16, 32, 64",
     )
     args = parser.parse_args()
     block_vs = [None if b == "auto" else int(b) for b in args.block_v.split(",")]

@@ -54,12 +54,14 @@ sets the operand dtype of the matmuls and the storage dtype of T, W, U, Qt, PU, 
 float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core passes, ``TF32_TF32_F32_X3``,
 relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
 1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). It is also the storage dtype
-of the backward's per-token cotangents dU, dW, dQt, dKt; the C x C cotangents stay float32. The block substitution
-of the inverse uses float32 operands: float32-accurate with float32 matmuls, one TF32 pass with bfloat16 ones.
+of the backward's per-token cotangents dU, dW, dQt, dKt and of the pair-level d(Q K^T), d(K K^T); the other
+C x C cotangents (of P and T) stay float32. The block substitution of the inverse uses float32 operands:
+float32-accurate with float32 matmuls, one TF32 pass with bfloat16 ones.
 
 Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
-(K = 96 in three blocks of 32) and the value width in tiles of BV; the scans hold the state as one tile per
-power-of-two part of the key width (96 = 64 + 32), so no array is padded to a power of two. Inputs are copied with
+(K = 96 in three blocks of 32) and the value width in power-of-two tiles of at most 64 (192 in three of 64); the
+scans hold the state as one tile per power-of-two part of the key width (96 = 64 + 32) and BV value columns, so no
+array is padded to a power of two. Inputs are copied with
 zero padding only where needed: K or V not a multiple of 16 (zero key channels change nothing), or T not a multiple
 of C (padded tokens have q = k = v = g = beta = 0, which leaves the state unchanged); outputs are sliced back.
 """
@@ -92,7 +94,7 @@ class _Config:
     chunk: C. heads: H (the kernels read and write the caller's [B, T, H, D] arrays in place).
     key_width: K rounded up to a multiple of 16, the width of q, k, W, Qt, Kt, dq, dk and the key rows of the state.
     block_v: BV, the value columns per scan program. num_v_blocks: value width / BV.
-    matmul_dtype: operand dtype of the fast matmuls and storage dtype of W, U, Qt, PU, Kt and saved states.
+    matmul_dtype: operand dtype of the fast matmuls and storage dtype of T, W, U, Qt, PU, Kt and saved states.
     interpret: run the kernels with the Pallas interpreter (any backend, e.g. CPU tests).
     scale: the multiplier of q, applied inside the kernels (float32) rather than to a scaled copy of q.
     """
@@ -133,7 +135,8 @@ class _Config:
 
 # Warps per kernel, by pallas_call name: the fastest of 1, 2, 4 and 8 on an H100 at the Olmo Hybrid shape
 # (``tools/bench_gdn.py --sweep-warps``, BENCHMARKS.md): 1 for the solve, whose 16 x 16 blocks fit one warp, 4 for
-# the rest. ``--warps NAME=W`` overrides entries before anything is traced.
+# the rest (gdn_pairs_bwd, newer than that sweep, has 4 untried against the others). ``--warps NAME=W`` overrides
+# entries before anything is traced.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
@@ -826,8 +829,8 @@ def _scan_backward(
         (heads, cfg.num_v_blocks),
         [w, qt, kt, g, doc, do, dfinal],
         [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False), _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)]
-        + [state_spec],
+        + [_doc_spec(cfg, length, chunks=False)]
+        + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
         [
             (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
             (_tile_spec(cfg, num_chunks * cfg.key_width), jax.ShapeDtypeStruct(states_shape, cfg.matmul_dtype)),
