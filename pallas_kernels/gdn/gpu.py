@@ -37,8 +37,7 @@ Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, U, Qt, Kt an
 writes anyway; under the model's rematerialisation they live only while the layer's backward runs):
 4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
    leaving every chunk, and does only the three matmuls on the sequential path.
-5. ``_contract_bwd_kernel``, grid (B * H, chunks, K / key_block): the contractions over V (dW, dQt, dKt, d(d))
-   from the saved states, chunk-parallel.
+5. ``_contract_bwd_kernel``: the contractions over V (dW, dQt, dKt, d(d)) from the saved states, chunk-parallel.
 6. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra
    backwards (value side, key side, through T and Gamma to the pair level, then the key loop and the gate sums) to
    dq, dk, dv, dg, dbeta. Four kernels rather than one keep each one's C x C values in registers (one kernel
@@ -449,25 +448,27 @@ def _scan_bwd_kernel(
 def _contract_bwd_kernel(
     v_new_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
 ) -> None:
-    """One (chunk, key block of BK rows): the cotangents that contract the state's value dim.
+    """One chunk: the cotangents that contract the state's value dim.
 
-    With S [BK, V] the state entering the chunk and dS [BK, V] the cotangent of the state leaving it:
-    dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, BK] and this key block's share of d(d) = sum(S * dS).
+    With S [K, V] the state entering the chunk and dS [K, V] the cotangent of the state leaving it:
+    dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, K] and d(d) = sum(S * dS). The key blocks are the outer loop:
+    the chunk's v_new, dU and dO [C, V] come from memory once and from the cache for the later key blocks.
     """
-    dw = jnp.zeros((cfg.chunk, cfg.key_block), _F32)
-    dqt = jnp.zeros_like(dw)
-    dkt = jnp.zeros_like(dw)
     d_decay = jnp.zeros((), _F32)
-    for columns in _value_tiles(cfg):
-        state = states_ref[:, columns]
-        d_state = d_states_ref[:, columns]
-        dkt += _mm(v_new_ref[:, columns], d_state, cfg, transpose_b=True)
-        dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
-        dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
-        d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
-    dw_ref[...] = dw.astype(dw_ref.dtype)
-    dqt_ref[...] = dqt.astype(dqt_ref.dtype)
-    dkt_ref[...] = dkt.astype(dkt_ref.dtype)
+    for keys in _key_blocks(cfg):
+        dw = jnp.zeros((cfg.chunk, keys.size), _F32)
+        dqt = jnp.zeros_like(dw)
+        dkt = jnp.zeros_like(dw)
+        for columns in _value_tiles(cfg):
+            state = states_ref[keys, columns]
+            d_state = d_states_ref[keys, columns]
+            dkt += _mm(v_new_ref[:, columns], d_state, cfg, transpose_b=True)
+            dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
+            dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
+            d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
+        dw_ref[:, keys] = dw.astype(dw_ref.dtype)
+        dqt_ref[:, keys] = dqt.astype(dqt_ref.dtype)
+        dkt_ref[:, keys] = dkt.astype(dkt_ref.dtype)
     ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
 
 
@@ -844,24 +845,20 @@ def _contract_backward(
     v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
     """dW, dQt, dKt [B * H, T, K] (storage dtype) and d(d) [B * H, T] (float32, each chunk's value repeated over
-    its C positions). do: [B, T, H, V]."""
+    its C positions), grid (B * H, chunks). do: [B, T, H, V]."""
     heads, length, _ = v_new.shape
-    key_blocks = cfg.key_width // cfg.key_block
-    value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kb: (bh, n, 0))
-    state_spec = pl.BlockSpec((None, cfg.key_block, cfg.value_dim), lambda bh, n, kb: (bh, n * key_blocks + kb, 0))
-    key_spec = pl.BlockSpec((None, cfg.chunk, cfg.key_block), lambda bh, n, kb: (bh, n, kb))
-    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
-    decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))
-    dw, dqt, dkt, d_decay = _call(
+    value_spec = _chunk_spec(cfg, cfg.value_dim)
+    state_spec = pl.BlockSpec((None, cfg.key_width, cfg.value_dim), lambda bh, n: (bh, n, 0))
+    key_out = (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
+    return _call(
         _contract_bwd_kernel,
         cfg,
         "gdn_contract_bwd",
-        (heads, length // cfg.chunk, key_blocks),
+        (heads, length // cfg.chunk),
         [v_new, states, d_states, do, du],
         [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec],
-        [key_out] * 3 + [(decay_spec, jax.ShapeDtypeStruct((heads, key_blocks, length), _F32))],
+        [key_out] * 3 + [(_chunk_vector_spec(cfg), jax.ShapeDtypeStruct((heads, length), _F32))],
     )
-    return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
 
 
 def _chunk_backward(
