@@ -283,8 +283,8 @@ def _stages(
     _, _, states, v_new = stage("scan_fwd", scan, w, u, kt, qt, pu, g, doc, h0)
     du, d_states, _ = stage("scan_bwd", lambda *a: gpu._scan_backward(*a, cfg), w, qt, kt, g, doc, do, dfinal)
     partials = stage("contract_bwd", lambda *a: gpu._contract_backward(*a, cfg), v_new, states, d_states, do, du)
-    chunk_bwd = lambda *a: gpu._chunk_backward(a[:6], *a[6:11], a[11:], cfg)  # noqa: E731
-    stage("chunk_bwd", chunk_bwd, q, k, v, g, beta, doc, inverse, w, u, du, do, *partials)
+    chunk_bwd = lambda *a: gpu._chunk_backward(a[:6], *a[6:10], a[10:], cfg)  # noqa: E731
+    stage("chunk_bwd", chunk_bwd, q, k, v, g, beta, doc, inverse, w, du, do, *partials)
     return stages
 
 
@@ -317,6 +317,19 @@ def _warps_sweep(
             finally:
                 gpu.KERNEL_WARPS[kernel] = default
     return _interleaved_medians(calls, runs)
+
+
+def _profile_rows(label: str, name: str, timed: _Timed, runs: int) -> list[str]:
+    """Prints the GPU time of every kernel of ``timed``'s fwd+bwd above 1% of the total and returns them as table
+    rows (and the total)."""
+    kernels = sorted(timed.kernel_times(runs).items(), key=lambda item: -item[1])
+    total = sum(us for _, us in kernels)
+    print(f"{label:<24} {name}: GPU us per fwd+bwd {total:.1f} (kernels above 1%):", flush=True)
+    rows = []
+    for kernel, us in (item for item in kernels if item[1] >= 0.01 * total):
+        print(f"{'':<26}{us:9.1f}  {kernel[:100]}")
+        rows.append(f"| {label} | {name} | {kernel[:100]} | {us:.1f} |")
+    return rows + [f"| {label} | {name} | all kernels | {total:.1f} |"]
 
 
 def _open_table(path: str | None, card: str) -> Callable[[str], None]:
@@ -397,6 +410,7 @@ def main() -> None:
         "(flash-linear-attention: 64)"
     )
     profiles = []
+    torch_profiles = []  # profiled after every JAX one: once torch.profiler has run, jax.profiler cannot trace the GPU
     for index in (int(i) for i in args.shapes.split(",")):
         shape = SHAPES[index]
         x = _inputs(shape, 100 + index)
@@ -428,13 +442,10 @@ def main() -> None:
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
         if args.profile:
             for name, t in timed.items():
-                kernels = sorted(t.kernel_times(args.runs).items(), key=lambda item: -item[1])
-                total = sum(us for _, us in kernels)
-                print(f"{label:<24} {name}: GPU us per fwd+bwd {total:.1f} (kernels above 1%):", flush=True)
-                for kernel, us in (item for item in kernels if item[1] >= 0.01 * total):
-                    print(f"{'':<26}{us:9.1f}  {kernel[:100]}")
-                    profiles.append(f"| {label} | {name} | {kernel[:100]} | {us:.1f} |")
-                profiles.append(f"| {label} | {name} | all kernels | {total:.1f} |")
+                if name == "flash-linear-attention":
+                    torch_profiles.append((label, name, t))
+                else:
+                    profiles += _profile_rows(label, name, t, args.runs)
         if args.stages or args.sweep_warps:
             stages = _stages(x, args.matmul_dtype, args.chunk)
         if args.stages:
@@ -445,6 +456,8 @@ def main() -> None:
             for kernel in gpu.KERNEL_WARPS:
                 row = ", ".join(f"{w} warps {times[kernel, w]:.3f}" for w in WARPS)
                 print(f"{label:<24} {kernel:<18} (its stage) {row}; now {gpu.KERNEL_WARPS[kernel]}", flush=True)
+    for label, name, t in torch_profiles:
+        profiles += _profile_rows(label, name, t, args.runs)
     if profiles and args.write:
         with open(args.write, "a") as f:
             f.write("\nGPU time per fwd+bwd call of each kernel above 1% (profiler device clocks, mean over ")

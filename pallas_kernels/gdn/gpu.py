@@ -33,7 +33,7 @@ Forward:
 3. ``_scan_fwd_kernel``: O and the final state; under differentiation also the state entering every chunk and
    v_new = U - W S, for the backward.
 
-Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, U, Qt, Kt and the states and v_new, which it
+Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, Qt, Kt and the states and v_new, which it
 writes anyway; under the model's rematerialisation they live only while the layer's backward runs):
 4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
    leaving every chunk, and does only the three matmuls on the sequential path.
@@ -480,7 +480,6 @@ def _value_bwd_kernel(
     beta_ref,
     doc_ref,
     inverse_ref,
-    u_ref,
     du_ref,
     do_ref,
     dv_ref,
@@ -493,7 +492,7 @@ def _value_bwd_kernel(
     """One chunk, value side of the chunk algebra: PU = P U and U = T diag(beta) V.
 
     From dU (the scan's d(v_new)) and dO [C, V]: writes dv [C, V], the V-part of dbeta [C], and the V-parts of
-    the cotangents of P and T [C, C].
+    the cotangents of P and T [C, C]. U is recomputed from T and v (one C x C by C x V matmul) rather than read.
     """
     gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
     p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
@@ -505,7 +504,7 @@ def _value_bwd_kernel(
     for columns in _value_tiles(cfg):
         v = v_ref[:, columns].astype(_F32)
         do = do_ref[:, columns].astype(_F32)
-        d_p += _mm(do, u_ref[:, columns], cfg, transpose_b=True)
+        d_p += _mm(do, _mm(inverse, beta[:, None] * v, cfg), cfg, transpose_b=True)
         du = du_ref[:, columns].astype(_F32) + _mm(p, do, cfg, transpose_a=True)
         d_inverse += _mm(du, beta[:, None] * v, cfg, transpose_b=True)
         d_xu = _mm(inverse, du, cfg, transpose_a=True)
@@ -865,7 +864,6 @@ def _chunk_backward(
     inputs: tuple[jax.Array, ...],
     inverse: jax.Array,
     w: jax.Array,
-    u: jax.Array,
     du: jax.Array,
     do: jax.Array,
     partials: tuple[jax.Array, ...],
@@ -895,8 +893,8 @@ def _chunk_backward(
         _value_bwd_kernel,
         cfg,
         "gdn_value_bwd",
-        [q, k, v, *gates, inverse, u, du, do],
-        [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_spec, value_in],
+        [q, k, v, *gates, inverse, du, do],
+        [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_in],
         [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
     )
     dw, d_decay_in, d_decay_out = _chunk_call(
@@ -970,14 +968,14 @@ def _forward(
     cfg: _Config,
     save: bool,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
-    """(o, final) and, with ``save``, the residuals of the backward: the inputs, the chunks' inverses T, W, U, Qt, Kt
+    """(o, final) and, with ``save``, the residuals of the backward: the inputs, the chunks' inverses T, W, Qt, Kt
     (which the forward writes anyway) and the states entering every chunk and v_new (written by the forward scan, so
     the backward runs only the reverse scan; under the model's rematerialisation they live only while the layer's
     backward runs)."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
     o, final, *saved = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype, save)
-    return (o, final), (q, k, v, g, beta, doc, inverse, w, u, qt, kt, *saved)
+    return (o, final), (q, k, v, g, beta, doc, inverse, w, qt, kt, *saved)
 
 
 def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
@@ -988,11 +986,11 @@ def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
     """The reverse scan, the contractions with the saved states, then the chunk backward."""
-    q, k, v, g, beta, doc, inverse, w, u, qt, kt, states, v_new = residuals
+    q, k, v, g, beta, doc, inverse, w, qt, kt, states, v_new = residuals
     do, dfinal = cotangents
     du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
     partials = _contract_backward(v_new, states, d_states, do, du, cfg)
-    dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, u, du, do, partials, cfg)
+    dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, du, do, partials, cfg)
     return dq, dk, dv, dg, dbeta, dh0, None
 
 
