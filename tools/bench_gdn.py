@@ -251,7 +251,7 @@ STAGE_KERNELS = {
     "scan_fwd": ("gdn_scan_fwd",),
     "scan_bwd": ("gdn_scan_bwd",),
     "contract_bwd": ("gdn_contract_bwd",),
-    "chunk_bwd": ("gdn_value_bwd", "gdn_key_bwd", "gdn_pairs_bwd", "gdn_finish_bwd"),
+    "chunk_bwd": ("gdn_value_bwd", "gdn_pairs_bwd", "gdn_finish_bwd"),
 }
 WARPS = (1, 2, 4, 8)
 

@@ -38,9 +38,9 @@ writes anyway; under the model's rematerialisation they live only while the laye
 4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
    leaving every chunk, and does only the three matmuls on the sequential path.
 5. ``_contract_bwd_kernel``: the contractions over V (dW, dQt, dKt, d(d)) from the saved states, chunk-parallel.
-6. ``_value_bwd_kernel``, ``_key_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra
-   backwards (value side, key side, through T and Gamma to the pair level, then the key loop and the gate sums) to
-   dq, dk, dv, dg, dbeta. Four kernels rather than one keep each one's C x C values in registers (one kernel
+6. ``_value_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value
+   side; the key side through T and Gamma to the pair level; then the key loop and the gate sums) to dq, dk, dv,
+   dg, dbeta. Three kernels rather than one keep each one's C x C values in registers (one kernel
    spilled gigabytes to local memory on an H100).
 
 Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
@@ -144,7 +144,6 @@ KERNEL_WARPS = dict.fromkeys(
         "gdn_scan_bwd",
         "gdn_contract_bwd",
         "gdn_value_bwd",
-        "gdn_key_bwd",
         "gdn_pairs_bwd",
         "gdn_finish_bwd",
     ),
@@ -202,6 +201,11 @@ def _chunk_decay(g: jax.Array, doc: jax.Array) -> jax.Array:
     return jnp.exp(jnp.where(jnp.max(doc) == 0, jnp.sum(g), -jnp.inf))
 
 
+def _decay_in(g: jax.Array, doc: jax.Array) -> jax.Array:
+    """D [C]: exp(sum of g over [0, i]) for tokens of document 0 (the carried state's), else 0. g, doc: [C]."""
+    return jnp.exp(jnp.where(doc == 0, jnp.cumsum(g), -jnp.inf))
+
+
 def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Masked decay factors of one chunk.
 
@@ -217,7 +221,7 @@ def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, ja
     same_doc = doc[:, None] == doc[None, :]
     pair_log = jnp.cumsum(jnp.where(cols < rows, g[:, None], 0.0), axis=0)
     gamma = jnp.exp(jnp.where((cols <= rows) & same_doc, pair_log, -jnp.inf))
-    decay_in = jnp.exp(jnp.where(doc == 0, jnp.cumsum(g), -jnp.inf))
+    decay_in = _decay_in(g, doc)
     tail_log = jnp.sum(jnp.where(cols > rows, g[None, :], 0.0), axis=1)
     decay_out = jnp.exp(jnp.where(doc == jnp.max(doc), tail_log, -jnp.inf))
     return gamma, decay_in, decay_out
@@ -515,28 +519,6 @@ def _value_bwd_kernel(
     dbeta_ref[...] = d_beta
 
 
-def _key_bwd_kernel(
-    q_ref, k_ref, g_ref, doc_ref, dw_ref, dqt_ref, dkt_ref, dw_out_ref, ddecay_in_ref, ddecay_out_ref, *, cfg: _Config
-) -> None:
-    """One chunk, key side of the chunk algebra: Qt = diag(D) Q - P W, Kt = diag(E) K.
-
-    Writes dW including the P W path [C, K] and the cotangents of the decay factors D (without the W path) and E
-    [C]. The C x C parts of this side go to ``_pairs_bwd_kernel``, so this kernel holds one C x C value, P.
-    """
-    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
-    p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
-    d_decay_in = jnp.zeros((cfg.chunk,), _F32)
-    d_decay_out = jnp.zeros_like(d_decay_in)
-    for keys in _key_blocks(cfg, 32):
-        dqt = dqt_ref[:, keys].astype(_F32)
-        dw = dw_ref[:, keys].astype(_F32) - _mm(p, dqt, cfg, transpose_a=True)
-        dw_out_ref[:, keys] = dw.astype(dw_out_ref.dtype)
-        d_decay_in += jnp.sum(q_ref[:, keys].astype(_F32) * dqt, axis=1)
-        d_decay_out += jnp.sum(k_ref[:, keys].astype(_F32) * dkt_ref[:, keys].astype(_F32), axis=1)
-    ddecay_in_ref[...] = cfg.scale * d_decay_in  # Qt holds diag(D) (scale Q)
-    ddecay_out_ref[...] = d_decay_out
-
-
 def _pairs_bwd_kernel(
     q_ref,
     k_ref,
@@ -552,6 +534,7 @@ def _pairs_bwd_kernel(
     dbeta_ref,
     dqk_ref,
     dkk_ref,
+    pt_ref,
     pair_sums_ref,
     dbeta_out_ref,
     *,
@@ -559,22 +542,31 @@ def _pairs_bwd_kernel(
 ) -> None:
     """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma
     to the pair level. Adds the key side's parts (through Qt = diag(D) Q - P W and W = T diag(beta D) K, from W,
-    dW and dQt [C, K]) to the value side's cotangents of P and T [C, C]. Writes d(Q K^T) and d(K K^T)
-    (symmetrised) [C, C] in the storage dtype, the row less column sums of the pair cotangent [C]
-    (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
+    dW and dQt [C, K]) to the value side's cotangents of P and T [C, C]. dW [C, K] is the contractions' (without
+    the P W path, whose share of d(T) is -P^T dQt (diag(beta D) K)^T). Writes d(Q K^T) and d(K K^T) (symmetrised)
+    and P T [C, C] in the storage dtype, the row less column sums of the pair cotangent [C] (``_gate_grad``) and
+    dbeta's A-part added to its V-part [C]."""
     rows, cols = _positions(cfg.chunk)
     lower = rows > cols
-    gamma, decay_in, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    decay_in = _decay_in(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
     d_p, d_inverse = dp_ref[...], dinv_ref[...]
+    dqt_k = jnp.zeros_like(d_p)  # dQt (diag(beta D) K)^T
     for keys in _key_blocks(cfg, 32):
-        d_p -= _mm(dqt_ref[:, keys], w_ref[:, keys], cfg, transpose_b=True)
+        dqt = dqt_ref[:, keys]
+        d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
         k = (beta * decay_in)[:, None] * k_ref[:, keys].astype(_F32)
         d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
+        dqt_k += _mm(dqt, k, cfg, transpose_b=True)
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    qk = cfg.scale * _key_product(q_ref, k_ref, cfg)
+    p = qk * gamma
+    d_inverse -= _mm(p, dqt_k, cfg, transpose_a=True)
+    inverse = inverse_ref[...]
+    pt_ref[...] = _mm(p, inverse, cfg).astype(pt_ref.dtype)
     d_qk = d_p * gamma
     dqk_ref[...] = d_qk.astype(dqk_ref.dtype)
-    d_pair = d_qk * (cfg.scale * _key_product(q_ref, k_ref, cfg))
-    inverse = inverse_ref[...]
+    d_pair = d_qk * qk
     d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
     d_a = jnp.where(lower, d_a, 0.0)
     d_a_kk = d_a * _key_product(k_ref, k_ref, cfg) * gamma
@@ -597,10 +589,9 @@ def _finish_bwd_kernel(
     dkt_ref,
     dqk_ref,
     dkk_ref,
+    pt_ref,
     pair_sums_ref,
     dbeta_ref,
-    ddecay_in_ref,
-    ddecay_out_ref,
     ddecay_ref,
     dq_ref,
     dk_ref,
@@ -609,29 +600,35 @@ def _finish_bwd_kernel(
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk: from the pair-level cotangents of ``_pairs_bwd_kernel`` and dw [C, K] (which already holds the
-    P W path) to dq, dk [C, K], dg and dbeta [C]."""
+    """One chunk: from the pair-level cotangents and P T [C, C] of ``_pairs_bwd_kernel``, and the contractions' dW,
+    dQt, dKt [C, K], to dq, dk [C, K], dg and dbeta [C].
+
+    Qt = diag(D) (scale Q) - P W and W = T diag(beta D) K, so d(diag(beta D) K) = T^T (dW - P^T dQt)
+    = T^T dW - (P T)^T dQt; Kt = diag(E) K.
+    """
     g, doc = g_ref[...], doc_ref[...]
     _, decay_in, decay_out = _chunk_gates(g, doc)
     beta = beta_ref[...]
     beta_decay = beta * decay_in
-    inverse, d_qk, d_kk = inverse_ref[...], dqk_ref[...], dkk_ref[...]
+    inverse, pt, d_qk, d_kk = inverse_ref[...], pt_ref[...], dqk_ref[...], dkk_ref[...]
     k_dxw = jnp.zeros_like(beta)
+    q_dqt = jnp.zeros_like(beta)
+    k_dkt = jnp.zeros_like(beta)
     for keys in _key_blocks(cfg, 32):
         q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
-        d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True)  # d(diag(beta D) K)
+        dqt, dkt = dqt_ref[:, keys].astype(_F32), dkt_ref[:, keys].astype(_F32)
+        d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True) - _mm(pt, dqt, cfg, transpose_a=True)
         k_dxw += jnp.sum(k * d_xw, axis=1)
-        dq = decay_in[:, None] * dqt_ref[:, keys].astype(_F32) + _mm(d_qk, k, cfg)  # d(scale Q)
+        q_dqt += jnp.sum(q * dqt, axis=1)
+        k_dkt += jnp.sum(k * dkt, axis=1)
+        dq = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)  # d(scale Q)
         dq_ref[:, keys] = (cfg.scale * dq).astype(dq_ref.dtype)
-        dk = decay_out[:, None] * dkt_ref[:, keys].astype(_F32) + beta_decay[:, None] * d_xw
-        dk += cfg.scale * _mm(d_qk, q, cfg, transpose_a=True)
+        dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + cfg.scale * _mm(d_qk, q, cfg, transpose_a=True)
         dk_ref[:, keys] = (dk + _mm(d_kk, k, cfg)).astype(dk_ref.dtype)
     dbeta_out_ref[...] = dbeta_ref[...] + decay_in * k_dxw
-    d_decay_in = ddecay_in_ref[...] + beta * k_dxw
+    d_decay_in = cfg.scale * q_dqt + beta * k_dxw  # Qt holds diag(D) (scale Q)
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
-    dg_ref[...] = _gate_grad(
-        pair_sums_ref[...], d_decay_in * decay_in, ddecay_out_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
-    )
+    dg_ref[...] = _gate_grad(pair_sums_ref[...], d_decay_in * decay_in, k_dkt * decay_out, d_decay * _chunk_decay(g, doc))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -870,7 +867,7 @@ def _chunk_backward(
     cfg: _Config,
 ) -> tuple[jax.Array, ...]:
     """dq, dk [B, T, H, key_width] in q's and k's dtype, dv [B, T, H, V] in v's dtype, dg, dbeta [B, T, H] (float32),
-    in four chunk-parallel kernels (value side, key side, pair level, then the key loop and the gates), each small
+    in three chunk-parallel kernels (value side, pair level, then the key loop and the gates), each small
     enough to keep its values in registers.
 
     inputs: q, k, v, g, beta, doc (caller layout). partials: dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] from
@@ -897,31 +894,21 @@ def _chunk_backward(
         [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_in],
         [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
     )
-    dw, d_decay_in, d_decay_out = _chunk_call(
-        _key_bwd_kernel,
-        cfg,
-        "gdn_key_bwd",
-        [q, k, g, doc, dw, dqt, dkt],
-        [key_in, key_in, gate, _doc_spec(cfg, cfg.chunk, chunks=True)] + [key_spec] * 3,
-        [(key_spec, jax.ShapeDtypeStruct(dw.shape[:2] + (cfg.key_width,), cfg.matmul_dtype)), vector, vector],
-    )
     square_stored = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), cfg.matmul_dtype))
-    d_qk, d_kk, pair_sums, d_beta = _chunk_call(
+    d_qk, d_kk, pt, pair_sums, d_beta = _chunk_call(
         _pairs_bwd_kernel,
         cfg,
         "gdn_pairs_bwd",
         [q, k, *gates, inverse, w, dw, dqt, d_p, d_inverse, d_beta],
         [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec],
-        [square_stored, square_stored, vector, vector],
+        [square_stored, square_stored, square_stored, vector, vector],
     )
     dq, dk, dg, d_beta = _chunk_call(
         _finish_bwd_kernel,
         cfg,
         "gdn_finish_bwd",
-        [q, k, *gates, inverse, dw, dqt, dkt, d_qk, d_kk, pair_sums, d_beta, d_decay_in, d_decay_out, d_decay],
-        [key_in, key_in, *gate_specs, square_spec, _chunk_spec(cfg, cfg.key_width), key_spec, key_spec]
-        + [square_spec] * 2
-        + [vector_spec] * 5,
+        [q, k, *gates, inverse, dw, dqt, dkt, d_qk, d_kk, pt, pair_sums, d_beta, d_decay],
+        [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 3 + [vector_spec] * 3,
         [(key_in, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_in, jax.ShapeDtypeStruct(k.shape, k.dtype))]
         + [gate_out, gate_out],
     )
