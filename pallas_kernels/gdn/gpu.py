@@ -37,7 +37,8 @@ Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, Qt, Kt and t
 writes anyway; under the model's rematerialisation they live only while the layer's backward runs):
 4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
    leaving every chunk, and does only the three matmuls on the sequential path.
-5. ``_contract_bwd_kernel``: the contractions over V (dW, dQt, dKt, d(d)) from the saved states, chunk-parallel.
+5. ``_contract_bwd_kernel``, grid (B * H, chunks, key groups): the contractions over V (dW, dQt, dKt, d(d)) from
+   the saved states, chunk-parallel.
 6. ``_value_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value
    side; the key side through T and Gamma to the pair level; then the key loop and the gate sums) to dq, dk, dv,
    dg, dbeta. Three kernels rather than one keep each one's C x C values in registers (one kernel
@@ -452,14 +453,16 @@ def _scan_bwd_kernel(
 def _contract_bwd_kernel(
     v_new_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
 ) -> None:
-    """One chunk: the cotangents that contract the state's value dim.
+    """One (chunk, group of G key rows, ``_contract_group``): the cotangents that contract the state's value dim.
 
-    With S [K, V] the state entering the chunk and dS [K, V] the cotangent of the state leaving it:
-    dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, K] and d(d) = sum(S * dS). The key blocks are the outer loop:
-    the chunk's v_new, dU and dO [C, V] come from memory once and from the cache for the later key blocks.
+    With S [G, V] the group's rows of the state entering the chunk and dS [G, V] those of the cotangent of the state
+    leaving it: dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, G] and the group's share of d(d) = sum(S * dS). The
+    key blocks of the group are the outer loop: the chunk's v_new, dU and dO [C, V] come from memory once and from
+    the cache for the later key blocks.
     """
     d_decay = jnp.zeros((), _F32)
-    for keys in _key_blocks(cfg):
+    group = states_ref.shape[0]
+    for keys in (pl.ds(start, cfg.key_block) for start in range(0, group, cfg.key_block)):
         dw = jnp.zeros((cfg.chunk, keys.size), _F32)
         dqt = jnp.zeros_like(dw)
         dkt = jnp.zeros_like(dw)
@@ -837,24 +840,36 @@ def _scan_backward(
     )
 
 
+def _contract_group(cfg: _Config) -> int:
+    """Key rows per contraction program: 64 where 64 divides the key width (one [C, 64] block; a chunk's programs
+    share its v_new, dU and dO through the cache), else the whole width in key blocks of 16 or 32 (96 = 3 x 32), which
+    an H100 ran faster than one program per 32 key rows (BENCHMARKS.md)."""
+    return 64 if cfg.key_width % 64 == 0 else cfg.key_width
+
+
 def _contract_backward(
     v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
     """dW, dQt, dKt [B * H, T, K] (storage dtype) and d(d) [B * H, T] (float32, each chunk's value repeated over
-    its C positions), grid (B * H, chunks). do: [B, T, H, V]."""
+    its C positions), grid (B * H, chunks, K / G). do: [B, T, H, V]."""
     heads, length, _ = v_new.shape
-    value_spec = _chunk_spec(cfg, cfg.value_dim)
-    state_spec = pl.BlockSpec((None, cfg.key_width, cfg.value_dim), lambda bh, n: (bh, n, 0))
-    key_out = (_chunk_spec(cfg, cfg.key_width), jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
-    return _call(
+    group = _contract_group(cfg)
+    groups = cfg.key_width // group
+    value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kg: (bh, n, 0))
+    state_spec = pl.BlockSpec((None, group, cfg.value_dim), lambda bh, n, kg: (bh, n * groups + kg, 0))
+    key_spec = pl.BlockSpec((None, cfg.chunk, group), lambda bh, n, kg: (bh, n, kg))
+    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
+    decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kg: (bh, kg, n))
+    dw, dqt, dkt, d_decay = _call(
         _contract_bwd_kernel,
         cfg,
         "gdn_contract_bwd",
-        (heads, length // cfg.chunk),
+        (heads, length // cfg.chunk, groups),
         [v_new, states, d_states, do, du],
         [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec],
-        [key_out] * 3 + [(_chunk_vector_spec(cfg), jax.ShapeDtypeStruct((heads, length), _F32))],
+        [key_out] * 3 + [(decay_spec, jax.ShapeDtypeStruct((heads, groups, length), _F32))],
     )
+    return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
 
 
 def _chunk_backward(
