@@ -135,8 +135,8 @@ class _Config:
 
 # Warps per kernel, by pallas_call name: the fastest of 1, 2, 4 and 8 on an H100 at the Olmo Hybrid shape
 # (``tools/bench_gdn.py --sweep-warps``, BENCHMARKS.md): 1 for the solve, whose 16 x 16 blocks fit one warp, 4 for
-# the rest (gdn_pairs_bwd, newer than that sweep, has 4 untried against the others). ``--warps NAME=W`` overrides
-# entries before anything is traced.
+# the rest (gdn_pairs_bwd, newer than that sweep, lost at 8 warps and has 1 and 2 untried). ``--warps NAME=W``
+# overrides entries before anything is traced.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
@@ -631,7 +631,9 @@ def _finish_bwd_kernel(
     dbeta_out_ref[...] = dbeta_ref[...] + decay_in * k_dxw
     d_decay_in = cfg.scale * q_dqt + beta * k_dxw  # Qt holds diag(D) (scale Q)
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
-    dg_ref[...] = _gate_grad(pair_sums_ref[...], d_decay_in * decay_in, k_dkt * decay_out, d_decay * _chunk_decay(g, doc))
+    dg_ref[...] = _gate_grad(
+        pair_sums_ref[...], d_decay_in * decay_in, k_dkt * decay_out, d_decay * _chunk_decay(g, doc)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

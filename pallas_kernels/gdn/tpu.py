@@ -376,7 +376,10 @@ _pallas_state_scan.defvjp(_pallas_state_scan_fwd, _pallas_state_scan_bwd)
 def _pad_to_lanes(
     q: jax.Array, k: jax.Array, v: jax.Array, initial_state: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Zero-pads K and V to multiples of 128 (zero channels change nothing): q, k [.., K'], v [.., V'], state [.., K', V']."""
+    """Zero-pads K and V to multiples of 128 (zero channels change nothing).
+
+    Returns q, k [.., K'], v [.., V'] and the state [.., K', V'].
+    """
     padded_k, padded_v = _round_up(q.shape[-1], _LANES), _round_up(v.shape[-1], _LANES)
     state = jnp.pad(initial_state, [(0, 0), (0, 0), (0, padded_k - q.shape[-1]), (0, padded_v - v.shape[-1])])
     return _pad_last(q, padded_k), _pad_last(k, padded_k), _pad_last(v, padded_v), state
