@@ -56,6 +56,7 @@ from pallas_kernels.gdn.ops import gated_delta_rule  # noqa: E402
 SHAPES = ((1, 8192, 30, 96, 192), (4, 4096, 16, 128, 128), (2, 8192, 16, 128, 256), (1, 65536, 16, 128, 128))
 CHUNK = 64
 GRAD_NAMES = ("q", "k", "v", "g", "beta")
+FLA = "flash-linear-attention"  # its row label
 
 
 def _inputs(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
@@ -429,7 +430,7 @@ def main() -> None:
         for name, fn in builders.items():
             timed[name] = _compile_or_report(label, name, lambda: _jax_timed(fn, x))
         if "fla" in impls and _fla_available():
-            timed["flash-linear-attention"] = _compile_or_report(label, "flash-linear-attention", lambda: _fla_timed(x))
+            timed[FLA] = _compile_or_report(label, FLA, lambda: _fla_timed(x))
         timed = {name: t for name, t in timed.items() if t is not None}
         calls = {}
         for name, t in timed.items():
@@ -442,7 +443,7 @@ def main() -> None:
             append(f"| {label} | {name} | {fwd:.3f} | {fwd_bwd:.3f} | {finite} |")
         if args.profile:
             for name, t in timed.items():
-                if name == "flash-linear-attention":
+                if name == FLA:
                     torch_profiles.append((label, name, t))
                 else:
                     profiles += _profile_rows(label, name, t, args.runs)

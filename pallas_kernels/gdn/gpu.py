@@ -61,9 +61,9 @@ float32-accurate with float32 matmuls, one TF32 pass with bfloat16 ones.
 Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
 (K = 96 in three blocks of 32) and the value width in power-of-two tiles of at most 64 (192 in three of 64); the
 scans hold the state as one tile per power-of-two part of the key width (96 = 64 + 32) and BV value columns, so no
-array is padded to a power of two. Inputs are copied with
-zero padding only where needed: K or V not a multiple of 16 (zero key channels change nothing), or T not a multiple
-of C (padded tokens have q = k = v = g = beta = 0, which leaves the state unchanged); outputs are sliced back.
+array is padded to a power of two. Inputs are copied with zero padding only where needed: K or V not a multiple of
+16 (zero key channels change nothing), or T not a multiple of C (padded tokens have q = k = v = g = beta = 0, which
+leaves the state unchanged); outputs are sliced back.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ class _Config:
 
 # Warps per kernel, by pallas_call name: the fastest of 1, 2, 4 and 8 on an H100 at the Olmo Hybrid shape
 # (``tools/bench_gdn.py --sweep-warps``, BENCHMARKS.md): 1 for the solve, whose 16 x 16 blocks fit one warp, 4 for
-# the rest (gdn_pairs_bwd, newer than that sweep, lost at 8 warps and has 1 and 2 untried). ``--warps NAME=W``
-# overrides entries before anything is traced.
+# the rest (gdn_pairs_bwd, newer than that sweep, lost at 8 warps, tried together with the contractions at 8, and
+# has 1 and 2 untried). ``--warps NAME=W`` overrides entries before anything is traced.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
@@ -561,7 +561,7 @@ def _pairs_bwd_kernel(
         k = (beta * decay_in)[:, None] * k_ref[:, keys].astype(_F32)
         d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
         dqt_k += _mm(dqt, k, cfg, transpose_b=True)
-    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])  # formed after the loop, so not held through it
     qk = cfg.scale * _key_product(q_ref, k_ref, cfg)
     p = qk * gamma
     d_inverse -= _mm(p, dqt_k, cfg, transpose_a=True)
