@@ -251,8 +251,9 @@ STAGE_KERNELS = {
     "chunk_fwd": ("gdn_chunk_fwd",),
     "scan_fwd": ("gdn_scan_fwd",),
     "scan_bwd": ("gdn_scan_bwd",),
-    "contract_bwd": ("gdn_contract_bwd",),
-    "chunk_bwd": ("gdn_value_bwd", "gdn_pairs_bwd", "gdn_finish_bwd"),
+    "value_pairs_bwd": ("gdn_value_bwd", "gdn_pairs_bwd"),
+    "contract_finish_bwd": ("gdn_contract_finish_bwd",),
+    "gates_bwd": ("gdn_gates_bwd",),
 }
 WARPS = (1, 2, 4, 8)
 
@@ -281,11 +282,16 @@ def _stages(
     inverse = stage("solve", lambda *a: gpu._solve(*a, cfg), k, g, beta, doc)
     w, u, qt, kt, pu = stage("chunk_fwd", lambda *a: gpu._chunk_forward(*a, cfg), q, k, v, g, beta, doc, inverse)
     scan = lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16, save=True)  # noqa: E731
-    _, _, states, v_new = stage("scan_fwd", scan, w, u, kt, qt, pu, g, doc, h0)
-    du, d_states, _ = stage("scan_bwd", lambda *a: gpu._scan_backward(*a, cfg), w, qt, kt, g, doc, do, dfinal)
-    partials = stage("contract_bwd", lambda *a: gpu._contract_backward(*a, cfg), v_new, states, d_states, do, du)
-    chunk_bwd = lambda *a: gpu._chunk_backward(a[:6], *a[6:10], a[10:], cfg)  # noqa: E731
-    stage("chunk_bwd", chunk_bwd, q, k, v, g, beta, doc, inverse, w, du, do, *partials)
+    decays = gpu._chunk_decays(g, doc, cfg)
+    _, _, states, v_new = stage("scan_fwd", scan, w, u, kt, qt, pu, decays, h0)
+    du, d_states, _ = stage("scan_bwd", lambda *a: gpu._scan_backward(*a, cfg), w, qt, kt, decays, do, dfinal)
+    value_pairs = lambda *a: gpu._value_pairs_backward(a[:6], *a[6:], cfg)  # noqa: E731
+    dv, *pairs, pair_sums, d_beta = stage("value_pairs_bwd", value_pairs, q, k, v, g, beta, doc, inverse, v_new, du, do)
+    contract_finish = lambda *a: gpu._contract_finish_backward(a[:5], *a[5:11], a[11:], cfg)  # noqa: E731
+    args = (q, k, g, beta, doc, inverse, v_new, states, d_states, du, do, *pairs)
+    dq, dk, *row_sums = stage("contract_finish_bwd", contract_finish, *args)
+    gates = lambda *a: gpu._gates_backward(*a[:3], list(a[3:]), cfg)  # noqa: E731
+    stage("gates_bwd", gates, g, beta, doc, pair_sums, d_beta, *row_sums)
     return stages
 
 

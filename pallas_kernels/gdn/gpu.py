@@ -37,12 +37,12 @@ Backward (a ``jax.custom_vjp``; the forward saves its inputs, T, W, Qt, Kt and t
 writes anyway; under the model's rematerialisation they live only while the layer's backward runs):
 4. ``_scan_bwd_kernel``, grid (B * H, V / BV), the reverse loop carrying dS: it writes dU = d(v_new) and the dS
    leaving every chunk, and does only the three matmuls on the sequential path.
-5. ``_contract_bwd_kernel``, grid (B * H, chunks, key groups): the contractions over V (dW, dQt, dKt, d(d)) from
-   the saved states, chunk-parallel.
-6. ``_value_bwd_kernel``, ``_pairs_bwd_kernel``, ``_finish_bwd_kernel``: the chunk algebra backwards (value
-   side; the key side through T and Gamma to the pair level; then the key loop and the gate sums) to dq, dk, dv,
-   dg, dbeta. Three kernels rather than one keep each one's C x C values in registers (one kernel
-   spilled gigabytes to local memory on an H100).
+5. ``_value_bwd_kernel``, ``_pairs_bwd_kernel``: the chunk algebra backwards through v_new = T Z, which carries
+   every path from T, U and W to the outputs, to dv, d(P) and d(A), then through P, A and Gamma to the pair level.
+6. ``_contract_finish_bwd_kernel``, grid (B * H, chunks, key blocks): the contractions over V with the saved states
+   (dW, dQt, dKt, d(d)), kept in registers for the key loop that forms dq and dk.
+7. ``_gates_bwd_kernel``: dg and dbeta from the row sums of the others. Separate kernels keep each one's C x C
+   values in registers (one kernel for all of it spilled gigabytes to local memory on an H100).
 
 Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
 along axis 0 of a masked C x C matrix for the pairs, masked row sums for E, block head/tail sums in the solve
@@ -54,8 +54,8 @@ sets the operand dtype of the matmuls and the storage dtype of T, W, U, Qt, PU, 
 float32 (every matmul at float32 accuracy: on the GPU three TF32 tensor-core passes, ``TF32_TF32_F32_X3``,
 relative error ~1e-6; in the interpreter ``Precision.HIGHEST``) or bfloat16 (one bfloat16 pass; errors of a few
 1e-3 against the float32 recurrence, like flash-linear-attention's bfloat16 kernels). It is also the storage dtype
-of the backward's per-token cotangents dU, dW, dQt, dKt and of the pair-level d(Q K^T), d(K K^T); the other
-C x C cotangents (of P and T) stay float32. The block substitution of the inverse uses float32 operands:
+of the backward's per-token cotangent dU and of every C x C array passed between the backward's kernels (d(P),
+d(A), d(Q K^T), d(K K^T), P T). The block substitution of the inverse uses float32 operands:
 float32-accurate with float32 matmuls, one TF32 pass with bfloat16 ones.
 
 Triton needs power-of-two tiles >= 16. The chunk kernels step through the key width in power-of-two column blocks
@@ -135,29 +135,37 @@ class _Config:
 
 # Warps per kernel, by pallas_call name: the fastest of 1, 2, 4 and 8 on an H100 at the Olmo Hybrid shape
 # (``tools/bench_gdn.py --sweep-warps``, BENCHMARKS.md): 1 for the solve, whose 16 x 16 blocks fit one warp, 4 for
-# the rest (gdn_pairs_bwd, newer than that sweep, lost at 8 warps, tried together with the contractions at 8, and
-# has 1 and 2 untried). ``--warps NAME=W`` overrides entries before anything is traced.
+# the rest (the backward's value, pairs, contract-finish and gates kernels are newer than that sweep; the pairs
+# kernel's earlier form lost at 8 warps). ``--warps NAME=W`` overrides entries before anything is traced.
 KERNEL_WARPS = dict.fromkeys(
     (
         "gdn_solve",
         "gdn_chunk_fwd",
         "gdn_scan_fwd",
         "gdn_scan_bwd",
-        "gdn_contract_bwd",
         "gdn_value_bwd",
         "gdn_pairs_bwd",
-        "gdn_finish_bwd",
+        "gdn_contract_finish_bwd",
+        "gdn_gates_bwd",
     ),
     4,
 ) | {"gdn_solve": 1}
 
 
-def _scan_stages(step_bytes: int, cfg: _Config) -> int:
-    """Scans prefetch the next chunk's tiles (2 stages) while their double buffers and the layout conversions of
-    the state [K, BV] and of v_new or dU [C, BV] into matmul operands fit in the 227 KiB of shared memory a
-    program may use on an H100 (K = V = 256 at BV = 64 needs one stage)."""
+def _sm_count() -> int:
+    """Streaming multiprocessors of the default device (132, an H100's, where it does not say, as on the CPU)."""
+    return getattr(jax.devices()[0], "core_count", None) or 132
+
+
+def _scan_stages(step_bytes: int, programs: int, cfg: _Config) -> int:
+    """Scans prefetch the tiles of the next two chunks (3 stages), or of the next one (2), while those buffers and
+    the layout conversions of the state [K, BV] and of v_new or dU [C, BV] into matmul operands fit in a program's
+    share of an H100's shared memory: 227 KiB where the ``programs`` fit one per SM, else 113 KiB, so that two share
+    an SM rather than the rest waiting for a second wave (K = V = 256 at BV = 64 needs one stage). Measured at the
+    Olmo Hybrid shape (180 programs, BENCHMARKS.md): 3 stages, one program per SM, took 680 us against 528 us."""
+    budget = 227 * 1024 if programs <= _sm_count() else 113 * 1024
     conversions = (cfg.key_width + cfg.chunk) * cfg.block_v * cfg.matmul_dtype.itemsize
-    return 2 if 2 * step_bytes + conversions <= 227 * 1024 else 1
+    return max([1] + [stages for stages in (2, 3) if stages * step_bytes + conversions <= budget])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,11 +210,6 @@ def _chunk_decay(g: jax.Array, doc: jax.Array) -> jax.Array:
     return jnp.exp(jnp.where(jnp.max(doc) == 0, jnp.sum(g), -jnp.inf))
 
 
-def _decay_in(g: jax.Array, doc: jax.Array) -> jax.Array:
-    """D [C]: exp(sum of g over [0, i]) for tokens of document 0 (the carried state's), else 0. g, doc: [C]."""
-    return jnp.exp(jnp.where(doc == 0, jnp.cumsum(g), -jnp.inf))
-
-
 def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Masked decay factors of one chunk.
 
@@ -222,7 +225,7 @@ def _chunk_gates(g: jax.Array, doc: jax.Array) -> tuple[jax.Array, jax.Array, ja
     same_doc = doc[:, None] == doc[None, :]
     pair_log = jnp.cumsum(jnp.where(cols < rows, g[:, None], 0.0), axis=0)
     gamma = jnp.exp(jnp.where((cols <= rows) & same_doc, pair_log, -jnp.inf))
-    decay_in = _decay_in(g, doc)
+    decay_in = jnp.exp(jnp.where(doc == 0, jnp.cumsum(g), -jnp.inf))
     tail_log = jnp.sum(jnp.where(cols > rows, g[None, :], 0.0), axis=1)
     decay_out = jnp.exp(jnp.where(doc == jnp.max(doc), tail_log, -jnp.inf))
     return gamma, decay_in, decay_out
@@ -381,16 +384,16 @@ def _state_rows(n: jax.Array, part: pl.Slice, cfg: _Config) -> pl.Slice:
 
 
 def _scan_fwd_kernel(
-    w_ref, u_ref, kt_ref, qt_ref, pu_ref, g_ref, doc_ref, h0_ref, o_ref, final_ref, *saved_refs, cfg: _Config
+    w_ref, u_ref, kt_ref, qt_ref, pu_ref, decay_ref, h0_ref, o_ref, final_ref, *saved_refs, cfg: _Config
 ) -> None:
     """One (head, value tile): the loop over chunks carrying S [K, BV] (one tile per key part).
 
-    Inputs per head: W, Kt, Qt [T, K]; U, PU [T, BV]; g, doc [T]; h0 [K, BV]. Writes O [T, BV] and the final state
-    [K, BV]; with ``saved_refs`` (for the backward) also the state entering each chunk [N * K, BV] and
+    Inputs per head: W, Kt, Qt [T, K]; U, PU [T, BV]; the chunks' decays d [N]; h0 [K, BV]. Writes O [T, BV] and the
+    final state [K, BV]; with ``saved_refs`` (for the backward) also the state entering each chunk [N * K, BV] and
     v_new = U - W S [T, BV].
     """
     chunk, parts = cfg.chunk, _key_parts(cfg)
-    num_chunks = g_ref.shape[0] // chunk
+    num_chunks = decay_ref.shape[0]
 
     def step(n: jax.Array, state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         rows = pl.ds(pl.multiple_of(n * chunk, chunk), chunk)
@@ -405,7 +408,7 @@ def _scan_fwd_kernel(
             for part, tile in zip(parts, state):
                 states_ref[_state_rows(n, part, cfg), :] = tile.astype(states_ref.dtype)
             v_new_ref[rows, :] = v_new.astype(v_new_ref.dtype)
-        decay = _chunk_decay(g_ref[rows], doc_ref[rows])
+        decay = decay_ref[n]
         return tuple(
             decay * tile + _mm(kt_ref[rows, part], v_new, cfg, transpose_a=True) for part, tile in zip(parts, state)
         )
@@ -417,16 +420,16 @@ def _scan_fwd_kernel(
 
 
 def _scan_bwd_kernel(
-    w_ref, qt_ref, kt_ref, g_ref, doc_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, *, cfg: _Config
+    w_ref, qt_ref, kt_ref, decay_ref, do_ref, dfinal_ref, du_ref, d_states_ref, dh0_ref, *, cfg: _Config
 ) -> None:
     """One (head, value tile): the reverse loop over chunks carrying dS [K, BV] (one tile per key part), the
     cotangent of the state leaving the chunk.
 
-    Inputs per head: W, Qt, Kt [T, K]; g, doc [T]; dO [T, BV]; dfinal [K, BV]. Writes dU = d(v_new) [T, BV],
-    dS leaving every chunk [N * K, BV] (for ``_contract_bwd_kernel``) and dh0 [K, BV].
+    Inputs per head: W, Qt, Kt [T, K]; the chunks' decays d [N]; dO [T, BV]; dfinal [K, BV]. Writes
+    dU = d(v_new) [T, BV], dS leaving every chunk [N * K, BV] (for ``_contract_bwd_kernel``) and dh0 [K, BV].
     """
     chunk, parts = cfg.chunk, _key_parts(cfg)
-    num_chunks = g_ref.shape[0] // chunk
+    num_chunks = decay_ref.shape[0]
 
     def step(i: jax.Array, d_state: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         n = num_chunks - 1 - i
@@ -436,7 +439,7 @@ def _scan_bwd_kernel(
             d_states_ref[_state_rows(n, part, cfg), :] = tile.astype(d_states_ref.dtype)
             d_v_new += _mm(kt_ref[rows, part], tile, cfg)
         du_ref[rows, :] = d_v_new.astype(du_ref.dtype)
-        decay = _chunk_decay(g_ref[rows], doc_ref[rows])
+        decay = decay_ref[n]
         do = do_ref[rows, :]
         return tuple(
             decay * tile
@@ -450,35 +453,6 @@ def _scan_bwd_kernel(
         dh0_ref[part, :] = tile
 
 
-def _contract_bwd_kernel(
-    v_new_ref, states_ref, d_states_ref, do_ref, du_ref, dw_ref, dqt_ref, dkt_ref, ddecay_ref, *, cfg: _Config
-) -> None:
-    """One (chunk, group of G key rows, ``_contract_group``): the cotangents that contract the state's value dim.
-
-    With S [G, V] the group's rows of the state entering the chunk and dS [G, V] those of the cotangent of the state
-    leaving it: dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, G] and the group's share of d(d) = sum(S * dS). The
-    key blocks of the group are the outer loop: the chunk's v_new, dU and dO [C, V] come from memory once and from
-    the cache for the later key blocks.
-    """
-    d_decay = jnp.zeros((), _F32)
-    group = states_ref.shape[0]
-    for keys in (pl.ds(start, cfg.key_block) for start in range(0, group, cfg.key_block)):
-        dw = jnp.zeros((cfg.chunk, keys.size), _F32)
-        dqt = jnp.zeros_like(dw)
-        dkt = jnp.zeros_like(dw)
-        for columns in _value_tiles(cfg):
-            state = states_ref[keys, columns]
-            d_state = d_states_ref[keys, columns]
-            dkt += _mm(v_new_ref[:, columns], d_state, cfg, transpose_b=True)
-            dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
-            dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
-            d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
-        dw_ref[:, keys] = dw.astype(dw_ref.dtype)
-        dqt_ref[:, keys] = dqt.astype(dqt_ref.dtype)
-        dkt_ref[:, keys] = dkt.astype(dkt_ref.dtype)
-    ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
-
-
 def _value_bwd_kernel(
     q_ref,
     k_ref,
@@ -487,38 +461,45 @@ def _value_bwd_kernel(
     beta_ref,
     doc_ref,
     inverse_ref,
+    v_new_ref,
     du_ref,
     do_ref,
     dv_ref,
     dbeta_ref,
     dp_ref,
-    dinv_ref,
+    da_ref,
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk, value side of the chunk algebra: PU = P U and U = T diag(beta) V.
+    """One chunk: the cotangents of V, P and A through v_new, the only place T, U and W meet the outputs.
 
-    From dU (the scan's d(v_new)) and dO [C, V]: writes dv [C, V], the V-part of dbeta [C], and the V-parts of
-    the cotangents of P and T [C, C]. U is recomputed from T and v (one C x C by C x V matmul) rather than read.
+    O = PU + Qt S with Qt = diag(D) (scale Q) - P W is P v_new + diag(D) (scale Q) S, and v_new = U - W S =
+    T Z with Z = diag(beta) V - diag(beta D) K S. So with dU_total = dU + P^T dO (dU: the scan's d(v_new)):
+    d(P) = dO v_new^T, d(Z) = T^T dU_total, dv = diag(beta) d(Z), and, as T = (I + A)^-1,
+    d(A) = -T^T dU_total Z^T T^T = -d(Z) v_new^T (strictly lower). Each is one product, without the cancellation
+    of the U and W paths taken separately.
+
+    From v_new, dU, dO [C, V]: writes dv [C, V], the V-part of dbeta [C], d(P) and d(A) [C, C].
     """
     gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
     p = _key_product(q_ref, k_ref, cfg) * (cfg.scale * gamma)
     beta = beta_ref[...]
     inverse = inverse_ref[...]
     d_p = jnp.zeros_like(p)
-    d_inverse = jnp.zeros_like(p)
+    d_a = jnp.zeros_like(p)
     d_beta = jnp.zeros_like(beta)
     for columns in _value_tiles(cfg):
-        v = v_ref[:, columns].astype(_F32)
         do = do_ref[:, columns].astype(_F32)
-        d_p += _mm(do, _mm(inverse, beta[:, None] * v, cfg), cfg, transpose_b=True)
+        v_new = v_new_ref[:, columns]
+        d_p += _mm(do, v_new, cfg, transpose_b=True)
         du = du_ref[:, columns].astype(_F32) + _mm(p, do, cfg, transpose_a=True)
-        d_inverse += _mm(du, beta[:, None] * v, cfg, transpose_b=True)
-        d_xu = _mm(inverse, du, cfg, transpose_a=True)
-        dv_ref[:, columns] = (beta[:, None] * d_xu).astype(dv_ref.dtype)
-        d_beta += jnp.sum(v * d_xu, axis=1)
-    dp_ref[...] = d_p
-    dinv_ref[...] = d_inverse
+        d_z = _mm(inverse, du, cfg, transpose_a=True)
+        d_a -= _mm(d_z, v_new, cfg, transpose_b=True)
+        dv_ref[:, columns] = (beta[:, None] * d_z).astype(dv_ref.dtype)
+        d_beta += jnp.sum(v_ref[:, columns].astype(_F32) * d_z, axis=1)
+    rows, cols = _positions(cfg.chunk)
+    dp_ref[...] = d_p.astype(dp_ref.dtype)
+    da_ref[...] = jnp.where(rows > cols, d_a, 0.0).astype(da_ref.dtype)
     dbeta_ref[...] = d_beta
 
 
@@ -529,11 +510,8 @@ def _pairs_bwd_kernel(
     beta_ref,
     doc_ref,
     inverse_ref,
-    w_ref,
-    dw_ref,
-    dqt_ref,
     dp_ref,
-    dinv_ref,
+    da_ref,
     dbeta_ref,
     dqk_ref,
     dkk_ref,
@@ -543,96 +521,111 @@ def _pairs_bwd_kernel(
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk: through T = (I + A)^-1, A = strictly_lower(diag(beta) (K K^T * Gamma)) and P = (Q K^T) * Gamma
-    to the pair level. Adds the key side's parts (through Qt = diag(D) Q - P W and W = T diag(beta D) K, from W,
-    dW and dQt [C, K]) to the value side's cotangents of P and T [C, C]. dW [C, K] is the contractions' (without
-    the P W path, whose share of d(T) is -P^T dQt (diag(beta D) K)^T). Writes d(Q K^T) and d(K K^T) (symmetrised)
-    and P T [C, C] in the storage dtype, the row less column sums of the pair cotangent [C] (``_gate_grad``) and
-    dbeta's A-part added to its V-part [C]."""
+    """One chunk: from d(P) and d(A) [C, C] of ``_value_bwd_kernel`` through P = (scale Q K^T) * Gamma and
+    A = strictly_lower(diag(beta) (K K^T * Gamma)) to the pair level. Writes d(scale Q K^T), d(K K^T) (symmetrised)
+    and P T (for ``_finish_bwd_kernel``) [C, C] in the storage dtype, the row less column sums of the pair cotangent
+    [C] (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
     rows, cols = _positions(cfg.chunk)
-    lower = rows > cols
-    decay_in = _decay_in(g_ref[...], doc_ref[...])
+    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
-    d_p, d_inverse = dp_ref[...], dinv_ref[...]
-    dqt_k = jnp.zeros_like(d_p)  # dQt (diag(beta D) K)^T
-    for keys in _key_blocks(cfg, 32):
-        dqt = dqt_ref[:, keys]
-        d_p -= _mm(dqt, w_ref[:, keys], cfg, transpose_b=True)
-        k = (beta * decay_in)[:, None] * k_ref[:, keys].astype(_F32)
-        d_inverse += _mm(dw_ref[:, keys], k, cfg, transpose_b=True)
-        dqt_k += _mm(dqt, k, cfg, transpose_b=True)
-    gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])  # formed after the loop, so not held through it
-    qk = cfg.scale * _key_product(q_ref, k_ref, cfg)
-    p = qk * gamma
-    d_inverse -= _mm(p, dqt_k, cfg, transpose_a=True)
-    inverse = inverse_ref[...]
-    pt_ref[...] = _mm(p, inverse, cfg).astype(pt_ref.dtype)
-    d_qk = d_p * gamma
-    dqk_ref[...] = d_qk.astype(dqk_ref.dtype)
-    d_pair = d_qk * qk
-    d_a = -_mm(_mm(inverse, d_inverse, cfg, transpose_a=True), inverse, cfg, transpose_b=True)
-    d_a = jnp.where(lower, d_a, 0.0)
-    d_a_kk = d_a * _key_product(k_ref, k_ref, cfg) * gamma
-    dbeta_out_ref[...] = dbeta_ref[...] + jnp.sum(d_a_kk, axis=1)
-    d_pair = jnp.where(lower, d_pair + beta[:, None] * d_a_kk, 0.0)  # d(Gamma) * Gamma: the cotangent of L
-    pair_sums_ref[...] = jnp.sum(d_pair, axis=1) - jnp.sum(d_pair, axis=0)
-    d_kk = d_a * beta[:, None] * gamma
+    p = cfg.scale * _key_product(q_ref, k_ref, cfg) * gamma
+    pt_ref[...] = _mm(p, inverse_ref[...], cfg).astype(pt_ref.dtype)
+    d_p = dp_ref[...].astype(_F32)
+    dqk_ref[...] = (d_p * gamma).astype(dqk_ref.dtype)
+    d_pair = d_p * p  # the P path's part of d(Gamma) * Gamma, the cotangent of L
+    d_a = da_ref[...].astype(_F32) * gamma
+    d_kk = beta[:, None] * d_a
     dkk_ref[...] = (d_kk + d_kk.T).astype(dkk_ref.dtype)
+    d_a = d_a * _key_product(k_ref, k_ref, cfg)  # d(A) * K K^T * Gamma
+    dbeta_out_ref[...] = dbeta_ref[...] + jnp.sum(d_a, axis=1)
+    d_pair = jnp.where(rows > cols, d_pair + beta[:, None] * d_a, 0.0)  # and the A path's
+    pair_sums_ref[...] = jnp.sum(d_pair, axis=1) - jnp.sum(d_pair, axis=0)
 
 
-def _finish_bwd_kernel(
+def _contract_finish_bwd_kernel(
+    v_new_ref,
+    states_ref,
+    d_states_ref,
+    do_ref,
+    du_ref,
     q_ref,
     k_ref,
     g_ref,
     beta_ref,
     doc_ref,
     inverse_ref,
-    dw_ref,
-    dqt_ref,
-    dkt_ref,
     dqk_ref,
     dkk_ref,
     pt_ref,
-    pair_sums_ref,
-    dbeta_ref,
-    ddecay_ref,
     dq_ref,
     dk_ref,
+    k_dxw_ref,
+    q_dqt_ref,
+    k_dkt_ref,
+    ddecay_ref,
+    *,
+    cfg: _Config,
+) -> None:
+    """One (chunk, key block of BK = ``key_block`` rows): the contractions with the state, then dq and dk.
+
+    With S [BK, V] the block's rows of the state entering the chunk and dS [BK, V] those of the cotangent of the
+    state leaving it: dKt = v_new dS^T, dW = -dU S^T, dQt = dO S^T [C, BK], kept in registers. Qt =
+    diag(D) (scale Q) - P W and W = T diag(beta D) K give d(diag(beta D) K) = T^T (dW - P^T dQt) = T^T dW - (P T)^T
+    dQt, and Kt = diag(E) K. Writes the block's columns of dq, dk [C, BK] and its shares of the row sums
+    k . d(diag(beta D) K), q . dQt, k . dKt [C] and of d(d) = sum(S * dS) (for ``_gates_bwd_kernel``). A chunk's
+    programs read the same v_new, dU and dO [C, V], the later ones from the cache.
+    """
+    _, decay_in, decay_out = _chunk_gates(g_ref[...], doc_ref[...])
+    beta_decay = beta_ref[...] * decay_in
+    inverse, pt, d_qk, d_kk = inverse_ref[...], pt_ref[...], dqk_ref[...], dkk_ref[...]
+    dw = jnp.zeros((cfg.chunk, cfg.key_block), _F32)
+    dqt = jnp.zeros_like(dw)
+    dkt = jnp.zeros_like(dw)
+    d_decay = jnp.zeros((), _F32)
+    for columns in _value_tiles(cfg):
+        state = states_ref[:, columns]
+        d_state = d_states_ref[:, columns]
+        dkt += _mm(v_new_ref[:, columns], d_state, cfg, transpose_b=True)
+        dw -= _mm(du_ref[:, columns], state, cfg, transpose_b=True)
+        dqt += _mm(do_ref[:, columns], state, cfg, transpose_b=True)
+        d_decay += jnp.sum(state.astype(_F32) * d_state.astype(_F32))
+    q, k = q_ref[...].astype(_F32), k_ref[...].astype(_F32)
+    d_xw = _mm(inverse, dw, cfg, transpose_a=True) - _mm(pt, dqt, cfg, transpose_a=True)
+    k_dxw_ref[...] = jnp.sum(k * d_xw, axis=1)
+    q_dqt_ref[...] = jnp.sum(q * dqt, axis=1)
+    k_dkt_ref[...] = jnp.sum(k * dkt, axis=1)
+    ddecay_ref[...] = jnp.full(ddecay_ref.shape, d_decay)
+    dq = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)  # d(scale Q)
+    dq_ref[...] = (cfg.scale * dq).astype(dq_ref.dtype)
+    dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + cfg.scale * _mm(d_qk, q, cfg, transpose_a=True)
+    dk_ref[...] = (dk + _mm(d_kk, k, cfg)).astype(dk_ref.dtype)
+
+
+def _gates_bwd_kernel(
+    g_ref,
+    beta_ref,
+    doc_ref,
+    pair_sums_ref,
+    dbeta_ref,
+    k_dxw_ref,
+    q_dqt_ref,
+    k_dkt_ref,
+    ddecay_ref,
     dg_ref,
     dbeta_out_ref,
     *,
     cfg: _Config,
 ) -> None:
-    """One chunk: from the pair-level cotangents and P T [C, C] of ``_pairs_bwd_kernel``, and the contractions' dW,
-    dQt, dKt [C, K], to dq, dk [C, K], dg and dbeta [C].
-
-    Qt = diag(D) (scale Q) - P W and W = T diag(beta D) K, so d(diag(beta D) K) = T^T (dW - P^T dQt)
-    = T^T dW - (P T)^T dQt; Kt = diag(E) K.
-    """
+    """One chunk: dg and dbeta [C] from the pair level's row sums and dbeta (``_value_bwd_kernel``,
+    ``_pairs_bwd_kernel``) and the key-side row sums and d(d) of ``_contract_finish_bwd_kernel`` (all [C])."""
     g, doc = g_ref[...], doc_ref[...]
     _, decay_in, decay_out = _chunk_gates(g, doc)
-    beta = beta_ref[...]
-    beta_decay = beta * decay_in
-    inverse, pt, d_qk, d_kk = inverse_ref[...], pt_ref[...], dqk_ref[...], dkk_ref[...]
-    k_dxw = jnp.zeros_like(beta)
-    q_dqt = jnp.zeros_like(beta)
-    k_dkt = jnp.zeros_like(beta)
-    for keys in _key_blocks(cfg, 32):
-        q, k = q_ref[:, keys].astype(_F32), k_ref[:, keys].astype(_F32)
-        dqt, dkt = dqt_ref[:, keys].astype(_F32), dkt_ref[:, keys].astype(_F32)
-        d_xw = _mm(inverse, dw_ref[:, keys], cfg, transpose_a=True) - _mm(pt, dqt, cfg, transpose_a=True)
-        k_dxw += jnp.sum(k * d_xw, axis=1)
-        q_dqt += jnp.sum(q * dqt, axis=1)
-        k_dkt += jnp.sum(k * dkt, axis=1)
-        dq = decay_in[:, None] * dqt + _mm(d_qk, k, cfg)  # d(scale Q)
-        dq_ref[:, keys] = (cfg.scale * dq).astype(dq_ref.dtype)
-        dk = decay_out[:, None] * dkt + beta_decay[:, None] * d_xw + cfg.scale * _mm(d_qk, q, cfg, transpose_a=True)
-        dk_ref[:, keys] = (dk + _mm(d_kk, k, cfg)).astype(dk_ref.dtype)
+    k_dxw = k_dxw_ref[...]
     dbeta_out_ref[...] = dbeta_ref[...] + decay_in * k_dxw
-    d_decay_in = cfg.scale * q_dqt + beta * k_dxw  # Qt holds diag(D) (scale Q)
+    d_decay_in = cfg.scale * q_dqt_ref[...] + beta_ref[...] * k_dxw  # Qt holds diag(D) (scale Q)
     d_decay = jnp.max(ddecay_ref[...])  # the same value at every position of the chunk
     dg_ref[...] = _gate_grad(
-        pair_sums_ref[...], d_decay_in * decay_in, k_dkt * decay_out, d_decay * _chunk_decay(g, doc)
+        pair_sums_ref[...], d_decay_in * decay_in, k_dkt_ref[...] * decay_out, d_decay * _chunk_decay(g, doc)
     )
 
 
@@ -643,7 +636,7 @@ def _finish_bwd_kernel(
 
 def _chunk_spec(cfg: _Config, width: int) -> pl.BlockSpec:
     """[C, width] block of chunk n of head bh of a kernel-layout [B * H, T, width] array, grid (B * H, chunks)."""
-    return pl.BlockSpec((None, cfg.chunk, width), lambda bh, n: (bh, n, 0))
+    return pl.BlockSpec((None, cfg.chunk, width), lambda bh, n, *_: (bh, n, 0))
 
 
 def _chunk_vector_spec(cfg: _Config) -> pl.BlockSpec:
@@ -670,14 +663,19 @@ def _input_spec(cfg: _Config, rows: int, width: int | None, *, chunks: bool, val
     return pl.BlockSpec((None, rows, None, cfg.block_v if value_tiles else width), index)
 
 
-def _doc_spec(cfg: _Config, rows: int, *, chunks: bool) -> pl.BlockSpec:
-    """[rows] block of the document indices [B, T] for head bh (chunk n with ``chunks``, else all T rows)."""
-    return pl.BlockSpec((None, rows), lambda bh, n, *_: (bh // cfg.heads, n if chunks else 0))
+def _doc_spec(cfg: _Config) -> pl.BlockSpec:
+    """[C] block of chunk n of the document indices [B, T] for head bh, grid (B * H, chunks)."""
+    return pl.BlockSpec((None, cfg.chunk), lambda bh, n, *_: (bh // cfg.heads, n))
 
 
 def _head_spec(rows: int, width: int) -> pl.BlockSpec:
     """All of head bh [rows, width] of a kernel-layout array, for grids (B * H, value tiles)."""
     return pl.BlockSpec((None, rows, width), lambda bh, j, *_: (bh, 0, 0))
+
+
+def _decays_spec(num_chunks: int) -> pl.BlockSpec:
+    """All N chunk decays [N] of head bh of a [B * H, N] array, for grids (B * H, value tiles)."""
+    return pl.BlockSpec((None, num_chunks), lambda bh, j, *_: (bh, 0))
 
 
 def _tile_spec(cfg: _Config, rows: int) -> pl.BlockSpec:
@@ -721,7 +719,7 @@ def _solve(k: jax.Array, g: jax.Array, beta: jax.Array, doc: jax.Array, cfg: _Co
         cfg,
         "gdn_solve",
         [k, g, beta, doc],
-        [_input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True), gate, gate, _doc_spec(cfg, cfg.chunk, chunks=True)],
+        [_input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True), gate, gate, _doc_spec(cfg)],
         [(_chunk_spec(cfg, cfg.chunk), jax.ShapeDtypeStruct((batch * cfg.heads, length, cfg.chunk), cfg.matmul_dtype))],
     )
     return inverse
@@ -755,7 +753,7 @@ def _chunk_forward(
         "gdn_chunk_fwd",
         [q, k, v, g, beta, doc, inverse],
         [key_in, key_in, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), gate, gate]
-        + [_doc_spec(cfg, cfg.chunk, chunks=True), _chunk_spec(cfg, cfg.chunk)],
+        + [_doc_spec(cfg), _chunk_spec(cfg, cfg.chunk)],
         [key_out, value_out, key_out, key_out, value_out],
     )
 
@@ -766,23 +764,22 @@ def _scan_forward(
     kt: jax.Array,
     qt: jax.Array,
     pu: jax.Array,
-    g: jax.Array,
-    doc: jax.Array,
+    decays: jax.Array,
     h0: jax.Array,
     cfg: _Config,
     o_dtype: Any,
     save: bool,
 ) -> list[jax.Array]:
     """[o [B, T, H, V] in o_dtype, final state [B * H, K, V] (float32)] and with ``save`` also [the states entering
-    each chunk [B * H, N * K, V], v_new [B * H, T, V]] in the storage dtype, for the backward. g: [B, T, H],
-    doc: [B, T]; the rest kernel layout."""
+    each chunk [B * H, N * K, V], v_new [B * H, T, V]] in the storage dtype, for the backward. All inputs kernel
+    layout (decays: [B * H, N], ``_chunk_decays``)."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     state_spec = _tile_spec(cfg, cfg.key_width)
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
     o_spec = _input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True)
     outs = [
-        (o_spec, jax.ShapeDtypeStruct((g.shape[0], length, cfg.heads, cfg.value_dim), o_dtype)),
+        (o_spec, jax.ShapeDtypeStruct((heads // cfg.heads, length, cfg.heads, cfg.value_dim), o_dtype)),
         (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
     ]
     if save:
@@ -797,11 +794,10 @@ def _scan_forward(
         cfg,
         "gdn_scan_fwd",
         (heads, cfg.num_v_blocks),
-        [w, u, kt, qt, pu, g, doc, h0],
-        [key_spec, value_spec, key_spec, key_spec, value_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False), state_spec],
+        [w, u, kt, qt, pu, decays, h0],
+        [key_spec, value_spec, key_spec, key_spec, value_spec, _decays_spec(num_chunks), state_spec],
         outs,
-        _scan_stages(step_bytes, cfg),
+        _scan_stages(step_bytes, heads * cfg.num_v_blocks, cfg),
     )
 
 
@@ -809,15 +805,13 @@ def _scan_backward(
     w: jax.Array,
     qt: jax.Array,
     kt: jax.Array,
-    g: jax.Array,
-    doc: jax.Array,
+    decays: jax.Array,
     do: jax.Array,
     dfinal: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
     """The reverse scan (``_scan_bwd_kernel``): [dU [B * H, T, V], dS leaving each chunk [B * H, N * K, V] (both in
-    the storage dtype), dh0 [B * H, K, V] (float32)]. g: [B, T, H], doc: [B, T], do: [B, T, H, V]; the rest kernel
-    layout."""
+    the storage dtype), dh0 [B * H, K, V] (float32)]. do: [B, T, H, V]; the rest kernel layout (decays: [B * H, N])."""
     heads, length, _ = w.shape
     num_chunks = length // cfg.chunk
     key_spec, value_spec = _head_spec(length, cfg.key_width), _tile_spec(cfg, length)
@@ -829,107 +823,115 @@ def _scan_backward(
         cfg,
         "gdn_scan_bwd",
         (heads, cfg.num_v_blocks),
-        [w, qt, kt, g, doc, do, dfinal],
-        [key_spec, key_spec, key_spec, _input_spec(cfg, length, None, chunks=False)]
-        + [_doc_spec(cfg, length, chunks=False)]
+        [w, qt, kt, decays, do, dfinal],
+        [key_spec, key_spec, key_spec, _decays_spec(num_chunks)]
         + [_input_spec(cfg, length, cfg.value_dim, chunks=False, value_tiles=True), state_spec],
         [
             (value_spec, jax.ShapeDtypeStruct((heads, length, cfg.value_dim), cfg.matmul_dtype)),
             (_tile_spec(cfg, num_chunks * cfg.key_width), jax.ShapeDtypeStruct(states_shape, cfg.matmul_dtype)),
             (state_spec, jax.ShapeDtypeStruct((heads, cfg.key_width, cfg.value_dim), _F32)),
         ],
-        _scan_stages(step_bytes, cfg),
+        _scan_stages(step_bytes, heads * cfg.num_v_blocks, cfg),
     )
 
 
-def _contract_group(cfg: _Config) -> int:
-    """Key rows per contraction program: 64 where 64 divides the key width (one [C, 64] block; a chunk's programs
-    share its v_new, dU and dO through the cache), else the whole width in key blocks of 16 or 32 (96 = 3 x 32), which
-    an H100 ran faster than one program per 32 key rows (BENCHMARKS.md)."""
-    return 64 if cfg.key_width % 64 == 0 else cfg.key_width
-
-
-def _contract_backward(
-    v_new: jax.Array, states: jax.Array, d_states: jax.Array, do: jax.Array, du: jax.Array, cfg: _Config
+def _value_pairs_backward(
+    inputs: tuple[jax.Array, ...], inverse: jax.Array, v_new: jax.Array, du: jax.Array, do: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
-    """dW, dQt, dKt [B * H, T, K] (storage dtype) and d(d) [B * H, T] (float32, each chunk's value repeated over
-    its C positions), grid (B * H, chunks, K / G). do: [B, T, H, V]."""
-    heads, length, _ = v_new.shape
-    group = _contract_group(cfg)
-    groups = cfg.key_width // group
-    value_spec = pl.BlockSpec((None, cfg.chunk, cfg.value_dim), lambda bh, n, kg: (bh, n, 0))
-    state_spec = pl.BlockSpec((None, group, cfg.value_dim), lambda bh, n, kg: (bh, n * groups + kg, 0))
-    key_spec = pl.BlockSpec((None, cfg.chunk, group), lambda bh, n, kg: (bh, n, kg))
-    key_out = (key_spec, jax.ShapeDtypeStruct((heads, length, cfg.key_width), cfg.matmul_dtype))
-    decay_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kg: (bh, kg, n))
-    dw, dqt, dkt, d_decay = _call(
-        _contract_bwd_kernel,
-        cfg,
-        "gdn_contract_bwd",
-        (heads, length // cfg.chunk, groups),
-        [v_new, states, d_states, do, du],
-        [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec],
-        [key_out] * 3 + [(decay_spec, jax.ShapeDtypeStruct((heads, groups, length), _F32))],
-    )
-    return [dw, dqt, dkt, jnp.sum(d_decay, axis=1)]
+    """The value and pairs kernels: [dv [B, T, H, V] in v's dtype; d(scale Q K^T), d(K K^T), P T [B * H, T, C] in the
+    storage dtype; the pair sums and dbeta but for its W path [B * H, T] (float32)].
 
-
-def _chunk_backward(
-    inputs: tuple[jax.Array, ...],
-    inverse: jax.Array,
-    w: jax.Array,
-    du: jax.Array,
-    do: jax.Array,
-    partials: tuple[jax.Array, ...],
-    cfg: _Config,
-) -> tuple[jax.Array, ...]:
-    """dq, dk [B, T, H, key_width] in q's and k's dtype, dv [B, T, H, V] in v's dtype, dg, dbeta [B, T, H] (float32),
-    in three chunk-parallel kernels (value side, pair level, then the key loop and the gates), each small
-    enough to keep its values in registers.
-
-    inputs: q, k, v, g, beta, doc (caller layout). partials: dW, dQt, dKt [B * H, T, K] and d(d) [B * H, T] from
-    ``_contract_backward``.
+    inputs: q, k, v, g, beta, doc (caller layout). v_new, du: [B * H, T, V]; do: [B, T, H, V].
     """
     q, k, v, g, beta, doc = inputs
-    dw, dqt, dkt, d_decay = partials
-    heads, length, _ = w.shape
+    heads, length, _ = v_new.shape
     key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
     value_in = _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True)
     gate = _input_spec(cfg, cfg.chunk, None, chunks=True)
-    key_spec, value_spec = _chunk_spec(cfg, cfg.key_width), _chunk_spec(cfg, cfg.value_dim)
-    vector_spec, square_spec = _chunk_vector_spec(cfg), _chunk_spec(cfg, cfg.chunk)
+    value_spec, square_spec = _chunk_spec(cfg, cfg.value_dim), _chunk_spec(cfg, cfg.chunk)
+    vector_spec = _chunk_vector_spec(cfg)
     vector = (vector_spec, jax.ShapeDtypeStruct((heads, length), _F32))
-    square = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), _F32))
-    gate_out = (gate, jax.ShapeDtypeStruct(g.shape, _F32))
+    square_stored = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), cfg.matmul_dtype))
     gates = [g, beta, doc]
-    gate_specs = [gate, gate, _doc_spec(cfg, cfg.chunk, chunks=True)]
-    dv, d_beta, d_p, d_inverse = _chunk_call(
+    gate_specs = [gate, gate, _doc_spec(cfg)]
+    dv, d_beta, d_p, d_a = _chunk_call(
         _value_bwd_kernel,
         cfg,
         "gdn_value_bwd",
-        [q, k, v, *gates, inverse, du, do],
-        [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_in],
-        [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square, square],
+        [q, k, v, *gates, inverse, v_new, du, do],
+        [key_in, key_in, value_in, *gate_specs, square_spec, value_spec, value_spec, value_in],
+        [(value_in, jax.ShapeDtypeStruct(v.shape, v.dtype)), vector, square_stored, square_stored],
     )
-    square_stored = (square_spec, jax.ShapeDtypeStruct((heads, length, cfg.chunk), cfg.matmul_dtype))
     d_qk, d_kk, pt, pair_sums, d_beta = _chunk_call(
         _pairs_bwd_kernel,
         cfg,
         "gdn_pairs_bwd",
-        [q, k, *gates, inverse, w, dw, dqt, d_p, d_inverse, d_beta],
-        [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 2 + [vector_spec],
+        [q, k, *gates, inverse, d_p, d_a, d_beta],
+        [key_in, key_in, *gate_specs] + [square_spec] * 3 + [vector_spec],
         [square_stored, square_stored, square_stored, vector, vector],
     )
-    dq, dk, dg, d_beta = _chunk_call(
-        _finish_bwd_kernel,
-        cfg,
-        "gdn_finish_bwd",
-        [q, k, *gates, inverse, dw, dqt, dkt, d_qk, d_kk, pt, pair_sums, d_beta, d_decay],
-        [key_in, key_in, *gate_specs, square_spec] + [key_spec] * 3 + [square_spec] * 3 + [vector_spec] * 3,
-        [(key_in, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_in, jax.ShapeDtypeStruct(k.shape, k.dtype))]
-        + [gate_out, gate_out],
+    return [dv, d_qk, d_kk, pt, pair_sums, d_beta]
+
+
+def _contract_finish_backward(
+    inputs: tuple[jax.Array, ...],
+    inverse: jax.Array,
+    v_new: jax.Array,
+    states: jax.Array,
+    d_states: jax.Array,
+    du: jax.Array,
+    do: jax.Array,
+    pairs: list[jax.Array],
+    cfg: _Config,
+) -> list[jax.Array]:
+    """``_contract_finish_bwd_kernel``, grid (B * H, chunks, K / BK): [dq, dk [B, T, H, key_width] in q's and k's
+    dtype; the row sums k . d(diag(beta D) K), q . dQt, k . dKt and d(d) [B * H, T] (float32, d(d) repeated over each
+    chunk's positions)].
+
+    inputs: q, k, g, beta, doc (caller layout). v_new, du: [B * H, T, V]; states, d_states: [B * H, N * K, V];
+    do: [B, T, H, V]; pairs: d(scale Q K^T), d(K K^T), P T [B * H, T, C].
+    """
+    q, k, g, beta, doc = inputs
+    heads, length, _ = v_new.shape
+    blocks = cfg.key_width // cfg.key_block
+    value_spec = _chunk_spec(cfg, cfg.value_dim)
+    state_spec = pl.BlockSpec((None, cfg.key_block, cfg.value_dim), lambda bh, n, kb: (bh, n * blocks + kb, 0))
+    key_spec = pl.BlockSpec(
+        (None, cfg.chunk, None, cfg.key_block), lambda bh, n, kb: (bh // cfg.heads, n, bh % cfg.heads, kb)
     )
-    return dq, dk, dv, dg, d_beta
+    gate, square_spec = _input_spec(cfg, cfg.chunk, None, chunks=True), _chunk_spec(cfg, cfg.chunk)
+    sums_spec = pl.BlockSpec((None, None, cfg.chunk), lambda bh, n, kb: (bh, kb, n))
+    sums = (sums_spec, jax.ShapeDtypeStruct((heads, blocks, length), _F32))
+    dq, dk, *row_sums = _call(
+        _contract_finish_bwd_kernel,
+        cfg,
+        "gdn_contract_finish_bwd",
+        (heads, length // cfg.chunk, blocks),
+        [v_new, states, d_states, do, du, q, k, g, beta, doc, inverse, *pairs],
+        [value_spec, state_spec, state_spec, _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True), value_spec]
+        + [key_spec, key_spec, gate, gate, _doc_spec(cfg)]
+        + [square_spec] * 4,
+        [(key_spec, jax.ShapeDtypeStruct(q.shape, q.dtype)), (key_spec, jax.ShapeDtypeStruct(k.shape, k.dtype))]
+        + [sums] * 4,
+    )
+    return [dq, dk] + [jnp.sum(x, axis=1) for x in row_sums]
+
+
+def _gates_backward(
+    g: jax.Array, beta: jax.Array, doc: jax.Array, vectors: list[jax.Array], cfg: _Config
+) -> list[jax.Array]:
+    """dg, dbeta [B, T, H] (float32) from the pair sums, dbeta but for its W path, and the row sums and d(d) of
+    ``_contract_finish_backward`` (``vectors``, [B * H, T] each)."""
+    gate, vector_spec = _input_spec(cfg, cfg.chunk, None, chunks=True), _chunk_vector_spec(cfg)
+    gate_out = (gate, jax.ShapeDtypeStruct(g.shape, _F32))
+    return _chunk_call(
+        _gates_bwd_kernel,
+        cfg,
+        "gdn_gates_bwd",
+        [g, beta, doc, *vectors],
+        [gate, gate, _doc_spec(cfg)] + [vector_spec] * len(vectors),
+        [gate_out, gate_out],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -978,8 +980,20 @@ def _forward(
     backward runs)."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
-    o, final, *saved = _scan_forward(w, u, kt, qt, pu, g, doc, h0, cfg, v.dtype, save)
-    return (o, final), (q, k, v, g, beta, doc, inverse, w, qt, kt, *saved)
+    decays = _chunk_decays(g, doc, cfg)
+    o, final, *saved = _scan_forward(w, u, kt, qt, pu, decays, h0, cfg, v.dtype, save)
+    return (o, final), (q, k, v, g, beta, doc, inverse, w, qt, kt, decays, *saved)
+
+
+def _chunk_decays(g: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
+    """d of every chunk, [B * H, N] float32, by XLA (the scans then read one number per step rather than reducing
+    the chunk's gates and document indices). g: float32 [B, T, H]; doc: int32 [B, T]."""
+    batch, length, heads = g.shape
+    num_chunks = length // cfg.chunk
+    sums = jnp.sum(g.reshape(batch, num_chunks, cfg.chunk, heads), axis=2)
+    fresh = jnp.max(doc.reshape(batch, num_chunks, cfg.chunk), axis=2) == 0
+    decays = jnp.exp(jnp.where(fresh[:, :, None], sums, -jnp.inf))
+    return decays.transpose(0, 2, 1).reshape(batch * heads, num_chunks)
 
 
 def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
@@ -990,11 +1004,14 @@ def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
     """The reverse scan, the contractions with the saved states, then the chunk backward."""
-    q, k, v, g, beta, doc, inverse, w, qt, kt, states, v_new = residuals
+    q, k, v, g, beta, doc, inverse, w, qt, kt, decays, states, v_new = residuals
     do, dfinal = cotangents
-    du, d_states, dh0 = _scan_backward(w, qt, kt, g, doc, do, dfinal, cfg)
-    partials = _contract_backward(v_new, states, d_states, do, du, cfg)
-    dq, dk, dv, dg, dbeta = _chunk_backward((q, k, v, g, beta, doc), inverse, w, du, do, partials, cfg)
+    du, d_states, dh0 = _scan_backward(w, qt, kt, decays, do, dfinal, cfg)
+    dv, *pairs, pair_sums, d_beta = _value_pairs_backward((q, k, v, g, beta, doc), inverse, v_new, du, do, cfg)
+    dq, dk, *row_sums = _contract_finish_backward(
+        (q, k, g, beta, doc), inverse, v_new, states, d_states, du, do, pairs, cfg
+    )
+    dg, dbeta = _gates_backward(g, beta, doc, [pair_sums, d_beta, *row_sums], cfg)
     return dq, dk, dv, dg, dbeta, dh0, None
 
 
@@ -1019,7 +1036,7 @@ def _default_block_v(batch_heads: int, value_width: int) -> int:
     B * H * V / BV programs stay within 1.5 per SM, so the scans fill the GPU without queueing (an SM runs two scan
     programs at once but not at full speed). Measured on an H100 (BENCHMARKS.md): 32 at the Olmo Hybrid shape
     (180 programs), 16 at B * H = 16, V = 128 (128 programs), 64 at B * H = 32, V = 256 (128 programs)."""
-    sms = getattr(jax.devices()[0], "core_count", None) or 132  # 132: an H100's
+    sms = _sm_count()
     block_v = min(64, value_width & -value_width)
     while block_v > 16 and batch_heads * value_width // (block_v // 2) <= 1.5 * sms:
         block_v //= 2
