@@ -426,7 +426,7 @@ def _scan_bwd_kernel(
     cotangent of the state leaving the chunk.
 
     Inputs per head: W, Qt, Kt [T, K]; the chunks' decays d [N]; dO [T, BV]; dfinal [K, BV]. Writes
-    dU = d(v_new) [T, BV], dS leaving every chunk [N * K, BV] (for ``_contract_bwd_kernel``) and dh0 [K, BV].
+    dU = d(v_new) [T, BV], dS leaving every chunk [N * K, BV] (for ``_contract_finish_bwd_kernel``) and dh0 [K, BV].
     """
     chunk, parts = cfg.chunk, _key_parts(cfg)
     num_chunks = decay_ref.shape[0]
@@ -523,8 +523,8 @@ def _pairs_bwd_kernel(
 ) -> None:
     """One chunk: from d(P) and d(A) [C, C] of ``_value_bwd_kernel`` through P = (scale Q K^T) * Gamma and
     A = strictly_lower(diag(beta) (K K^T * Gamma)) to the pair level. Writes d(scale Q K^T), d(K K^T) (symmetrised)
-    and P T (for ``_finish_bwd_kernel``) [C, C] in the storage dtype, the row less column sums of the pair cotangent
-    [C] (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
+    and P T (for ``_contract_finish_bwd_kernel``) [C, C] in the storage dtype, the row less column sums of the pair
+    cotangent [C] (``_gate_grad``) and dbeta's A-part added to its V-part [C]."""
     rows, cols = _positions(cfg.chunk)
     gamma, _, _ = _chunk_gates(g_ref[...], doc_ref[...])
     beta = beta_ref[...]
