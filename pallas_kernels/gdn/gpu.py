@@ -975,9 +975,9 @@ def _forward(
     save: bool,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
     """(o, final) and, with ``save``, the residuals of the backward: the inputs, the chunks' inverses T, W, Qt, Kt
-    (which the forward writes anyway) and the states entering every chunk and v_new (written by the forward scan, so
-    the backward runs only the reverse scan; under the model's rematerialisation they live only while the layer's
-    backward runs)."""
+    and decays d (which the forward computes anyway) and the states entering every chunk and v_new (written by the
+    forward scan, so the backward runs only the reverse scan; under the model's rematerialisation they live only
+    while the layer's backward runs)."""
     inverse = _solve(k, g, beta, doc, cfg)
     w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
     decays = _chunk_decays(g, doc, cfg)
@@ -986,14 +986,15 @@ def _forward(
 
 
 def _chunk_decays(g: jax.Array, doc: jax.Array, cfg: _Config) -> jax.Array:
-    """d of every chunk, [B * H, N] float32, by XLA (the scans then read one number per step rather than reducing
-    the chunk's gates and document indices). g: float32 [B, T, H]; doc: int32 [B, T]."""
+    """``_chunk_decay`` of every chunk, [B * H, N] float32, by XLA (the scans then read one number per step rather
+    than reducing the chunk's gates and document indices). g: float32 [B, T, H]; doc: int32 [B, T]."""
     batch, length, heads = g.shape
     num_chunks = length // cfg.chunk
-    sums = jnp.sum(g.reshape(batch, num_chunks, cfg.chunk, heads), axis=2)
-    fresh = jnp.max(doc.reshape(batch, num_chunks, cfg.chunk), axis=2) == 0
-    decays = jnp.exp(jnp.where(fresh[:, :, None], sums, -jnp.inf))
-    return decays.transpose(0, 2, 1).reshape(batch * heads, num_chunks)
+    g_chunks = g.reshape(batch, num_chunks, cfg.chunk, heads).transpose(0, 3, 1, 2)  # [B, H, N, C]
+    doc_chunks = doc.reshape(batch, num_chunks, cfg.chunk)
+    per_head = jax.vmap(_chunk_decay)  # over chunks
+    decays = jax.vmap(jax.vmap(per_head, in_axes=(0, None)))(g_chunks, doc_chunks)  # over batch rows, then heads
+    return decays.reshape(batch * heads, num_chunks)
 
 
 def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
@@ -1003,7 +1004,8 @@ def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, 
 def _gdn_bwd(
     cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array | None, ...]:
-    """The reverse scan, the contractions with the saved states, then the chunk backward."""
+    """The reverse scan, the value and pairs kernels, the contractions with the saved states fused with the key
+    loop, then the gates."""
     q, k, v, g, beta, doc, inverse, w, qt, kt, decays, states, v_new = residuals
     do, dfinal = cotangents
     du, d_states, dh0 = _scan_backward(w, qt, kt, decays, do, dfinal, cfg)
