@@ -55,7 +55,9 @@ def model_config(
             init_std=0.02,
             param_dtype="float32",
             dtype="bfloat16",
-            remat=True,
+            remat="full",  # what the backward recomputes: full | dots (keeps matmul outputs) | none
+            attention_impl="auto",  # auto | xla | cudnn | pallas_gpu | pallas_tpu
+            loss_chunk_tokens=8192,  # the LM head and loss run this many tokens at a time
             gdn=gdn,
         )
     )
@@ -119,9 +121,12 @@ def run_config(
     return config
 
 
-def olmo_7b_pretraining(model: config_dict.ConfigDict, description: str) -> config_dict.ConfigDict:
-    """The Olmo 3 / Olmo Hybrid 7B pretraining stage: 8192-token sequences, 512 per batch (4M tokens), AdamW at
-    3e-4 with 2000 warmup steps and cosine decay over 1,414,078 steps (~5.93T tokens)."""
-    return run_config(
-        model, description=description, seq_len=8192, batch_size=512, lr=3e-4, warmup_steps=2000, num_steps=1_414_078
+def olmo_pretraining(model: config_dict.ConfigDict, description: str, lr: float) -> config_dict.ConfigDict:
+    """The Olmo 3 / Olmo Hybrid pretraining stage: 8192-token sequences, 512 per batch (4M tokens), AdamW at `lr`
+    with 2000 warmup steps and cosine decay over 1,414,078 steps (~5.93T tokens). Documents are packed without
+    masking between them, as in the official stage-1 runs (they mask only in long-context and SFT stages)."""
+    config = run_config(
+        model, description=description, seq_len=8192, batch_size=512, lr=lr, warmup_steps=2000, num_steps=1_414_078
     )
+    config.data.document_mask = False
+    return config

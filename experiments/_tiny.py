@@ -21,7 +21,7 @@ def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict
     )
     model.dtype = "float32"
     model.sliding_window = 128
-    model.remat = False
+    model.remat = "none"
     model.gdn.chunk_size = 16
     config = _base.run_config(
         model, description=description, seq_len=128, batch_size=8, lr=3e-3, warmup_steps=50, num_steps=500

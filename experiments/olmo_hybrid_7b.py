@@ -14,4 +14,4 @@ def get_config():
         max_seq_len=8192,
         gdn=_base.gdn_config(num_heads=30, key_head_dim=96, value_head_dim=192),
     )
-    return _base.olmo_7b_pretraining(model, __doc__.strip())
+    return _base.olmo_pretraining(model, __doc__.strip(), lr=3e-4)

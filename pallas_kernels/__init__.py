@@ -1,5 +1,6 @@
 """Pallas and reference kernels for hybridlm."""
 
+from pallas_kernels.attention import attention
 from pallas_kernels.gdn import gated_delta_rule
 
-__all__ = ["gated_delta_rule"]
+__all__ = ["attention", "gated_delta_rule"]

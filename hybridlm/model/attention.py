@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from hybridlm.model.config import ModelConfig
 from hybridlm.model.layers import RMSNorm, apply_rope, linear
-
-
-def attention_mask(segment_ids: jax.Array, window: int | None) -> jax.Array:
-    """Which keys each query may see.
-
-    segment_ids: int [B, T] (tokens attend only within their own document). window: a query at i sees keys j with
-    i - window < j <= i, or every j <= i when None. Returns bool [B, 1, T, T] (query axis before key axis).
-    """
-    t = segment_ids.shape[1]
-    query, key = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
-    allowed = key <= query
-    if window is not None:
-        allowed &= query - key < window
-    same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (allowed[None] & same_doc)[:, None]
+from pallas_kernels import attention
 
 
 class Attention(nnx.Module):
@@ -39,8 +24,13 @@ class Attention(nnx.Module):
         self.config = config
         self.window = config.sliding_window if sliding else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, T, d_model]; positions, segment_ids: int [B, T]. Returns [B, T, d_model]."""
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, d_model]; positions: int [B, T]; segment_ids: int [B, T] (tokens attend within their document)
+        or None (the row is one sequence). Returns [B, T, d_model]."""
+        with jax.named_scope("attention"):
+            return self._attend(x, positions, segment_ids)
+
+    def _attend(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         config = self.config
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x)).reshape(b, t, config.num_heads, config.head_dim)
@@ -48,5 +38,5 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, config.num_kv_heads, config.head_dim)
         if config.use_rope:
             q, k = apply_rope(q, positions, config.rope_theta), apply_rope(k, positions, config.rope_theta)
-        out = jax.nn.dot_product_attention(q, k, v, mask=attention_mask(segment_ids, self.window))
+        out = attention(q, k, v, segment_ids=segment_ids, window=self.window, impl=config.attention_impl)
         return self.o_proj(out.reshape(b, t, config.num_heads * config.head_dim))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+
+from pallas_kernels.attention import ATTENTION_IMPLS
 
 GDN = "gdn"
 ATTENTION = "attn"
@@ -13,6 +16,13 @@ SLIDING_ATTENTION = "swa"
 LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
 DTYPES = ("float32", "bfloat16", "float16")
 GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu", "pallas_tpu")
+# What each layer group keeps for the backward pass: everything ("none": no rematerialisation), only the outputs of
+# its matmuls ("dots": the rest, kernels included, is recomputed), or only its input ("full").
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 class ConfigError(ValueError):
@@ -59,7 +69,9 @@ class ModelConfig:
     init_std: float = 0.02
     param_dtype: str = "float32"
     dtype: str = "bfloat16"
-    remat: bool = True
+    remat: str = "full"
+    attention_impl: str = "auto"
+    loss_chunk_tokens: int = 8192
 
     @property
     def num_groups(self) -> int:
@@ -102,7 +114,8 @@ class ModelConfig:
             f"config.model.num_layers={self.num_layers} is not a positive multiple of the layer pattern's length "
             f"{len(self.layer_pattern)} ({self.layer_pattern}); change one of them",
         )
-        for name in ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_hidden", "max_seq_len"):
+        sizes = ("vocab_size", "d_model", "num_heads", "num_kv_heads", "head_dim", "mlp_hidden", "max_seq_len")
+        for name in (*sizes, "loss_chunk_tokens"):
             _check(getattr(self, name) > 0, f"config.model.{name}={getattr(self, name)} must be positive")
         _check(
             self.num_heads % self.num_kv_heads == 0,
@@ -125,6 +138,13 @@ class ModelConfig:
             gdn.num_value_heads % gdn.num_key_heads == 0,
             f"config.model.gdn.num_value_heads={gdn.num_value_heads} is not a multiple of "
             f"config.model.gdn.num_key_heads={gdn.num_key_heads}",
+        )
+        _check(
+            self.remat in REMAT_POLICIES, f"config.model.remat={self.remat!r} is not one of {tuple(REMAT_POLICIES)}"
+        )
+        _check(
+            self.attention_impl in ATTENTION_IMPLS,
+            f"config.model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}",
         )
         _check(gdn.impl in GDN_IMPLS, f"config.model.gdn.impl={gdn.impl!r} is not one of {GDN_IMPLS}")
         for name in ("dtype", "param_dtype"):

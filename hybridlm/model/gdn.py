@@ -48,16 +48,22 @@ class CausalConv(nnx.Module):
         )
         self.dtype = config.compute_dtype
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document)."""
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document) or None."""
+        with jax.named_scope("gdn_conv"):
+            return self._convolve(x, segment_ids)
+
+    def _convolve(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         kernel = self.weight.shape[0]
         x = x.astype(self.dtype)
         weight = self.weight[...].astype(self.dtype)
         out = x * weight[-1]
         for shift in range(1, kernel):
             shifted = jnp.pad(x, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
-            same_doc = jnp.pad(segment_ids, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift] == segment_ids
-            out = out + jnp.where(same_doc[..., None], shifted, 0) * weight[-1 - shift]
+            if segment_ids is not None:
+                same_doc = jnp.pad(segment_ids, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift] == segment_ids
+                shifted = jnp.where(same_doc[..., None], shifted, 0)
+            out = out + shifted * weight[-1 - shift]
         return jax.nn.silu(out)
 
 
@@ -88,8 +94,12 @@ class GatedDeltaNet(nnx.Module):
         self.o_norm = nnx.Param(jnp.ones((gdn.value_head_dim,), config.params_dtype))
         self.config = config
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, T, d_model]; segment_ids: int [B, T] (the recurrent state restarts at each new document)."""
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, d_model]; segment_ids: int [B, T] (the recurrent state restarts at each new document) or None."""
+        with jax.named_scope("gdn"):
+            return self._mix(x, segment_ids)
+
+    def _mix(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         gdn = self.config.gdn
         b, t, _ = x.shape
         heads_per_key = gdn.num_value_heads // gdn.num_key_heads
@@ -103,7 +113,10 @@ class GatedDeltaNet(nnx.Module):
             beta = 2.0 * beta
         a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
-        o, _ = gated_delta_rule(q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl)
+        with jax.named_scope("gdn_rule"):
+            o, _ = gated_delta_rule(
+                q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl
+            )
         gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
         normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
         o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)

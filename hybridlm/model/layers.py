@@ -31,7 +31,8 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., width] -> [..., width]."""
-        return (self.weight[...].astype(jnp.float32) * normalize_rms(x, self.eps)).astype(x.dtype)
+        with jax.named_scope("norm"):
+            return (self.weight[...].astype(jnp.float32) * normalize_rms(x, self.eps)).astype(x.dtype)
 
 
 def normalize_rms(x: jax.Array, eps: float) -> jax.Array:
@@ -49,7 +50,9 @@ class SwiGLU(nnx.Module):
         self.down_proj = linear(config, config.mlp_hidden, config.d_model, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        """x: [..., d_model] -> [..., d_model]."""
+        with jax.named_scope("mlp"):
+            return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:

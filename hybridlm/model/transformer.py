@@ -9,8 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hybridlm.model.attention import Attention
-from hybridlm.model.config import GDN, SLIDING_ATTENTION, ModelConfig
+from hybridlm.model.config import GDN, REMAT_POLICIES, SLIDING_ATTENTION, ModelConfig
 from hybridlm.model.gdn import GatedDeltaNet
+from hybridlm.loss import head_logits
 from hybridlm.model.layers import RMSNorm, SwiGLU, linear
 
 
@@ -23,8 +24,8 @@ class AttentionBlock(nnx.Module):
         self.mlp = SwiGLU(config, rngs)
         self.post_mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, T, d_model]; positions, segment_ids: int [B, T]."""
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, d_model]; positions: int [B, T]; segment_ids: int [B, T] or None (one document per row)."""
         h = x + self.post_attention_norm(self.attention(x, positions, segment_ids))
         return h + self.post_mlp_norm(self.mlp(h))
 
@@ -39,8 +40,8 @@ class GDNBlock(nnx.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
         self.mlp = SwiGLU(config, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, T, d_model]; segment_ids: int [B, T]; positions unused (GDN needs none)."""
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, d_model]; segment_ids: int [B, T] or None; positions unused (GDN needs none)."""
         del positions
         h = x + self.gdn(self.gdn_norm(x), segment_ids)
         return h + self.mlp(self.mlp_norm(h))
@@ -57,7 +58,7 @@ class LayerGroup(nnx.Module):
             ]
         )
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         for block in self.blocks:
             x = block(x, positions, segment_ids)
         return x
@@ -93,10 +94,17 @@ class HybridLM(nnx.Module):
     def __call__(
         self, tokens: jax.Array, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
     ) -> jax.Array:
-        """tokens: int [B, T]; segment_ids: int [B, T] (packed documents, default one document); positions: int [B, T]
-        (default 0..T-1). Returns float32 logits [B, T, vocab_size]."""
-        if segment_ids is None:
-            segment_ids = jnp.zeros_like(tokens)
+        """tokens: int [B, T] -> float32 logits [B, T, vocab_size]; see `hidden` for the other arguments."""
+        return head_logits(self.hidden(tokens, segment_ids, positions), self.lm_head.kernel[...])
+
+    def hidden(
+        self, tokens: jax.Array, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """The final-normed hidden states [B, T, d_model] in the compute dtype, the LM head's input.
+
+        tokens: int [B, T]; segment_ids: int [B, T] (packed documents, which neither attend to nor carry state into
+        each other) or None (each row is one document); positions: int [B, T] (default 0..T-1).
+        """
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = self.embed(tokens)
@@ -105,10 +113,10 @@ class HybridLM(nnx.Module):
         def run_group(x: jax.Array, group_state: nnx.State) -> tuple[jax.Array, None]:
             return nnx.merge(graphdef, group_state)(x, positions, segment_ids), None
 
-        if self.config.remat:
-            run_group = jax.checkpoint(run_group, prevent_cse=False)
+        if self.config.remat != "none":
+            run_group = jax.checkpoint(run_group, prevent_cse=False, policy=REMAT_POLICIES[self.config.remat])
         x, _ = jax.lax.scan(run_group, x, stacked)
-        return self.lm_head(self.final_norm(x)).astype(jnp.float32)
+        return self.final_norm(x)
 
 
 def count_params(config: ModelConfig) -> int:

@@ -1,0 +1,17 @@
+"""Olmo Hybrid at 1B scale: d_model 2048, 16 layers [gdn, gdn, gdn, attn] x 4, the 7B's head and width ratios."""
+
+from experiments import _base
+
+
+def get_config():
+    model = _base.model_config(
+        vocab_size=_base.OLMO_VOCAB,
+        d_model=2048,
+        num_layers=16,
+        layer_pattern=("gdn", "gdn", "gdn", "attn"),
+        num_heads=16,
+        mlp_hidden=5888,
+        max_seq_len=8192,
+        gdn=_base.gdn_config(num_heads=16, key_head_dim=96, value_head_dim=192),
+    )
+    return _base.olmo_pretraining(model, __doc__.strip(), lr=4e-4)
