@@ -55,7 +55,7 @@ def model_config(
             init_std=0.02,
             param_dtype="float32",
             dtype="bfloat16",
-            remat="full",  # what the backward recomputes: full | dots (keeps matmul outputs) | none
+            remat="full",  # what the backward recomputes: full | dots | dots_and_kernels | none
             attention_impl="auto",  # auto | xla | cudnn | pallas_gpu | pallas_tpu
             loss_chunk_tokens=8192,  # the LM head and loss run this many tokens at a time
             gdn=gdn,
@@ -130,3 +130,21 @@ def olmo_pretraining(model: config_dict.ConfigDict, description: str, lr: float)
     )
     config.data.document_mask = False
     return config
+
+
+def olmo_1b(layer_pattern: tuple[str, ...], description: str) -> config_dict.ConfigDict:
+    """A 1B-scale model with the 7B's ratios (d_model 2048, 16 layers, 16 heads of 128, GDN 16 heads of 96/192, MLP
+    5888 = 11008 x 2048 / 3840 rounded to a multiple of 128) on the dolma2 vocabulary, pretraining recipe at lr 4e-4.
+    It keeps matmul and kernel outputs for the backward: that fits at batch 8 x 8192 tokens per H200 (BENCHMARKS.md)."""
+    model = model_config(
+        vocab_size=OLMO_VOCAB,
+        d_model=2048,
+        num_layers=16,
+        layer_pattern=layer_pattern,
+        num_heads=16,
+        mlp_hidden=5888,
+        max_seq_len=8192,
+        gdn=gdn_config(num_heads=16, key_head_dim=96, value_head_dim=192),
+    )
+    model.remat = "dots_and_kernels"
+    return olmo_pretraining(model, description, lr=4e-4)

@@ -4,14 +4,4 @@ from experiments import _base
 
 
 def get_config():
-    model = _base.model_config(
-        vocab_size=_base.OLMO_VOCAB,
-        d_model=2048,
-        num_layers=16,
-        layer_pattern=("swa", "swa", "swa", "attn"),
-        num_heads=16,
-        mlp_hidden=5888,
-        max_seq_len=8192,
-        gdn=_base.gdn_config(num_heads=16, key_head_dim=96, value_head_dim=192),
-    )
-    return _base.olmo_pretraining(model, __doc__.strip(), lr=4e-4)
+    return _base.olmo_1b(("swa", "swa", "swa", "attn"), __doc__.strip())

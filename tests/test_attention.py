@@ -156,3 +156,14 @@ def test_kernels_lower_for_cuda(documents):
     assert {name for name, _, _ in launches} == set(gpu.KERNEL_TILES)
     for name, stages, warps in launches:
         assert (int(warps), int(stages)) == gpu.KERNEL_TILES[name][2:], name
+
+
+def test_tiles_shrink_for_wide_rows():
+    """float32 rows of 128 (or bfloat16 rows of 256) halve every block and drop prefetching, which keeps the tiles
+    within a Hopper SM's shared memory (unshrunk, float32 at 128 asked 320-384 KiB of 227 KiB on an H200)."""
+    bf16, f32 = dict(gpu._tiles(8192, 128 * 2)), dict(gpu._tiles(8192, 128 * 4))
+    assert bf16 == dict(gpu._tiles(8192, 64 * 2)) == gpu.KERNEL_TILES
+    assert f32 == dict(gpu._tiles(8192, 256 * 2))
+    for name, (block_q, block_k, warps, stages) in gpu.KERNEL_TILES.items():
+        assert f32[name] == (block_q // 2, block_k // 2, warps, 1)
+    assert dict(gpu._tiles(20, 128 * 4))["flash_fwd"][:2] == (32, 32)

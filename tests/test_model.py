@@ -99,3 +99,29 @@ def test_gdn_gate_init_ranges():
     dt = jax.nn.softplus(gdn.dt_bias[...])
     assert a.shape == (1, 64) and float(a.min()) > 0 and float(a.max()) < 16 and float(a.max()) > 8
     assert float(dt.min()) >= 1e-4 * 0.999 and float(dt.max()) <= 0.1 * 1.001 and float(dt.min()) < 1e-2
+
+
+def test_dots_and_kernels_keeps_the_kernels_outputs_for_the_backward(capsys):
+    """Under `dots_and_kernels` a rematerialised block keeps what its Pallas kernels produced (the GDN forward's
+    residuals), so the backward does not rerun them; under `dots` it keeps only its inputs and matmul outputs."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from hybridlm.model.config import REMAT_POLICIES
+    from pallas_kernels.gdn import gpu
+
+    rng = np.random.default_rng(0)
+    q, v = (jnp.asarray(rng.normal(size=(1, 32, 2, 16)), jnp.float32) for _ in range(2))
+    gates, resets = jnp.full((1, 32, 2), -0.1), jnp.zeros((1, 32), bool)
+
+    def block(q, v):
+        o, _ = gpu.pallas_gpu_gated_delta_rule(
+            jnp.sin(q), q, v, gates, gates + 0.6, jnp.zeros((1, 2, 16, 16)), resets, 0.25, 16, interpret=True
+        )
+        return jnp.sum(o)
+
+    def kernel_outputs(policy: str) -> int:
+        print_saved_residuals(jax.checkpoint(block, policy=REMAT_POLICIES[policy]), q, v)  # one line per residual
+        return sum("pallas_gpu_gated_delta_rule" in line for line in capsys.readouterr().out.splitlines())
+
+    assert kernel_outputs("dots_and_kernels") > 0
+    assert kernel_outputs("dots") == 0

@@ -8,7 +8,8 @@ Run on a CUDA machine from the repository root:
 
 The check runs every implementation on every mask it supports at a small shape (odd T, GQA, bfloat16 and
 float32) against XLA's masked attention on float32 copies of the inputs, forward and dq, dk, dv, and prints the
-relative errors (bounds: 2e-2 for bfloat16, 1e-5 for float32). The timing runs bfloat16 at the given shape for the
+relative errors (bounds: 2e-2 for bfloat16, 1e-5 for float32). It runs XLA's float32 matmuls at full precision
+(by default XLA takes one TF32 pass on the GPU, about 5e-4 off). The timing runs bfloat16 at the given shape for the
 masks: causal, a 4096-token window, packed documents (random lengths, ~1000 tokens on average) and both; each
 number is the median of ``--runs`` host-timed calls after a warm-up, all implementations timed in interleaved
 rounds. An implementation that does not support a mask shows "-".
@@ -75,21 +76,26 @@ def check(impls: list[str]) -> bool:
     """Prints every implementation's worst relative error per mask and dtype; True when all are within bounds."""
     ok = True
     print(f"check at B,T,H,H_kv,D = {CHECK_SHAPE}, window {CHECK_WINDOW}: worst of o, dq, dk, dv against float32 XLA")
-    for dtype, bound in ((jnp.bfloat16, 2e-2), (jnp.float32, 1e-5)):
-        for documents in (False, True):
-            for window in (None, CHECK_WINDOW):
-                q, k, v, d_out, segment_ids = _inputs(CHECK_SHAPE, documents, 100, dtype, seed=window or 1)
-                upcast = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
-                reference = _fwd_bwd("xla", segment_ids, window)(*upcast)
-                for impl in impls:
-                    if not _supported(impl, dtype, documents):
-                        continue
-                    outputs = _fwd_bwd(impl, segment_ids, window)(q, k, v, d_out)
-                    worst = max(_rel(x, y) for x, y in zip(outputs, reference))
-                    passed = worst <= bound
-                    ok &= passed
-                    label = f"{jnp.dtype(dtype).name} window={window} documents={documents}"
-                    print(f"  {impl:<11} {label:<42} {worst:.2e} {'PASS' if passed else 'FAIL'} (bound {bound:g})")
+    with jax.default_matmul_precision("highest"):
+        for dtype, bound in ((jnp.bfloat16, 2e-2), (jnp.float32, 1e-5)):
+            for documents in (False, True):
+                for window in (None, CHECK_WINDOW):
+                    ok &= _check_case(impls, dtype, bound, documents, window)
+    return ok
+
+
+def _check_case(impls: list[str], dtype, bound: float, documents: bool, window: int | None) -> bool:
+    """One dtype and mask: prints each implementation's worst error; True when all are within `bound`."""
+    ok = True
+    q, k, v, d_out, segment_ids = _inputs(CHECK_SHAPE, documents, 100, dtype, seed=window or 1)
+    upcast = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
+    reference = _fwd_bwd("xla", segment_ids, window)(*upcast)
+    for impl in (i for i in impls if _supported(i, dtype, documents)):
+        outputs = _fwd_bwd(impl, segment_ids, window)(q, k, v, d_out)
+        worst = max(_rel(x, y) for x, y in zip(outputs, reference))
+        ok &= worst <= bound
+        label = f"{jnp.dtype(dtype).name} window={window} documents={documents}"
+        print(f"  {impl:<11} {label:<42} {worst:.2e} {'PASS' if worst <= bound else 'FAIL'} (bound {bound:g})")
     return ok
 
 

@@ -16,10 +16,22 @@ SLIDING_ATTENTION = "swa"
 LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
 DTYPES = ("float32", "bfloat16", "float16")
 GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu", "pallas_tpu")
-# What each layer group keeps for the backward pass: everything ("none": no rematerialisation), only the outputs of
-# its matmuls ("dots": the rest, kernels included, is recomputed), or only its input ("full").
+# The forward kernels whose outputs "dots_and_kernels" keeps: Pallas calls (the GDN and Pallas attention kernels,
+# residuals included) and cuDNN's fused attention.
+_KERNEL_PRIMITIVES = ("pallas_call", "dot_product_attention_fwd_wrapper")
+
+
+def _saves_dots_and_kernels(primitive: jax.extend.core.Primitive, *args: object, **params: object) -> bool:
+    dots = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return primitive.name in _KERNEL_PRIMITIVES or dots(primitive, *args, **params)
+
+
+# What each layer group keeps for the backward pass: everything ("none": no rematerialisation), the outputs of its
+# matmuls and of the attention and GDN kernels ("dots_and_kernels": only element-wise work is recomputed), the
+# outputs of its matmuls ("dots": kernels are recomputed too), or only its input ("full").
 REMAT_POLICIES = {
     "none": None,
+    "dots_and_kernels": _saves_dots_and_kernels,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }

@@ -42,7 +42,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 _F32 = jnp.float32
 _LOG2_E = math.log2(math.e)
 
-# (block_q, block_k, warps, stages) per kernel, by pallas_call name.
+# (block_q, block_k, warps, stages) per kernel, by pallas_call name, for rows of 128 bfloat16 values (see `_tiles`).
 KERNEL_TILES = {
     "flash_fwd": (128, 64, 8, 3),
     "flash_bwd_dkdv": (64, 128, 8, 2),
@@ -288,11 +288,18 @@ def visible_bounds(segment_ids: jax.Array | None, batch: int, length: int, windo
     return lower, upper.astype(jnp.int32)
 
 
-def _tiles(length: int) -> tuple[tuple[str, tuple[int, int, int, int]], ...]:
-    """KERNEL_TILES with blocks no longer than the sequence (rounded up to a power of two >= 16)."""
+def _tiles(length: int, row_bytes: int) -> tuple[tuple[str, tuple[int, int, int, int]], ...]:
+    """KERNEL_TILES (sized for rows of 128 bfloat16 values) for rows of `row_bytes` bytes and a sequence of `length`.
+
+    Wider rows (float32, or head dims of 256) divide the blocks by the ratio and drop the prefetch stages, so the
+    tiles stay within a Hopper SM's shared memory (float32 at 128 asked 320-384 KiB of 227 KiB unshrunk); no block is
+    longer than the sequence rounded up to a power of two, nor shorter than Triton's 16.
+    """
+    shrink = max(1, row_bytes // 256)
     cap = max(16, pl.next_power_of_2(length))
+    fit = lambda block: max(16, min(block // shrink, cap))  # noqa: E731
     return tuple(
-        (name, (min(block_q, cap), min(block_k, cap), warps, stages))
+        (name, (fit(block_q), fit(block_k), warps, stages if shrink == 1 else 1))
         for name, (block_q, block_k, warps, stages) in KERNEL_TILES.items()
     )
 
@@ -325,10 +332,10 @@ def pallas_gpu_attention(
             f"{q.dtype.name} and head dim {q.shape[-1]}"
         )
     batch, length, heads, head_dim = q.shape
-    tiles = _tiles(length)
+    width = max(16, pl.next_power_of_2(head_dim))
+    tiles = _tiles(length, width * q.dtype.itemsize)
     block = max(max(bq, bk) for _, (bq, bk, _, _) in tiles)
     padded = -(-length // block) * block
-    width = max(16, pl.next_power_of_2(head_dim))
     cfg = _Config(
         heads=heads,
         groups=heads // k.shape[2],
