@@ -5,6 +5,7 @@ args naming HLO instructions, consecutive kernels overlapping by a fraction of a
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -139,13 +140,17 @@ def test_out_of_memory_is_a_row_with_what_xla_asked_for(bench, monkeypatch, mess
 
 
 def test_profile_step_splits_a_cpu_step_by_kind_and_region(prof, config_file, tmp_path):
-    """On the CPU the ops' host events are the device events: every one matches an HLO instruction, every model
-    region and each kind an XLA-only step has get time, and the two tables account for the same time."""
+    """On the CPU the ops' host events are the device events: all but a sliver of their time (a CPU trace may hold a
+    few events under names the compiled HLO lacks) matches HLO instructions, every model region and each kind an
+    XLA-only step has get time, and the two tables account for the same time."""
     out = tmp_path / "BENCHMARKS.md"
     args = (f"--config={config_file}", "--steps=1", "--warmup=1", "--top=3", f"--write={out}")
     result = _run_tool("profile_step.py", *args)
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stdout and "idle" in result.stdout
+    assert re.search(r"us in device events per device: (idle|they overlap)", result.stdout), result.stdout
+    unmapped = re.findall(r"warning: ([\d.]+)% of the device time", result.stdout)
+    assert len(unmapped) == len(re.findall("warning", result.stdout)), result.stdout
+    assert all(float(share) < 5 for share in unmapped), result.stdout
     text = out.read_text()
     assert "## Train step profile, " in text and "small at batch 4 x seq 32: 1 steps traced" in text
     tables = _markdown_tables(text)
@@ -155,7 +160,7 @@ def test_profile_step_splits_a_cpu_step_by_kind_and_region(prof, config_file, tm
     backward_us = {row["region"]: _number(row["backward us"]) for row in regions}
     assert set(region_us) == {*prof.REGIONS, prof.NO_REGION} and all(us > 0 for us in region_us.values())
     assert backward_us["gdn_rule"] > 0 and backward_us["mlp"] > 0 and backward_us["optimizer"] == 0
-    assert set(kinds) == {prof.MATMUL, prof.FUSIONS, "short convolution", "optimizer", "normalisation"}
+    assert set(kinds) - {prof.OTHER} == {prof.MATMUL, prof.FUSIONS, "short convolution", "optimizer", "normalisation"}
     assert all(us > 0 for us in kinds.values())
     assert sum(kinds.values()) == pytest.approx(sum(region_us.values()), rel=1e-3)
     assert kinds["optimizer"] == pytest.approx(region_us["optimizer"], rel=1e-3)
@@ -386,14 +391,16 @@ def test_kernels_of_a_command_buffer_are_reported_unmapped(prof):
     }
 
 
-def _op_event(name: str, tid: int, ts: float, dur: float) -> dict:
+def _op_event(name: str, tid: int, ts: float, dur: float, module: str = "jit_train_step") -> dict:
     """A complete event of an XLA op on a CPU thread, as the CPU runtime records them."""
-    return {"ph": "X", "pid": 5, "tid": tid, "ts": ts, "dur": dur, "name": name, "args": {"hlo_op": name}}
+    args = {"hlo_op": name, "hlo_module": module}
+    return {"ph": "X", "pid": 5, "tid": tid, "ts": ts, "dur": dur, "name": name, "args": args}
 
 
 def test_nested_events_count_once_and_cpu_traces_use_op_events(prof):
-    """Without a GPU process the events carrying hlo_op args are the device events; an op nested in another on the
-    same thread (a CPU while loop's body) is taken out of the outer one's time, and other threads are separate."""
+    """Without a GPU process the events carrying hlo_op args are the device events, less those of other programs; an
+    op nested in another on the same thread (a CPU while loop's body) is taken out of the outer one's time, and other
+    threads are separate."""
     ops = prof.parse_hlo(HLO)
     trace = [
         {"ph": "M", "name": "process_name", "pid": 5, "args": {"name": "/host:CPU"}},
@@ -404,8 +411,9 @@ def test_nested_events_count_once_and_cpu_traces_use_op_events(prof):
         {"ph": "X", "pid": 5, "tid": 1, "ts": 45.0, "dur": 0.5, "name": "end: copy.6", "args": {}},
         _op_event("fusion.1", 2, 10.0, 30.0),
         _op_event("fusion.19", 1, 60.0, 10.0),
+        _op_event("fusion.19", 1, 80.0, 10.0, module="jit_synthetic_batch"),
     ]
-    kernels = prof.read_kernels(trace, ops)
+    kernels = prof.read_kernels(trace, ops, "jit_train_step")
     assert [(k.name, k.us) for k in kernels] == [
         ("while.12", 15.0),
         ("copy.6", 20.0),

@@ -37,7 +37,8 @@ matmul, and the region table says where it ran.
 The step's wall time (host clock over the traced steps, profiler on) is printed against its summed device time,
 the difference being idle time (without CUDA graphs it includes launch gaps that graphs would hide); where
 streams or CPU threads overlap, the sum exceeds the wall time. A warning gives the share of device time matched to
-no instruction: on a GPU that means the trace's args were not understood.
+no instruction: on a GPU that means the trace's args were not understood. Events of other programs (by their
+"hlo_module" arg) are left out.
 """
 
 from __future__ import annotations
@@ -208,10 +209,13 @@ class Kernel:
         return kind_of(self.name, self.op, self.region)
 
 
-def read_kernels(trace: dict | list, ops: dict[str, HloOp]) -> list[Kernel]:
+def read_kernels(trace: dict | list, ops: dict[str, HloOp], module: str | None = None) -> list[Kernel]:
     """The device events of a Perfetto JSON trace as jax.profiler writes it (durations in microseconds), each with its
-    HLO instruction from `ops` (see the module docstring)."""
+    HLO instruction from `ops` (see the module docstring). With `module` (the step's HloModule name), events whose
+    "hlo_module" arg names another program are left out."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    if module is not None:
+        events = [e for e in events if e.get("args", {}).get("hlo_module", module) == module]
     gpus = {
         e["pid"]
         for e in events
@@ -288,7 +292,8 @@ def profile(config: config_dict.ConfigDict, steps: int, warmup: int) -> Profile:
     runner = train_setup.StepRunner(config, NO_COMMAND_BUFFERS)
     for _ in range(warmup):
         runner.step()
-    ops = parse_hlo(runner.compiled.as_text())
+    text = runner.compiled.as_text()
+    ops, module = parse_hlo(text), text.split(maxsplit=2)[1].rstrip(",")
     options = jax.profiler.ProfileOptions()
     options.python_tracer_level = 0  # Python's own calls are not wanted; they would only swell the trace.
     with tempfile.TemporaryDirectory() as logdir:
@@ -297,7 +302,7 @@ def profile(config: config_dict.ConfigDict, steps: int, warmup: int) -> Profile:
         (path,) = glob.glob(os.path.join(logdir, "**", "perfetto_trace.json.gz"), recursive=True)
         with gzip.open(path) as f:
             trace = json.load(f)
-    kernels = read_kernels(trace, ops)
+    kernels = read_kernels(trace, ops, module)
     return Profile(kernels, steps * jax.local_device_count(), 1e6 * wall / steps, jax.devices()[0].device_kind)
 
 
