@@ -5,11 +5,12 @@ from __future__ import annotations
 from ml_collections import config_dict
 
 from experiments import _base
+from hybridlm.config_defaults import gdn_config, model_config, run_config
 
 
 def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict.ConfigDict:
     """4 layers of width 128 over the byte-level built-in corpus; float32 compute and GDN chunks of 16 (fast on CPUs)."""
-    model = _base.model_config(
+    model = model_config(
         vocab_size=_base.BYTE_VOCAB,
         d_model=128,
         num_layers=4,
@@ -17,13 +18,13 @@ def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict
         num_heads=4,
         mlp_hidden=384,
         max_seq_len=1024,
-        gdn=_base.gdn_config(num_heads=4, key_head_dim=32, value_head_dim=64),
+        gdn=gdn_config(num_heads=4, key_head_dim=32, value_head_dim=64),
     )
     model.dtype = "float32"
     model.sliding_window = 128
     model.remat = "none"
     model.gdn.chunk_size = 16
-    config = _base.run_config(
+    config = run_config(
         model, description=description, seq_len=128, batch_size=8, lr=3e-3, warmup_steps=50, num_steps=500
     )
     config.data.max_bytes = 4_000_000

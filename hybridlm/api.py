@@ -4,19 +4,17 @@ directory and returns a `Model` with `logits(tokens)`."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm.hf import convert, load
-from hybridlm.model import HybridLM, ModelConfig
+from hybridlm import checkpoint
+from hybridlm.hf import load
+from hybridlm.model import ModelConfig, abstract_model, abstract_params
 
 _HF_COMPUTE_DTYPE = "float32"  # Hugging Face checkpoints load for scoring: full-precision compute unless asked
 
@@ -28,7 +26,7 @@ class Model:
         self.config = config
         self.params = params
         self.run_config = run_config
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0))))
+        graphdef = nnx.graphdef(abstract_model(config))
         self._forward = jax.jit(lambda params, tokens: nnx.merge(graphdef, params)(tokens))
 
     def logits(self, tokens: Any) -> jax.Array:
@@ -53,9 +51,9 @@ def load_model(path: str | pathlib.Path, *, step: int | None = None, dtype: str 
     a Hugging Face olmo_hybrid / olmo3 directory. `dtype` sets the compute dtype (default: the run's own for workdirs,
     float32 for Hugging Face directories). Raises ValueError naming the file or field that cannot be loaded."""
     path = pathlib.Path(path)
-    if _is_workdir(path):
-        checkpoint = load_workdir(path, step)
-        run_config, params = checkpoint.run_config, checkpoint.params
+    if checkpoint.is_workdir(path):
+        saved = load_workdir(path, step)
+        run_config, params = saved.run_config, saved.params
     else:
         if step is not None:
             raise ValueError(f"{path} is a Hugging Face directory, which holds one set of weights; drop step={step}")
@@ -74,41 +72,7 @@ def load_workdir(workdir: str | pathlib.Path, step: int | None = None) -> Workdi
     Restores only the params subtree of the orbax train state (no optimizer state), as numpy arrays.
     """
     workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{config_path} does not exist: {workdir} is not a training workdir")
-    run_config = config_dict.ConfigDict(json.loads(config_path.read_text()))
+    run_config = checkpoint.read_run_config(workdir)
     model_config = ModelConfig.from_config(run_config.model)
-    checkpoints = (workdir / "checkpoints").absolute()
-    if not checkpoints.is_dir():
-        raise ValueError(f"{workdir} has no checkpoints directory; train it first")
-    manager = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(read_only=True))
-    steps = manager.all_steps()
-    if not steps:
-        raise ValueError(f"{checkpoints} holds no checkpoint; train the run past its first checkpoint")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ValueError(f"{checkpoints} has no checkpoint at step {step}; it has steps {sorted(steps)}")
-    target = {"params": convert.abstract_params(model_config)}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-        ),
-    )
-    manager.close()
-    return WorkdirCheckpoint(run_config, model_config, restored.state["params"], step)
-
-
-def _is_workdir(path: pathlib.Path) -> bool:
-    """A training workdir has checkpoints/ and a config.json with a `model` section; anything else is read as a
-    Hugging Face directory (whose reader reports what is missing)."""
-    config_path = path / "config.json"
-    if not (path / "checkpoints").is_dir() or not config_path.is_file():
-        return False
-    try:
-        return "model" in json.loads(config_path.read_text())
-    except json.JSONDecodeError:
-        return False
+    params, step = checkpoint.restore_params(workdir, abstract_params(model_config), step)
+    return WorkdirCheckpoint(run_config, model_config, params, step)

@@ -20,7 +20,7 @@ import math
 import jax
 from flax import nnx
 
-from hybridlm.model import HybridLM, ModelConfig
+from hybridlm.model import ModelConfig, abstract_model
 from hybridlm.model.config import GDN, SLIDING_ATTENTION
 
 # Dense bfloat16 peak FLOP/s by the start of `jax.Device.device_kind` (vendor datasheets), the denominator of MFU;
@@ -40,8 +40,7 @@ PEAK_FLOPS = {
 
 def matmul_params(config: ModelConfig) -> int:
     """Weights of every linear map (kernels named "kernel"), from abstract shapes."""
-    model = nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0)))
-    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    params = nnx.to_flat_state(nnx.state(abstract_model(config), nnx.Param))
     return sum(math.prod(value.shape) for path, value in params if path[-1] == "kernel")
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 from ml_collections import config_dict
 
+from hybridlm import partitioning
 from hybridlm.data.pipeline import DATA_SOURCES, FILE_SOURCES
 from hybridlm.data.token_files import TOKEN_DTYPES
 from hybridlm.data.tokenizer import BYTE, load_tokenizer
-from hybridlm.model.config import ConfigError, ModelConfig
+from hybridlm.model.config import GDN, ConfigError, ModelConfig
 from hybridlm.optim import SCHEDULES
 
 
@@ -21,11 +24,8 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     data, optim, train = config.data, config.optim, config.train
     model.check_seq_len(data.seq_len)
     _check_data(data, model.vocab_size)
-    _check(
-        data.batch_size > 0 and data.batch_size % jax.device_count() == 0,
-        f"config.data.batch_size={data.batch_size} must be a positive multiple of the device count "
-        f"{jax.device_count()}",
-    )
+    _check(data.batch_size > 0, f"config.data.batch_size={data.batch_size} must be positive")
+    _check_mesh(config, model)
     _check(optim.schedule in SCHEDULES, f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
     _check(optim.lr > 0, f"config.optim.lr={optim.lr} must be positive")
     _check(0.0 <= optim.final_lr_ratio <= 1.0, f"config.optim.final_lr_ratio={optim.final_lr_ratio} must be in [0, 1]")
@@ -37,6 +37,34 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
         _check(train[name] > 0, f"config.train.{name}={train[name]} must be positive")
     return model
+
+
+def _check_mesh(config: config_dict.ConfigDict, model: ModelConfig) -> None:
+    """The mesh's axis sizes against the device count, its rules, and every split they imply: the batch over the
+    batch axes, the heads, MLP width, vocabulary and d_model over theirs."""
+    sizes = partitioning.mesh_shape(config.mesh, jax.device_count())
+    rules = partitioning.rules_from_config(config.mesh.get("rules"))
+    splits = {  # logical axis -> the config field of its size
+        "batch": ("config.data.batch_size", config.data.batch_size),
+        "embed": ("config.model.d_model", model.d_model),
+        "vocab": ("config.model.vocab_size", model.vocab_size),
+        "mlp": ("config.model.mlp_hidden", model.mlp_hidden),
+    }
+    if set(model.layer_pattern) - {GDN}:
+        splits["heads"] = ("config.model.num_heads", model.num_heads)
+        splits["kv_heads"] = ("config.model.num_kv_heads", model.num_kv_heads)
+    if GDN in model.layer_pattern:
+        splits["gdn_key_heads"] = ("config.model.gdn.num_key_heads", model.gdn.num_key_heads)
+        splits["gdn_value_heads"] = ("config.model.gdn.num_value_heads", model.gdn.num_value_heads)
+    for logical, (field, size) in splits.items():
+        axes = rules[logical]
+        parts = math.prod(sizes[axis] for axis in axes)
+        shown = " x ".join(f"config.mesh.{axis}={sizes[axis]}" for axis in axes)
+        _check(
+            size % parts == 0,
+            f"{field}={size} does not split over {shown} ({parts} devices, logical axis {logical!r}); choose mesh "
+            f"sizes whose product divides {size}, or change config.mesh.rules.{logical}",
+        )
 
 
 def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:

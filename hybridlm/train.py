@@ -1,6 +1,10 @@
 """Command line: `python -m hybridlm.train --config=<experiment or file> --workdir=DIR [--config.<key>=<value> ...]`.
 
 Trains the named experiment (see `python -m experiments`), resuming from the latest checkpoint in DIR.
+
+A run of several processes (hosts) joins a `jax.distributed` cluster first: from `--coordinator_address`,
+`--num_processes` and `--process_id`, or, without them, as jax detects it on a Cloud TPU pod slice, in a SLURM step
+of several tasks, or under Open MPI's `mpirun`. Every process runs the same command.
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An experiment name from `python -m experiments`, or the path of a config file."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the run's config.json live.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for a run of several processes (with --num_processes and --process_id); without the "
+    "three, jax detects a TPU pod slice, SLURM step or Open MPI launch, and otherwise the run is one process.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "How many processes the run has (see --coordinator_address)."
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1.")
 
 
 def _fail(message: str) -> None:
@@ -60,11 +74,67 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{e}".splitlines()[0] + " (keys and defaults: python -m experiments --show=NAME)")
 
 
+def _cluster_flags() -> tuple[str, int, int] | None:
+    """(--coordinator_address, --num_processes, --process_id), or None when none is given; fails unless all three
+    are given, with a host:port address and a process id in range."""
+    address, count, index = _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    given = [value is not None for value in (address, count, index)]
+    if not any(given):
+        return None
+    if not all(given):
+        _fail(
+            "--coordinator_address, --num_processes and --process_id go together: give all three, or none to let jax "
+            "detect a TPU pod slice, SLURM step or Open MPI launch"
+        )
+    if not re.fullmatch(r".+:\d+", address):
+        _fail(
+            f"--coordinator_address={address} is not host:port; give process 0's host and a free port, "
+            "e.g. 10.0.0.1:1234"
+        )
+    if not 0 <= index < count:
+        _fail(f"--process_id={index} with --num_processes={count}: number the processes 0 to num_processes - 1")
+    return address, count, index
+
+
+def _launched_as_one_of_several() -> bool:
+    """Whether a launcher that `jax.distributed.initialize()` detects by itself started this process as one of
+    several: Open MPI's mpirun, a SLURM step, a Cloud TPU pod slice (GKE or GCE), checked in jax's order."""
+    from jax._src import clusters  # jax's own detection (private API): the environments initialize() recognises
+
+    for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GkeTpuCluster, clusters.GceTpuCluster):
+        if env.is_env_present():
+            return env.get_process_count() > 1
+    return False
+
+
+def _join_cluster(cluster: tuple[str, int, int] | None) -> None:
+    """Joins the jax.distributed cluster of a run of several processes: `cluster` (coordinator address, process
+    count, this process's id) when given, else the one jax detects; a single process joins none. Must run before
+    anything starts a jax backend."""
+    import jax
+
+    if cluster is None and not _launched_as_one_of_several():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices: collectives across processes
+    try:
+        if cluster is None:
+            jax.distributed.initialize()
+        else:
+            address, count, index = cluster
+            jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+    except RuntimeError as e:  # The coordinator could not be reached, or the processes disagree.
+        _fail(
+            f"could not join the jax.distributed cluster ({str(e).splitlines()[0]}); start every process with the "
+            "same --coordinator_address and --num_processes, and process 0 on the coordinator's host"
+        )
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Keeps orbax's per-save INFO lines off the terminal.
     if _CONFIG.value is None or _WORKDIR.value is None:
         _fail("both --config (an experiment name from `python -m experiments`) and --workdir are required")
+    _join_cluster(_cluster_flags())
     from hybridlm.model.config import ConfigError  # Imported late: flag errors come back before jax starts up.
     from hybridlm.trainer import Trainer
 

@@ -16,12 +16,12 @@ import tqdm
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint, flops, run_config, sharding
+from hybridlm import checkpoint, flops, partitioning, run_config
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
 from hybridlm.metrics import MetricsWriter
-from hybridlm.model import HybridLM, ModelConfig
+from hybridlm.model import HybridLM, ModelConfig, abstract_model
 from hybridlm.model.config import ConfigError
 from hybridlm.optim import learning_rate_schedule, make_optimizer
 
@@ -72,51 +72,102 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDe
 
 
 class TrainProgram:
-    """What a run computes, apart from its data: the model's graph, the optimizer and schedule, and the jitted
-    init, train and eval steps on a data-parallel mesh over every device."""
+    """What a run computes, apart from its data: the model's graph, the optimizer and schedule, the mesh and the
+    layout of the train state on it, and the jitted init, train and eval steps.
+
+    Parameters and optimizer state are split over the mesh by hybridlm.partitioning's rules and created in place
+    (initialised inside `jit` with sharded outputs): no device holds the whole state unless the mesh replicates it.
+    """
 
     def __init__(self, config: config_dict.ConfigDict, model_config: ModelConfig):
         self.config = config
         self.model_config = model_config
-        self.mesh = sharding.data_parallel_mesh()
+        self.layout = partitioning.Layout(
+            partitioning.make_mesh(config.mesh), partitioning.rules_from_config(config.mesh.rules)
+        )
+        self.mesh = self.layout.mesh
         num_steps = config.train.num_steps
         self.schedule = learning_rate_schedule(config.optim, num_steps)
         self.optimizer = make_optimizer(config.optim, num_steps)
-        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: HybridLM(model_config, nnx.Rngs(0))))
+        model = abstract_model(model_config)
+        self.graphdef = nnx.graphdef(model)
+        self.param_shardings = partitioning.parameter_shardings(
+            nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param))),
+            nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+            self.layout,
+        )
+        self.state_shardings = self._state_shardings()
+        self.batch_sharding = self.layout.sharding(("batch", None))
         document_mask = bool(config.data.document_mask)
+        batch_shardings = {key: self.batch_sharding for key in ("inputs", "targets", "segment_ids")}
         self.train_step = jax.jit(
-            functools.partial(
-                train_step,
-                graphdef=self.graphdef,
-                optimizer=self.optimizer,
-                schedule=self.schedule,
-                z_loss_weight=config.optim.z_loss,
-                document_mask=document_mask,
+            partitioning.traced_on(
+                self.layout,
+                functools.partial(
+                    train_step,
+                    graphdef=self.graphdef,
+                    optimizer=self.optimizer,
+                    schedule=self.schedule,
+                    z_loss_weight=config.optim.z_loss,
+                    document_mask=document_mask,
+                ),
             ),
+            in_shardings=(self.state_shardings, batch_shardings),
+            out_shardings=(self.state_shardings, self.layout.replicated),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef, document_mask=document_mask))
+        self.eval_step = jax.jit(
+            partitioning.traced_on(
+                self.layout, functools.partial(eval_step, graphdef=self.graphdef, document_mask=document_mask)
+            ),
+            in_shardings=(self.state_shardings["params"], batch_shardings),
+            out_shardings=self.layout.replicated,
+        )
         self.tokens_per_step = config.data.batch_size * config.data.seq_len
         self.flops_per_step = flops.flops_per_token(model_config, config.data.seq_len) * self.tokens_per_step
         peaks = [flops.peak_flops(device) for device in self.mesh.devices.flat]
         self.peak_flops = None if None in peaks else sum(peaks)  # of the whole mesh; None where a device is unknown
 
+    def _init(self, params: Any) -> TrainState:
+        if params is None:
+            model = HybridLM(self.model_config, nnx.Rngs(self.config.seed))
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
+
+    def _state_shardings(self) -> Any:
+        """The train state's NamedShardings: the parameters' and, for every copy of the parameter tree in the
+        optimizer state (AdamW's moments), the same; the step and counters replicated."""
+        abstract = jax.eval_shape(self._init, None)
+        opt_state = optax.tree_map_params(
+            self.optimizer,
+            lambda _, sharding: sharding,
+            abstract["opt_state"],
+            self.param_shardings,
+            transform_non_params=lambda _: self.layout.replicated,
+        )
+        return {"step": self.layout.replicated, "params": self.param_shardings, "opt_state": opt_state}
+
     def init_state(self, params: Any = None) -> TrainState:
-        """Step 0 with `params` (our nested dict), or with freshly initialised parameters when None."""
-
-        def init(params: Any) -> TrainState:
-            if params is None:
-                model = HybridLM(self.model_config, nnx.Rngs(self.config.seed))
-                params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-            return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
-
-        return jax.jit(init, out_shardings=sharding.replicated(self.mesh))(params)
+        """Step 0 with `params` (our nested dict, e.g. of numpy arrays: each device receives only its shards), or
+        with freshly initialised parameters when None, laid out by `state_shardings`."""
+        if params is not None:
+            params = jax.device_put(params, self.param_shardings)
+        return jax.jit(self._init, out_shardings=self.state_shardings)(params)
 
     def abstract_state(self) -> TrainState:
-        """The train state's shapes, dtypes and shardings, for restoring checkpoints."""
-        replicated = sharding.replicated(self.mesh)
-        abstract = jax.eval_shape(self.init_state)
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+        """The train state's shapes, dtypes and shardings on this program's mesh, for restoring checkpoints (saved
+        on any mesh) straight into place."""
+        abstract = jax.eval_shape(self._init, None)
+        return jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            abstract,
+            self.state_shardings,
+        )
+
+    def put_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+        """The global batch from every process's rows (numpy arrays [batch_size // process_count, ...]), split by
+        rows over the mesh's batch axes."""
+        return partitioning.put_batch(batch, self.batch_sharding)
 
     def mfu(self, seconds_per_step: float) -> float | None:
         """Model FLOPs utilisation of a step that took `seconds_per_step` (hybridlm.flops), or None off the known
@@ -125,7 +176,11 @@ class TrainProgram:
 
 
 class Trainer:
-    """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`."""
+    """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`.
+
+    In a run of several processes every process builds a Trainer and trains in step; all of them save and restore
+    checkpoints together, and process 0 alone writes config.json and the metrics and shows progress.
+    """
 
     def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
         if config.get("init_from_hf"):
@@ -133,6 +188,7 @@ class Trainer:
         self.config = config
         self.model_config: ModelConfig = run_config.validate(config)
         self.workdir = pathlib.Path(workdir)
+        self._is_lead = jax.process_index() == 0  # process 0: the one that reports
         self.data = load_data(config)
         self.workdir.mkdir(parents=True, exist_ok=True)
         checkpoint.record_config(self.workdir, config)
@@ -144,12 +200,17 @@ class Trainer:
         `config.init_from_hf`, else freshly initialised parameters."""
         return self._start()[0]
 
+    def _say(self, message: str) -> None:
+        """Prints `message` above the progress bar, on process 0 only."""
+        if self._is_lead:
+            tqdm.tqdm.write(message)
+
     def _start(self) -> tuple[TrainState, IteratorState]:
         """The initial train state and the data iterator's state (restored with the checkpoint, after checking that
         the data still yields the same batches)."""
         step = self.checkpointer.latest_step()
         if step is None and self.config.get("init_from_hf"):
-            tqdm.tqdm.write(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
+            self._say(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
             params = hf_load.load_hf_params(self.config.init_from_hf, self.model_config)
             return self.program.init_state(params), {}
         if step is None:
@@ -158,10 +219,10 @@ class Trainer:
         changed = first_difference(data_state["fingerprint"], self.data.fingerprint)
         if changed:
             raise ConfigError(
-                f"the checkpoint at step {step} in {self.workdir / 'checkpoints'} was trained on data that gives "
+                f"the checkpoint at step {step} in {self.checkpointer.directory} was trained on data that gives "
                 f"different batches ({changed}); use a new --workdir or the data config it was trained with"
             )
-        tqdm.tqdm.write(f"resumed from the checkpoint at step {step} in {self.workdir / 'checkpoints'}")
+        self._say(f"resumed from the checkpoint at step {step} in {self.checkpointer.directory}")
         return state, data_state["iterator"]
 
     def _data_state(self, iterator: grain.DatasetIterator) -> dict[str, Any]:
@@ -172,8 +233,7 @@ class Trainer:
         """Mean held-out cross-entropy in nats over `config.train.eval_batches` batches of windows drawn (with a fixed
         seed) from across the whole held-out split, the same ones at every evaluation."""
         batches = (self.data.heldout[i] for i in range(self.config.train.eval_batches))
-        mesh = self.program.mesh
-        losses = [self.program.eval_step(params, sharding.put_batch(batch, mesh)) for batch in batches]
+        losses = [self.program.eval_step(params, self.program.put_batch(batch)) for batch in batches]
         return float(np.mean(jax.device_get(losses)))
 
     def train(self) -> dict[str, float]:
@@ -185,12 +245,19 @@ class Trainer:
         iterator.set_state(iterator_state or {"next_index": start})
         writer = MetricsWriter(self.workdir)
         last: dict[str, float] = {}
-        tqdm.tqdm.write(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
-        progress = tqdm.tqdm(total=train.num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        self._say(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
+        progress = tqdm.tqdm(
+            total=train.num_steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self._is_lead,
+        )
         window_start, window_steps = time.perf_counter(), 0
         try:
             for step in range(start, train.num_steps):
-                state, metrics = self.program.train_step(state, sharding.put_batch(next(iterator), self.program.mesh))
+                state, metrics = self.program.train_step(state, self.program.put_batch(next(iterator)))
                 done = step + 1
                 window_steps += 1
                 progress.update(1)
@@ -212,7 +279,7 @@ class Trainer:
                 if done % train.eval_every == 0 or done == train.num_steps:
                     last["eval_loss"] = self.evaluate(state["params"])
                     writer.write(done, {"eval_loss": last["eval_loss"]})
-                    tqdm.tqdm.write(
+                    self._say(
                         f"step {done}: held-out loss {last['eval_loss']:.4f} nats "
                         f"(unigram entropy {self.data.unigram_entropy:.4f}), train loss {last.get('loss', 0):.4f}"
                     )

@@ -2,5 +2,6 @@
 
 from pallas_kernels.attention import attention
 from pallas_kernels.gdn import gated_delta_rule
+from pallas_kernels.platform import target_platform
 
-__all__ = ["attention", "gated_delta_rule"]
+__all__ = ["attention", "gated_delta_rule", "target_platform"]

@@ -17,7 +17,7 @@ from conftest import load_tool, small_config  # noqa: E402
 from hybridlm import api, checkpoint  # noqa: E402
 from hybridlm.hf import HFFormatError, convert, load  # noqa: E402
 from hybridlm.hf.export import export_params, export_workdir  # noqa: E402
-from hybridlm.model import ModelConfig  # noqa: E402
+from hybridlm.model import ModelConfig, abstract_params  # noqa: E402
 from hybridlm.optim import make_optimizer  # noqa: E402
 
 SEQ_LEN = 70  # longer than the sliding window (8), our GDN chunk (16) and transformers' (64)
@@ -82,7 +82,7 @@ def _random_params(config: ModelConfig, seed: int) -> dict:
             value = 0.1 * rng.standard_normal(x.shape)
         return value.astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(fill, convert.abstract_params(config))
+    return jax.tree_util.tree_map_with_path(fill, abstract_params(config))
 
 
 def _save_workdir(workdir: pathlib.Path, run_config, params_by_step: dict) -> None:
@@ -306,7 +306,7 @@ def test_7b_names_and_shapes_match_transformers(name):
     hf_config = convert.to_hf_config(config, dtype="bfloat16", tokens=TOKENS)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_config))
-    abstract = convert.abstract_params(config)
+    abstract = abstract_params(config)
     ours = {}
     for tensor in convert.tensor_maps(config):
         shape = convert.leaf(abstract, tensor.path).shape

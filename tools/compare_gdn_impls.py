@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import experiments  # noqa: E402
+from hybridlm import checkpoint  # noqa: E402
 from hybridlm.trainer import Trainer  # noqa: E402
 
 
@@ -37,7 +39,7 @@ def train_losses(name: str, impl: str, steps: int, dtype: str | None) -> list[fl
     config.train.checkpoint_every = steps
     with tempfile.TemporaryDirectory() as workdir:
         Trainer(config, workdir).train()
-        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        with open(checkpoint.metrics_file(pathlib.Path(workdir)), encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
     return [r["loss"] for r in sorted(records, key=lambda r: r["step"]) if "loss" in r]
 

@@ -19,10 +19,8 @@ import math
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 from hybridlm.model.config import ATTENTION, GDN, SLIDING_ATTENTION, ModelConfig
-from hybridlm.model.transformer import HybridLM
 
 OLMO_HYBRID = "olmo_hybrid"
 OLMO3 = "olmo3"
@@ -140,11 +138,6 @@ def hf_shape(layout: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
         kernel, channels = our_shape
         return (channels, 1, kernel)
     return tuple(our_shape)
-
-
-def abstract_params(config: ModelConfig) -> dict[str, Any]:
-    """Our params as a nested dict of jax.ShapeDtypeStruct (stacked leaves have the leading axis num_groups)."""
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0))), nnx.Param))
 
 
 def leaf(tree: dict[str, Any], path: tuple[Any, ...]) -> Any:

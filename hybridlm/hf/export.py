@@ -22,7 +22,6 @@ from hybridlm.hf.convert import (
     HFFormatError,
     SpecialTokens,
     TensorMap,
-    abstract_params,
     generation_config,
     hf_shape,
     leaf,
@@ -32,7 +31,7 @@ from hybridlm.hf.convert import (
     to_hf_layout,
 )
 from hybridlm.hf.load import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE
-from hybridlm.model.config import ModelConfig
+from hybridlm.model import ModelConfig, abstract_params
 
 WEIGHT_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
 MAX_SHARD_BYTES = 5 * 10**9

@@ -18,19 +18,18 @@ import numpy as np
 from ml_collections import config_dict
 from safetensors import safe_open
 
-from experiments import _base
+from hybridlm import config_defaults
 from hybridlm.hf.convert import (
     CONV,
     OLMO_HYBRID,
     HFFormatError,
-    abstract_params,
     from_hf_layout,
     hf_shape,
     leaf,
     model_fields_from_hf,
     tensor_maps,
 )
-from hybridlm.model.config import ModelConfig
+from hybridlm.model import ModelConfig, abstract_params
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -71,7 +70,7 @@ def run_config_from_hf(hf_dir: str | pathlib.Path) -> config_dict.ConfigDict:
     """
     fields = model_fields_from_hf(read_hf_config(hf_dir), str(pathlib.Path(hf_dir) / CONFIG_FILE))
     gdn = fields["gdn"]
-    model = _base.model_config(
+    model = config_defaults.model_config(
         vocab_size=fields["vocab_size"],
         d_model=fields["d_model"],
         num_layers=fields["num_layers"],
@@ -79,11 +78,11 @@ def run_config_from_hf(hf_dir: str | pathlib.Path) -> config_dict.ConfigDict:
         num_heads=fields["num_heads"],
         mlp_hidden=fields["mlp_hidden"],
         max_seq_len=fields["max_seq_len"],
-        gdn=_base.gdn_config(gdn["num_key_heads"], gdn["key_head_dim"], gdn["value_head_dim"]),
+        gdn=config_defaults.gdn_config(gdn["num_key_heads"], gdn["key_head_dim"], gdn["value_head_dim"]),
     )
     set_architecture(model, fields)
     seq_len = min(_CONTINUE_SEQ_LEN, fields["max_seq_len"])
-    config = _base.run_config(
+    config = config_defaults.run_config(
         model,
         description=f"continued training of the Hugging Face checkpoint {hf_dir}",
         seq_len=seq_len,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
 from hybridlm.model.layers import linear, normalize_rms
 from pallas_kernels import gated_delta_rule
@@ -40,11 +41,13 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 class CausalConv(nnx.Module):
     """Depthwise causal 1-D convolution (no bias) followed by SiLU: [B, T, C] -> [B, T, C]."""
 
-    def __init__(self, config: ModelConfig, channels: int, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, channels: int, heads_axis: str, rngs: nnx.Rngs):
         kernel = config.gdn.conv_kernel
         bound = 1.0 / math.sqrt(kernel)  # PyTorch's default for a depthwise conv, fan_in = kernel
         self.weight = nnx.Param(
-            jax.random.uniform(rngs.params(), (kernel, channels), config.params_dtype, -bound, bound)
+            jax.random.uniform(rngs.params(), (kernel, channels), config.params_dtype, -bound, bound),
+            out_sharding=("conv_taps", heads_axis),
+            eager_sharding=False,
         )
         self.dtype = config.compute_dtype
 
@@ -79,19 +82,23 @@ class GatedDeltaNet(nnx.Module):
         gdn = config.gdn
         key_width = gdn.num_key_heads * gdn.key_head_dim
         value_width = gdn.num_value_heads * gdn.value_head_dim
-        self.q_proj = linear(config, config.d_model, key_width, rngs)
-        self.k_proj = linear(config, config.d_model, key_width, rngs)
-        self.v_proj = linear(config, config.d_model, value_width, rngs)
-        self.a_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
-        self.b_proj = linear(config, config.d_model, gdn.num_value_heads, rngs)
-        self.g_proj = linear(config, config.d_model, value_width, rngs)
-        self.o_proj = linear(config, value_width, config.d_model, rngs)
-        self.q_conv = CausalConv(config, key_width, rngs)
-        self.k_conv = CausalConv(config, key_width, rngs)
-        self.v_conv = CausalConv(config, value_width, rngs)
-        self.A_log = nnx.Param(_a_log_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
-        self.dt_bias = nnx.Param(_dt_bias_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype))
-        self.o_norm = nnx.Param(jnp.ones((gdn.value_head_dim,), config.params_dtype))
+        keys, values = ("embed", "gdn_key_heads"), ("embed", "gdn_value_heads")
+        self.q_proj = linear(config, config.d_model, key_width, keys, rngs)
+        self.k_proj = linear(config, config.d_model, key_width, keys, rngs)
+        self.v_proj = linear(config, config.d_model, value_width, values, rngs)
+        self.a_proj = linear(config, config.d_model, gdn.num_value_heads, values, rngs)
+        self.b_proj = linear(config, config.d_model, gdn.num_value_heads, values, rngs)
+        self.g_proj = linear(config, config.d_model, value_width, values, rngs)
+        self.o_proj = linear(config, value_width, config.d_model, ("gdn_value_heads", "embed"), rngs)
+        self.q_conv = CausalConv(config, key_width, "gdn_key_heads", rngs)
+        self.k_conv = CausalConv(config, key_width, "gdn_key_heads", rngs)
+        self.v_conv = CausalConv(config, value_width, "gdn_value_heads", rngs)
+        per_head = {"out_sharding": ("gdn_value_heads",), "eager_sharding": False}
+        self.A_log = nnx.Param(_a_log_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype), **per_head)
+        self.dt_bias = nnx.Param(_dt_bias_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype), **per_head)
+        self.o_norm = nnx.Param(
+            jnp.ones((gdn.value_head_dim,), config.params_dtype), out_sharding=("head_dim",), eager_sharding=False
+        )
         self.config = config
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -114,10 +121,26 @@ class GatedDeltaNet(nnx.Module):
         a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         with jax.named_scope("gdn_rule"):
-            o, _ = gated_delta_rule(
-                q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl
-            )
+            o = self._rule(q, k, v, g, beta, segment_ids)
         gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
         normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
         o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)
         return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim))
+
+    def _rule(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array, segment_ids: jax.Array | None
+    ) -> jax.Array:
+        """The gated delta rule on each device's rows and value heads. q, k: [B, T, H_v, K]; v: [B, T, H_v, V];
+        g, beta: [B, T, H_v]; segment_ids: int [B, T] or None -> o [B, T, H_v, V]."""
+        gdn = self.config.gdn
+
+        def rule(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array, *segments: jax.Array):
+            segment_ids = segments[0] if segments else None
+            return gated_delta_rule(
+                q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl
+            )[0]
+
+        heads, gates = ("batch", None, "gdn_value_heads", None), ("batch", None, "gdn_value_heads")
+        args = (q, k, v, g, beta) if segment_ids is None else (q, k, v, g, beta, segment_ids)
+        in_axes = (heads, heads, heads, gates, gates, ("batch", None))[: len(args)]
+        return partitioning.shard_map(rule, in_axes, heads)(*args)

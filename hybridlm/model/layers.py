@@ -9,24 +9,38 @@ from flax import nnx
 from hybridlm.model.config import ModelConfig
 
 
-def linear(config: ModelConfig, in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
-    """A bias-free projection [..., in] -> [..., out]; weights in `param_dtype`, matmul in `dtype`."""
+def logical(init: nnx.Initializer, axes: tuple[str | None, ...]) -> nnx.Initializer:
+    """`init` whose parameter carries the logical names of its axes (hybridlm.partitioning places them on a mesh)."""
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def truncated_normal(config: ModelConfig) -> nnx.Initializer:
+    """N(0, init_std^2) cut at 3 standard deviations."""
+    return nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0)
+
+
+def linear(
+    config: ModelConfig, in_features: int, out_features: int, axes: tuple[str, str], rngs: nnx.Rngs
+) -> nnx.Linear:
+    """A bias-free projection [..., in] -> [..., out]; weights [in, out] in `param_dtype` with logical axes `axes`,
+    matmul in `dtype`."""
     return nnx.Linear(
         in_features,
         out_features,
         use_bias=False,
         dtype=config.compute_dtype,
         param_dtype=config.params_dtype,
-        kernel_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0),
+        kernel_init=logical(truncated_normal(config), axes),
         rngs=rngs,
     )
 
 
 class RMSNorm(nnx.Module):
-    """x / rms(x) * weight over the last axis, computed in float32; output in the input's dtype."""
+    """x / rms(x) * weight over the last axis, computed in float32; output in the input's dtype. The weight's one
+    axis has the logical name `axis`."""
 
-    def __init__(self, width: int, eps: float, param_dtype: jnp.dtype):
-        self.weight = nnx.Param(jnp.ones((width,), param_dtype))
+    def __init__(self, width: int, eps: float, param_dtype: jnp.dtype, axis: str = "norm"):
+        self.weight = nnx.Param(jnp.ones((width,), param_dtype), out_sharding=(axis,), eager_sharding=False)
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,9 +59,9 @@ class SwiGLU(nnx.Module):
     """down(silu(gate(x)) * up(x)): [..., d_model] -> [..., d_model]."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        self.gate_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
-        self.up_proj = linear(config, config.d_model, config.mlp_hidden, rngs)
-        self.down_proj = linear(config, config.mlp_hidden, config.d_model, rngs)
+        self.gate_proj = linear(config, config.d_model, config.mlp_hidden, ("embed", "mlp"), rngs)
+        self.up_proj = linear(config, config.d_model, config.mlp_hidden, ("embed", "mlp"), rngs)
+        self.down_proj = linear(config, config.mlp_hidden, config.d_model, ("mlp", "embed"), rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., d_model] -> [..., d_model]."""

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from hybridlm import partitioning
 from hybridlm.model.attention import Attention
 from hybridlm.model.config import GDN, REMAT_POLICIES, SLIDING_ATTENTION, ModelConfig
 from hybridlm.model.gdn import GatedDeltaNet
 from hybridlm.loss import head_logits
-from hybridlm.model.layers import RMSNorm, SwiGLU, linear
+from hybridlm.model.layers import RMSNorm, SwiGLU, linear, logical, truncated_normal
+
+
+ACTIVATIONS = ("batch", None, None)  # the logical axes of the hidden states [B, T, d_model] between layer groups
 
 
 class AttentionBlock(nnx.Module):
@@ -78,18 +83,18 @@ class HybridLM(nnx.Module):
             config.d_model,
             dtype=config.compute_dtype,
             param_dtype=config.params_dtype,
-            embedding_init=nnx.initializers.truncated_normal(config.init_std, lower=-3.0, upper=3.0),
+            embedding_init=logical(truncated_normal(config), ("vocab", "embed")),
             rngs=rngs,
         )
 
         @nnx.split_rngs(splits=config.num_groups)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_groups(rngs: nnx.Rngs) -> LayerGroup:
             return LayerGroup(config, rngs)
 
         self.groups = make_groups(rngs)
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-        self.lm_head = linear(config, config.d_model, config.vocab_size, rngs)
+        self.lm_head = linear(config, config.d_model, config.vocab_size, ("embed", "vocab"), rngs)
 
     def __call__(
         self, tokens: jax.Array, segment_ids: jax.Array | None = None, positions: jax.Array | None = None
@@ -107,19 +112,39 @@ class HybridLM(nnx.Module):
         """
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed(tokens)
+        x = partitioning.constrain(self._embed(tokens), ACTIVATIONS)
         graphdef, stacked = nnx.split(self.groups)
 
         def run_group(x: jax.Array, group_state: nnx.State) -> tuple[jax.Array, None]:
-            return nnx.merge(graphdef, group_state)(x, positions, segment_ids), None
+            x = nnx.merge(graphdef, group_state)(x, positions, segment_ids)
+            return partitioning.constrain(x, ACTIVATIONS), None
 
         if self.config.remat != "none":
             run_group = jax.checkpoint(run_group, prevent_cse=False, policy=REMAT_POLICIES[self.config.remat])
         x, _ = jax.lax.scan(run_group, x, stacked)
         return self.final_norm(x)
 
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int [B, T] -> their embeddings [B, T, d_model] in the compute dtype. The table is gathered whole
+        over d_model (the vocabulary stays split) before the lookup, which keeps XLA from building the lookup's
+        output with the table's layout and then re-splitting it by rows."""
+        table = partitioning.constrain(self.embed.embedding[...], ("vocab", None))
+        return jnp.take(table, tokens, axis=0).astype(self.config.compute_dtype)
+
+
+def abstract_model(config: ModelConfig) -> HybridLM:
+    """The model with a jax.ShapeDtypeStruct in place of every array (nothing is allocated): its graphdef
+    (`nnx.graphdef`) and parameter shapes and dtypes."""
+    return nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0)))
+
+
+def abstract_params(config: ModelConfig) -> dict[str, Any]:
+    """The params `nnx.to_pure_dict(nnx.state(model, nnx.Param))` as a nested dict of jax.ShapeDtypeStruct; the
+    leaves under "groups" have the leading axis num_groups, e.g. groups/blocks/0/mlp/up_proj/kernel
+    [num_groups, d_model, mlp_hidden]."""
+    return nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
+
 
 def count_params(config: ModelConfig) -> int:
     """Parameter count from abstract shapes only (nothing is allocated)."""
-    model = nnx.eval_shape(lambda: HybridLM(config, nnx.Rngs(0)))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(config)))

@@ -12,6 +12,7 @@ from pallas_kernels.attention.cudnn import cudnn_attention
 from pallas_kernels.attention.gpu import pallas_gpu_attention
 from pallas_kernels.attention.reference import xla_attention
 from pallas_kernels.attention.tpu import pallas_tpu_attention
+from pallas_kernels.platform import current_platform
 
 Implementation = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None, int | None, float], jax.Array]
 
@@ -34,7 +35,7 @@ def resolve_impl(impl: str, dtype: jnp.dtype, head_dim: int, documents: bool) ->
     multiple of 8 up to 256, no documents), else the Pallas kernel; splash attention on TPUs; XLA on the CPU."""
     if impl != "auto":
         return impl
-    platform = jax.default_backend()
+    platform = current_platform()
     if platform == "gpu":
         cudnn_fits = jnp.dtype(dtype).name in ("float16", "bfloat16") and head_dim % 8 == 0 and head_dim <= 256
         return "cudnn" if cudnn_fits and not documents else "pallas_gpu"
@@ -73,8 +74,8 @@ def attention(
     if impl != "auto" and impl not in IMPLEMENTATIONS:
         _fail(f"unknown impl {impl!r}; expected one of {['auto', *IMPLEMENTATIONS]}")
     platform = _PLATFORMS.get(impl)
-    if platform is not None and jax.default_backend() != platform:
-        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {jax.default_backend()}; use impl='auto'")
+    if platform is not None and current_platform() != platform:
+        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
     if q.ndim != 4:
         _fail(f"q has shape {q.shape}; expected q [B, T, H, D]")
     batch, length, heads, head_dim = q.shape

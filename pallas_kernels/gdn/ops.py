@@ -14,6 +14,7 @@ from pallas_kernels.gdn.chunked import chunked_gated_delta_rule
 from pallas_kernels.gdn.gpu import CHUNK_SIZES, MAX_HEAD_DIM, pallas_gpu_gated_delta_rule
 from pallas_kernels.gdn.naive import naive_gated_delta_rule
 from pallas_kernels.gdn.tpu import pallas_tpu_gated_delta_rule
+from pallas_kernels.platform import current_platform
 
 Implementation = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -50,7 +51,7 @@ def _resolve_impl(impl: str, key_dim: int, value_dim: int, chunk_size: int, dtyp
     """Maps "auto" to this platform's Pallas kernel where it supports the shapes and dtype, else "chunked"."""
     if impl != "auto":
         return impl
-    kernel = _KERNEL_FOR_PLATFORM.get(jax.default_backend())
+    kernel = _KERNEL_FOR_PLATFORM.get(current_platform())
     supported = (
         max(key_dim, value_dim) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES and dtype != np.dtype(np.float64)
     )
@@ -65,8 +66,8 @@ def _check_options(impl: str, chunk_size: Any) -> None:
     if impl != "auto" and impl not in _IMPLEMENTATIONS:
         _fail(f"unknown impl {impl!r}; expected one of {['auto', *_IMPLEMENTATIONS]}")
     platform = _PLATFORMS.get(impl)
-    if platform is not None and jax.default_backend() != platform:
-        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {jax.default_backend()}; use impl='auto'")
+    if platform is not None and current_platform() != platform:
+        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
     is_int = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
     if not is_int or chunk_size <= 0:
         _fail(f"chunk_size must be a positive int, got {chunk_size!r}")

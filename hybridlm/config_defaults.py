@@ -1,0 +1,133 @@
+"""The fields of a run config and their defaults.
+
+`run_config` is a whole run: the model (`model_config`, whose `gdn` field is a `gdn_config`) plus data, optimizer and
+loop settings. Experiments and the Hugging Face importer build their configs with these and then set what differs.
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from hybridlm import partitioning
+
+
+def gdn_config(num_heads: int, key_head_dim: int, value_head_dim: int) -> config_dict.ConfigDict:
+    """Gated DeltaNet layer settings (Olmo Hybrid: conv kernel 4, beta in [0, 2], chunk 64)."""
+    return config_dict.ConfigDict(
+        dict(
+            num_key_heads=num_heads,
+            num_value_heads=num_heads,
+            key_head_dim=key_head_dim,
+            value_head_dim=value_head_dim,
+            conv_kernel=4,
+            allow_neg_eigval=True,
+            norm_eps=1e-5,
+            chunk_size=64,
+            impl="auto",
+        )
+    )
+
+
+def model_config(
+    *,
+    vocab_size: int,
+    d_model: int,
+    num_layers: int,
+    layer_pattern: tuple[str, ...],
+    num_heads: int,
+    mlp_hidden: int,
+    max_seq_len: int,
+    gdn: config_dict.ConfigDict,
+) -> config_dict.ConfigDict:
+    """The architecture; attention is MHA with head dim d_model / num_heads unless overridden."""
+    return config_dict.ConfigDict(
+        dict(
+            vocab_size=vocab_size,
+            d_model=d_model,
+            num_layers=num_layers,
+            layer_pattern=layer_pattern,
+            num_heads=num_heads,
+            num_kv_heads=num_heads,
+            head_dim=config_dict.placeholder(int),
+            mlp_hidden=mlp_hidden,
+            max_seq_len=max_seq_len,
+            use_rope=True,
+            rope_theta=500_000.0,
+            sliding_window=4096,
+            norm_eps=1e-6,
+            init_std=0.02,
+            param_dtype="float32",
+            dtype="bfloat16",
+            remat="full",  # what the backward recomputes: full | dots | dots_and_kernels | none
+            attention_impl="auto",  # auto | xla | cudnn | pallas_gpu | pallas_tpu
+            loss_chunk_tokens=8192,  # the LM head and loss run this many tokens at a time
+            gdn=gdn,
+        )
+    )
+
+
+def run_config(
+    model: config_dict.ConfigDict,
+    *,
+    description: str,
+    seq_len: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    num_steps: int,
+) -> config_dict.ConfigDict:
+    """A full run: the model plus data, optimizer (AdamW, Olmo's betas, decay and clipping) and loop settings."""
+    config = config_dict.ConfigDict()
+    config.description = description
+    config.seed = 0
+    config.init_from_hf = config_dict.placeholder(str)  # a Hugging Face checkpoint directory to start from
+    config.model = model
+    config.data = config_dict.ConfigDict(
+        dict(
+            source="builtin",  # builtin | token_files | text | jsonl | array_record | tfds
+            paths=(),  # files or globs (every source but builtin and tfds)
+            weights=config_dict.placeholder(tuple),  # one mixture weight per entry of paths; None: one group
+            dtype=config_dict.placeholder(str),  # token files: uint16 | uint32; None: from their metadata.json
+            tokenizer="byte",  # "byte", or a Hugging Face tokenizer.json (or its directory)
+            eos_token=config_dict.placeholder(str),  # None: the eos_token of the tokenizer's tokenizer_config.json
+            text_field="text",  # the JSONL key or tfds feature holding the text
+            tfds_name=config_dict.placeholder(str),
+            tfds_split="train",
+            tfds_data_dir=config_dict.placeholder(str),
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_bytes=config_dict.placeholder(int),  # builtin: cap on the corpus bytes read
+            heldout_fraction=0.05,
+            document_mask=True,
+        )
+    )
+    config.optim = config_dict.ConfigDict(
+        dict(
+            lr=lr,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            grad_clip=1.0,
+            z_loss=1e-5,
+            schedule="cosine",
+            warmup_steps=warmup_steps,
+            final_lr_ratio=0.1,
+            decay_fraction=0.2,
+        )
+    )
+    config.train = config_dict.ConfigDict(
+        dict(
+            num_steps=num_steps, log_every=10, eval_every=200, eval_batches=8, checkpoint_every=200, keep_checkpoints=3
+        )
+    )
+    config.mesh = mesh_config()
+    return config
+
+
+def mesh_config(**sizes: int) -> config_dict.ConfigDict:
+    """The device mesh (hybridlm.partitioning): sizes of its axes slices x data x fsdp x tensor, one of them -1 for
+    the devices left over (default: data parallelism over every device), and overrides of the logical-axis rules."""
+    mesh = config_dict.ConfigDict(dict(slices=1, data=-1, fsdp=1, tensor=1, rules=partitioning.RULES))
+    mesh.update(sizes)
+    return mesh
