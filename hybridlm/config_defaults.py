@@ -118,7 +118,14 @@ def run_config(
     )
     config.train = config_dict.ConfigDict(
         dict(
-            num_steps=num_steps, log_every=10, eval_every=200, eval_batches=8, checkpoint_every=200, keep_checkpoints=3
+            num_steps=num_steps,
+            log_every=10,
+            eval_every=200,
+            eval_batches=8,
+            checkpoint_every=200,
+            keep_checkpoints=3,
+            # MFU's denominator, dense bf16 FLOP/s per device; None: hybridlm.flops.PEAK_FLOPS by device kind
+            peak_flops_per_device=config_dict.placeholder(float),
         )
     )
     config.mesh = mesh_config()

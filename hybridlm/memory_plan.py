@@ -24,13 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
-from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_dict
 
-from hybridlm import partitioning
-from hybridlm.model import ModelConfig, abstract_model
+from hybridlm import partitioning, train_state
+from hybridlm.model import ModelConfig
 from hybridlm.model.config import ConfigError
 from hybridlm.model.transformer import ACTIVATIONS
 from hybridlm.optim import make_optimizer
@@ -156,35 +154,12 @@ class Plan:
 
 
 def abstract_state(config: config_dict.ConfigDict, model_config: ModelConfig, device_count: int) -> Any:
-    """The train state {"step", "params", "opt_state"} as ShapeDtypeStructs with NamedShardings on an abstract mesh
-    of `config.mesh` over `device_count` devices, laid out as hybridlm.trainer.TrainProgram lays it out (parameters by
-    the rules, AdamW's moments like their parameters, counters replicated); raises ConfigError for a mesh that does not
-    fit the device count or a parameter that does not split evenly."""
-    sizes = partitioning.mesh_shape(config.mesh, device_count)
-    mesh = AbstractMesh(
-        tuple(sizes[axis] for axis in partitioning.MESH_AXES),
-        partitioning.MESH_AXES,
-        axis_types=(jax.sharding.AxisType.Auto,) * len(partitioning.MESH_AXES),
-    )
-    layout = partitioning.Layout(mesh, partitioning.rules_from_config(config.mesh.get("rules")))
-    model = abstract_model(model_config)
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    param_shardings = partitioning.parameter_shardings(
-        nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param))), params, layout
-    )
+    """The train state as the trainer lays it out on `config.mesh` over `device_count` devices (which need not be
+    present), as ShapeDtypeStructs; raises ConfigError for a mesh that does not fit the device count or a parameter
+    that does not split evenly."""
     optimizer = make_optimizer(config.optim, config.train.num_steps)
-    state = jax.eval_shape(
-        lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": optimizer.init(p)}, params
-    )
-    opt_shardings = optax.tree_map_params(
-        optimizer,
-        lambda _, sharding: sharding,
-        state["opt_state"],
-        param_shardings,
-        transform_non_params=lambda _: layout.replicated,
-    )
-    shardings = {"step": layout.replicated, "params": param_shardings, "opt_state": opt_shardings}
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    layout = partitioning.abstract_layout(config.mesh, device_count)
+    return train_state.abstract_state(model_config, optimizer, layout)
 
 
 def state_leaves(state: Any) -> list[StateLeaf]:

@@ -96,21 +96,34 @@ def mesh_shape(mesh_config: Any, device_count: int) -> dict[str, int]:
 
 
 def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The mesh of `config.mesh` over `devices` (default: all). Within a slice or node, the device order follows the
-    interconnect (jax's mesh_utils); with slices > 1 the `slices` axis runs across TPU slices (or processes, on
-    GPUs and CPUs), and every other axis stays within one."""
+    """The mesh of `config.mesh` over `devices` (default: all, which JAX orders by process). On TPUs with slices > 1
+    the `slices` axis runs across TPU slices and the other axes stay within one, each following the interconnect
+    (jax's mesh_utils); elsewhere the axes take the devices in order, outermost first, so `slices` (and then `data`)
+    runs across processes: across the nodes of a GPU cluster."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(mesh_config, len(devices))
     shape = tuple(sizes[axis] for axis in MESH_AXES)
-    if sizes[SLICES] == 1:
-        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    else:
+    if sizes[SLICES] > 1 and devices[0].platform == "tpu":
         inner, outer = (1, *shape[1:]), (sizes[SLICES], 1, 1, 1)
-        granules = not hasattr(devices[0], "slice_index")  # TPU slices, or else one process per node
-        grid = mesh_utils.create_hybrid_device_mesh(
-            inner, outer, devices, process_is_granule=granules, allow_split_physical_axes=True
-        )
+        grid = mesh_utils.create_hybrid_device_mesh(inner, outer, devices, allow_split_physical_axes=True)
+    else:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return Mesh(np.asarray(grid), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def abstract_layout(mesh_config: Any, device_count: int) -> Layout:
+    """The layout of `config.mesh` (sizes and rules) over `device_count` devices that need not be present: shardings
+    on it give shapes per device, for planning."""
+    sizes = mesh_shape(mesh_config, device_count)
+    mesh = jax.sharding.AbstractMesh(
+        tuple(sizes[axis] for axis in MESH_AXES), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    )
+    return Layout(mesh, rules_from_config(mesh_config.get("rules")))
+
+
+def layout(mesh_config: Any) -> Layout:
+    """The layout of `config.mesh` (sizes and rules) over the devices present."""
+    return Layout(make_mesh(mesh_config), rules_from_config(mesh_config.get("rules")))
 
 
 def mesh_spec(logical: Sequence[str | None], rules: Mapping[str, tuple[str, ...]]) -> PartitionSpec:

@@ -36,6 +36,11 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     )
     for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
         _check(train[name] > 0, f"config.train.{name}={train[name]} must be positive")
+    peak = train.get("peak_flops_per_device")
+    _check(
+        peak is None or peak > 0,
+        f"config.train.peak_flops_per_device={peak} must be positive, e.g. 989e12 for an H100 (or None: by device kind)",
+    )
     return model
 
 

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import experiments
+from hybridlm import named_configs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An experiment name from `python -m experiments`, or the path of a config file."
@@ -49,7 +49,7 @@ def _resolve_experiment(argv: list[str]) -> list[str]:
         else:
             continue
         if not value.endswith(".py"):
-            argv[index] = f"{prefix}{experiments.path(value)}"
+            argv[index] = f"{prefix}{named_configs.path(value)}"
     return argv
 
 
@@ -66,7 +66,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with experiment names and one-line errors for bad flags or config overrides."""
     try:
         return flags.FLAGS(_resolve_experiment(argv))
-    except experiments.UnknownExperimentError as e:
+    except named_configs.UnknownExperimentError as e:
         _fail(str(e))
     except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of a missing key
         _fail(_unknown_key_message(argv, e))
@@ -116,17 +116,24 @@ def _join_cluster(cluster: tuple[str, int, int] | None) -> None:
     if cluster is None and not _launched_as_one_of_several():
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices: collectives across processes
-    try:
-        if cluster is None:
-            jax.distributed.initialize()
-        else:
-            address, count, index = cluster
-            jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
-    except RuntimeError as e:  # The coordinator could not be reached, or the processes disagree.
-        _fail(
-            f"could not join the jax.distributed cluster ({str(e).splitlines()[0]}); start every process with the "
-            "same --coordinator_address and --num_processes, and process 0 on the coordinator's host"
-        )
+    if cluster is None:
+        jax.distributed.initialize()
+    else:
+        address, count, index = cluster
+        jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+
+
+def out_of_memory_message(error: str, argv: list[str]) -> str:
+    """One line for XLA running out of device memory (`error`, its RESOURCE_EXHAUSTED message) while compiling or
+    running the command `argv`: what XLA said and the memory plan command for the same config."""
+    said = " ".join(error.split())[:240]
+    config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "NAME")
+    overrides = " ".join(a for a in argv if a.startswith("--config."))
+    plan = " ".join(["python -m experiments", f"--show={config}", "--plan", overrides]).strip()
+    return (
+        f"out of device memory ({said}); see what the run needs per device, and what to change (remat, batch, "
+        f"mesh), with: {plan}"
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -135,7 +142,9 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None or _WORKDIR.value is None:
         _fail("both --config (an experiment name from `python -m experiments`) and --workdir are required")
     _join_cluster(_cluster_flags())
-    from hybridlm.model.config import ConfigError  # Imported late: flag errors come back before jax starts up.
+    import jax  # Imported late, like the trainer: flag errors come back before jax starts up.
+
+    from hybridlm.model.config import ConfigError
     from hybridlm.trainer import Trainer
 
     try:
@@ -146,6 +155,10 @@ def main(argv: list[str]) -> None:
         trainer.train()
     except ConfigError as e:  # A checkpoint whose data no longer matches: raised before the first step.
         _fail(str(e))
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        _fail(out_of_memory_message(str(e), sys.argv[1:]))
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; rerun the same command to resume from the latest checkpoint in {_WORKDIR.value}",

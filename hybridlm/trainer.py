@@ -9,23 +9,22 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint, flops, partitioning, run_config
+from hybridlm import checkpoint, flops, partitioning, run_config, train_state
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
 from hybridlm.metrics import MetricsWriter
-from hybridlm.model import HybridLM, ModelConfig, abstract_model
+from hybridlm.model import ModelConfig, abstract_model
+from hybridlm.train_state import TrainState
 from hybridlm.model.config import ConfigError
 from hybridlm.optim import learning_rate_schedule, make_optimizer
 
-TrainState = dict[str, Any]  # {"step": int32 [], "params": nested dict of arrays, "opt_state": optax state}
 IteratorState = dict[str, Any]  # grain's iterator state: {"next_index": the next step's batch}
 
 # Batches are read by a grain iterator that prefetches a couple of steps ahead on background threads.
@@ -82,21 +81,14 @@ class TrainProgram:
     def __init__(self, config: config_dict.ConfigDict, model_config: ModelConfig):
         self.config = config
         self.model_config = model_config
-        self.layout = partitioning.Layout(
-            partitioning.make_mesh(config.mesh), partitioning.rules_from_config(config.mesh.rules)
-        )
+        self.layout = partitioning.layout(config.mesh)
         self.mesh = self.layout.mesh
         num_steps = config.train.num_steps
         self.schedule = learning_rate_schedule(config.optim, num_steps)
         self.optimizer = make_optimizer(config.optim, num_steps)
-        model = abstract_model(model_config)
-        self.graphdef = nnx.graphdef(model)
-        self.param_shardings = partitioning.parameter_shardings(
-            nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param))),
-            nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-            self.layout,
-        )
-        self.state_shardings = self._state_shardings()
+        self.graphdef = nnx.graphdef(abstract_model(model_config))
+        self.state_shardings = train_state.state_shardings(model_config, self.optimizer, self.layout)
+        self.param_shardings = self.state_shardings["params"]
         self.batch_sharding = self.layout.sharding(("batch", None))
         document_mask = bool(config.data.document_mask)
         batch_shardings = {key: self.batch_sharding for key in ("inputs", "targets", "segment_ids")}
@@ -125,44 +117,22 @@ class TrainProgram:
         )
         self.tokens_per_step = config.data.batch_size * config.data.seq_len
         self.flops_per_step = flops.flops_per_token(model_config, config.data.seq_len) * self.tokens_per_step
-        peaks = [flops.peak_flops(device) for device in self.mesh.devices.flat]
+        peak = config.train.get("peak_flops_per_device")
+        peaks = [peak or flops.peak_flops(device) for device in self.mesh.devices.flat]
         self.peak_flops = None if None in peaks else sum(peaks)  # of the whole mesh; None where a device is unknown
-
-    def _init(self, params: Any) -> TrainState:
-        if params is None:
-            model = HybridLM(self.model_config, nnx.Rngs(self.config.seed))
-            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.optimizer.init(params)}
-
-    def _state_shardings(self) -> Any:
-        """The train state's NamedShardings: the parameters' and, for every copy of the parameter tree in the
-        optimizer state (AdamW's moments), the same; the step and counters replicated."""
-        abstract = jax.eval_shape(self._init, None)
-        opt_state = optax.tree_map_params(
-            self.optimizer,
-            lambda _, sharding: sharding,
-            abstract["opt_state"],
-            self.param_shardings,
-            transform_non_params=lambda _: self.layout.replicated,
-        )
-        return {"step": self.layout.replicated, "params": self.param_shardings, "opt_state": opt_state}
 
     def init_state(self, params: Any = None) -> TrainState:
         """Step 0 with `params` (our nested dict, e.g. of numpy arrays: each device receives only its shards), or
         with freshly initialised parameters when None, laid out by `state_shardings`."""
         if params is not None:
             params = jax.device_put(params, self.param_shardings)
-        return jax.jit(self._init, out_shardings=self.state_shardings)(params)
+        init = functools.partial(train_state.initial_state, self.model_config, self.optimizer, self.config.seed)
+        return jax.jit(init, out_shardings=self.state_shardings)(params)
 
     def abstract_state(self) -> TrainState:
         """The train state's shapes, dtypes and shardings on this program's mesh, for restoring checkpoints (saved
         on any mesh) straight into place."""
-        abstract = jax.eval_shape(self._init, None)
-        return jax.tree.map(
-            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            abstract,
-            self.state_shardings,
-        )
+        return train_state.abstract_state(self.model_config, self.optimizer, self.layout)
 
     def put_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
         """The global batch from every process's rows (numpy arrays [batch_size // process_count, ...]), split by
@@ -265,6 +235,7 @@ class Trainer:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - window_start
                     last["tokens_per_sec"] = window_steps * self.program.tokens_per_step / elapsed
+                    last["tokens_per_sec_per_device"] = last["tokens_per_sec"] / self.program.mesh.size
                     mfu = self.program.mfu(elapsed / window_steps)
                     if mfu is not None:
                         last["mfu"] = mfu
@@ -274,6 +245,7 @@ class Trainer:
                         lr=f"{last['lr']:.2e}",
                         grad_norm=f"{last['grad_norm']:.3f}",
                         tok_s=f"{last['tokens_per_sec']:.0f}",
+                        tok_s_dev=f"{last['tokens_per_sec_per_device']:.0f}",
                         **({"mfu": f"{last['mfu']:.1%}"} if "mfu" in last else {}),
                     )
                 if done % train.eval_every == 0 or done == train.num_steps:

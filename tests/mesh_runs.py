@@ -1,9 +1,10 @@
 """Runs for tests/test_partitioning.py in a process of its own with DEVICES CPU devices (the test process has one).
 
-    python tests/mesh_runs.py DEVICES losses CONFIG_JSON MESHES_JSON STEPS  -> {"<mesh json>": [loss, ...], ...}
-    python tests/mesh_runs.py DEVICES shards CONFIG_JSON MESH_JSON          -> {"params": {path: [global, shard]}, ...}
-    python tests/mesh_runs.py DEVICES train CONFIG_JSON MESH_JSON WORKDIR    -> the last metrics (Trainer.train)
-    python tests/mesh_runs.py DEVICES restore CONFIG_JSON MESH_JSON WORKDIR STEP -> {path: sha1 of the params' bytes}
+    python tests/mesh_runs.py DEVICES losses CONFIG_JSON MESHES_JSON STEPS
+        -> {"<mesh json>": {"losses": [loss, ...], "shards": shard_shapes(...)}, ...}
+    python tests/mesh_runs.py DEVICES train CONFIG_JSON MESH_JSON WORKDIR STEP
+        -> trains in WORKDIR with the Trainer (resuming from its checkpoints), then {path: sha1 of the bytes} of the
+           params saved at STEP, restored onto the mesh
 
 Prints one JSON object on the last line of stdout.
 """
@@ -44,30 +45,33 @@ def synthetic_batch(config: config_dict.ConfigDict, seed: int) -> dict[str, np.n
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ascontiguousarray(segment_ids)}
 
 
-def losses(config: config_dict.ConfigDict, steps: int) -> list[float]:
-    """The losses of `steps` train steps from the seed's initial state on fixed synthetic batches."""
+def losses_and_shards(config: config_dict.ConfigDict, steps: int) -> dict[str, object]:
+    """The losses of `steps` train steps from the seed's initial state on fixed synthetic batches, and the shard
+    shapes of the initial state."""
     program = TrainProgram(config, run_config.validate(config))
     state = program.init_state()
+    shards = shard_shapes(state)
     found = []
     for step in range(steps):
         state, metrics = program.train_step(state, program.put_batch(synthetic_batch(config, step)))
         found.append(float(metrics["loss"]))
-    return found
+    return {"losses": found, "shards": shards}
 
 
-def shard_shapes(config: config_dict.ConfigDict) -> dict[str, dict[str, list[list[int]]]]:
-    """{"params" | "opt_state": {path: [global shape, the first device's shard shape]}} of the initial state."""
-    program = TrainProgram(config, run_config.validate(config))
-    state = program.init_state()
+def shard_shapes(state: dict) -> dict[str, dict[str, list[list[int]]]]:
+    """{"params" | "opt_state": {path: [global shape, the first device's shard shape]}} of a train state."""
 
     def shapes(tree) -> dict[str, list[list[int]]]:
-        leaves = jax.tree_util.tree_leaves_with_path(tree)
         return {
-            jax.tree_util.keystr(path, simple=True, separator="/"): [list(x.shape), list(x.addressable_shards[0].data.shape)]
-            for path, x in leaves
+            _name(path): [list(x.shape), list(x.addressable_shards[0].data.shape)]
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)
         }
 
     return {"params": shapes(state["params"]), "opt_state": shapes(state["opt_state"])}
+
+
+def _name(path: tuple) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def restored_digests(config: config_dict.ConfigDict, workdir: str, step: int) -> dict[str, str]:
@@ -77,23 +81,17 @@ def restored_digests(config: config_dict.ConfigDict, workdir: str, step: int) ->
     state, _ = checkpointer.restore(step, program.abstract_state())
     checkpointer.close()
     leaves = jax.tree_util.tree_leaves_with_path(state["params"])
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="/"): hashlib.sha1(np.asarray(x).tobytes()).hexdigest()
-        for path, x in leaves
-    }
+    return {_name(path): hashlib.sha1(np.asarray(x).tobytes()).hexdigest() for path, x in leaves}
 
 
 def main(mode: str, config_json: str, *args: str) -> object:
     if mode == "losses":
         meshes, steps = json.loads(args[0]), int(args[1])
-        return {json.dumps(mesh, sort_keys=True): losses(configured(config_json, mesh), steps) for mesh in meshes}
-    config = configured(config_json, json.loads(args[0]))
-    if mode == "shards":
-        return shard_shapes(config)
+        return {json.dumps(mesh): losses_and_shards(configured(config_json, mesh), steps) for mesh in meshes}
     if mode == "train":
-        return Trainer(config, args[1]).train()
-    if mode == "restore":
-        return restored_digests(config, args[1], int(args[2]))
+        config, workdir = configured(config_json, json.loads(args[0])), args[1]
+        Trainer(config, workdir).train()
+        return restored_digests(config, workdir, int(args[2]))
     raise SystemExit(f"unknown mode {mode!r}")
 
 

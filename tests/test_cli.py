@@ -54,3 +54,15 @@ def test_bad_input_is_one_clear_line(tmp_path, args, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not workdir.exists()  # nothing was built
+
+
+def test_out_of_memory_names_the_memory_plan_command():
+    from hybridlm.train import out_of_memory_message
+
+    error = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 59.50GiB.\n  context: ..."
+    argv = ["--config=olmo_hybrid_7b", "--workdir=/tmp/w", "--config.data.batch_size=2", "--config.mesh.fsdp=-1"]
+    message = out_of_memory_message(error, argv)
+    assert "\n" not in message and "allocate 59.50GiB" in message
+    assert message.endswith(
+        "with: python -m experiments --show=olmo_hybrid_7b --plan --config.data.batch_size=2 --config.mesh.fsdp=-1"
+    )

@@ -4,6 +4,7 @@ work. Multi-device runs go through tests/mesh_runs.py in processes with 8 CPU de
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import small_config
 from hybridlm import partitioning, run_config
+from hybridlm.api import load_workdir
 from hybridlm.model.config import ConfigError
 
 HERE = pathlib.Path(__file__).parent
@@ -40,18 +42,29 @@ def _eight_device_config(layer_pattern=("gdn", "attn")):
     return config
 
 
-def _assert_same_losses(config, steps: int) -> None:
-    (single,) = _mesh_run(1, "losses", config, json.dumps([{"data": 1}]), steps).values()
+def _runs_on_every_mesh(config, steps: int) -> dict[str, dict]:
+    """{mesh json: {"losses": [...], "shards": ...}} on MESHES (8 devices) and, under "one device", on 1."""
     found = _mesh_run(8, "losses", config, json.dumps(MESHES), steps)
-    assert len(found) == len(MESHES) and all(len(losses) == steps for losses in found.values())
-    for mesh, losses in found.items():
-        assert losses == pytest.approx(single, rel=1e-5), mesh
+    (found["one device"],) = _mesh_run(1, "losses", config, json.dumps([{"data": 1}]), steps).values()
+    return found
 
 
-def test_every_mesh_gives_the_losses_of_one_device():
+def _assert_same_losses(runs: dict[str, dict], steps: int) -> None:
+    single = runs["one device"]["losses"]
+    assert len(runs) == len(MESHES) + 1 and all(len(run["losses"]) == steps for run in runs.values())
+    for mesh, run in runs.items():
+        assert run["losses"] == pytest.approx(single, rel=1e-5), mesh
+
+
+@pytest.fixture(scope="module")
+def small_hybrid_runs() -> dict[str, dict]:
+    return _runs_on_every_mesh(_eight_device_config(), steps=5)
+
+
+def test_every_mesh_gives_the_losses_of_one_device(small_hybrid_runs):
     """5 steps of the small hybrid (documents masked, so the kernels' shard_map carries segment ids) on data=8,
     fsdp=8, fsdp=4 x tensor=2 and data=2 x fsdp=2 x tensor=2 match one device within 1e-5 relative."""
-    _assert_same_losses(_eight_device_config(), steps=5)
+    _assert_same_losses(small_hybrid_runs, steps=5)
 
 
 @pytest.mark.slow
@@ -61,14 +74,13 @@ def test_tiny_experiments_give_the_same_losses_on_every_mesh(name):
 
     config = experiments.get_config(name)
     config.data.seq_len = 128
-    _assert_same_losses(config, steps=5)
+    _assert_same_losses(_runs_on_every_mesh(config, steps=5), steps=5)
 
 
-def test_parameters_and_optimizer_state_are_split_by_the_rules():
+def test_parameters_and_optimizer_state_are_split_by_the_rules(small_hybrid_runs):
     """On fsdp=4 x tensor=2 each device holds its shard of every parameter and of both AdamW moments: d_model split 4
     ways, heads, GDN heads, MLP width and vocabulary 2 ways, norms and the stacked-layer axis whole."""
-    config = _eight_device_config()
-    found = _mesh_run(8, "shards", config, json.dumps({"data": 1, "fsdp": 4, "tensor": 2}))
+    found = small_hybrid_runs[json.dumps({"data": 1, "fsdp": 4, "tensor": 2})]["shards"]
     fsdp, tensor = 4, 2
     divisors = {  # the last two path components -> the divisor of each axis (after the stacked-layer axis)
         "embed/embedding": (tensor, fsdp),
@@ -110,27 +122,33 @@ def test_parameters_and_optimizer_state_are_split_by_the_rules():
         assert len(copies) == 2 and all(moments[p] == shapes for p in copies), param_path  # AdamW's mu and nu
 
 
+def _name(path: tuple) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def _losses(workdir: pathlib.Path) -> dict[int, float]:
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return {line["step"]: line["loss"] for line in lines if "loss" in line}
 
 
 def test_a_checkpoint_restores_onto_other_meshes_and_one_device(tmp_path):
-    """Saved on fsdp=8 at step 3: restored onto data=2 x fsdp=2 x tensor=2 and onto one device, the parameters are
-    bitwise those saved, and training on from there gives the uninterrupted run's losses at steps 4 and 5."""
+    """Saved on fsdp=8 at step 3: read back as numpy for export, and restored onto data=2 x fsdp=2 x tensor=2 and onto
+    one device, the parameters are bitwise those saved, and training on from there gives the uninterrupted run's
+    losses at steps 4 and 5."""
     config = _eight_device_config()
     config.train.update(num_steps=5, checkpoint_every=3, eval_every=100, keep_checkpoints=5)
     saved = tmp_path / "fsdp8"
-    _mesh_run(8, "train", config, json.dumps({"data": 1, "fsdp": 8}), saved)
+    saved_digests = _mesh_run(8, "train", config, json.dumps({"data": 1, "fsdp": 8}), saved, 3)
     reference = _losses(saved)
-    saved_digests = _mesh_run(8, "restore", config, json.dumps({"data": 1, "fsdp": 8}), saved, 3)
+    exported = load_workdir(saved, step=3).params  # what export_hf and load_model read: numpy on the host
+    flat = jax.tree_util.tree_leaves_with_path(exported)
+    assert {_name(path): hashlib.sha1(x.tobytes()).hexdigest() for path, x in flat} == saved_digests
     for devices, mesh in [(8, {"data": 2, "fsdp": 2, "tensor": 2}), (1, {"data": 1})]:
         resumed = tmp_path / f"resumed_on_{devices}"
         shutil.copytree(saved, resumed)
         shutil.rmtree(resumed / "checkpoints" / "5")
         (resumed / "metrics.jsonl").unlink()
-        assert _mesh_run(devices, "restore", config, json.dumps(mesh), resumed, 3) == saved_digests
-        _mesh_run(devices, "train", config, json.dumps(mesh), resumed)
+        assert _mesh_run(devices, "train", config, json.dumps(mesh), resumed, 3) == saved_digests
         losses = _losses(resumed)
         assert sorted(losses) == [4, 5]
         assert [losses[4], losses[5]] == pytest.approx([reference[4], reference[5]], rel=1e-6, abs=0)

@@ -107,8 +107,14 @@ def test_resume_continues_exactly(tmp_path, token_files_config):
     """Stopping after a checkpoint and rerunning with the same workdir gives the unbroken run's losses, bitwise; the
     checkpoint holds the data iterator's state, and a data config that would change the batches is refused."""
     unbroken = tmp_path / "unbroken"
-    last = Trainer(token_files_config, unbroken).train()
+    with_peak = token_files_config.copy_and_resolve_references()
+    with_peak.train.peak_flops_per_device = 1e9  # the CPU has no known peak: MFU against this one
+    trainer = Trainer(with_peak, unbroken)
+    last = trainer.train()
     assert np.isfinite(last["eval_loss"]) and (unbroken / "tensorboard").is_dir()
+    assert last["tokens_per_sec_per_device"] == last["tokens_per_sec"] / jax.device_count()
+    flops_per_token = trainer.program.flops_per_step / trainer.program.tokens_per_step
+    assert last["mfu"] == pytest.approx(last["tokens_per_sec"] * flops_per_token / (1e9 * jax.device_count()))
 
     resumed = tmp_path / "resumed"
     first_half = token_files_config.copy_and_resolve_references()
