@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
+from hybridlm import named_configs
 from hybridlm.model import ModelConfig, count_params
 
 _SHOW = flags.DEFINE_string("show", None, "Print this experiment's full config instead of the list.")
@@ -32,7 +33,7 @@ def _fail(message: str) -> None:
 
 def _with_config_file(argv: list[str]) -> list[str]:
     """Adds `--config=<file of NAME>` right after `--show=NAME` (or `--show NAME`), so that config_flags loads the
-    experiment and the `--config.<key>` overrides after it apply."""
+    experiment and the `--config.<key>` overrides after it apply; a config file's path is checked first."""
     argv = list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--show="):
@@ -41,7 +42,11 @@ def _with_config_file(argv: list[str]) -> list[str]:
             name, at = argv[i + 1], i + 2
         else:
             continue
-        file = name if name.endswith(".py") else str(experiments.path(name))
+        if name.endswith(".py"):
+            named_configs.check_file(name)
+            file = name
+        else:
+            file = str(experiments.path(name))
         return [*argv[:at], f"--config={file}", *argv[at:]]
     return argv
 
@@ -55,7 +60,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(f"{override}: config overrides go after --show=NAME, the experiment they change")
     try:
         return flags.FLAGS(_with_config_file(argv))
-    except experiments.UnknownExperimentError as e:
+    except named_configs.ConfigFileError as e:
         _fail(str(e))
     except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of a missing key
         _fail(_unknown_key_message(argv, str(e)))

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
@@ -30,10 +31,22 @@ class Model:
         self._forward = jax.jit(lambda params, tokens: nnx.merge(graphdef, params)(tokens))
 
     def logits(self, tokens: Any) -> jax.Array:
-        """tokens: int [B, T] (one document per row) -> float32 logits [B, T, vocab_size]."""
-        tokens = jnp.asarray(tokens, jnp.int32)
-        self.config.check_seq_len(tokens.shape[1])
-        return self._forward(self.params, tokens)
+        """tokens: int [B, T] (one document per row) -> float32 logits [B, T, vocab_size]. Raises ValueError for a
+        token id outside [0, vocab_size) or a sequence longer than the model takes."""
+        ids = np.asarray(tokens)
+        self.config.check_seq_len(ids.shape[1])
+        self._check_ids(ids)
+        return self._forward(self.params, jnp.asarray(ids, jnp.int32))
+
+    def _check_ids(self, tokens: np.ndarray) -> None:
+        """Raises ValueError naming the first token id outside [0, vocab_size), which the model would turn into NaN."""
+        outside = np.argwhere((tokens < 0) | (tokens >= self.config.vocab_size))
+        if outside.size:
+            at = tuple(int(i) for i in outside[0])
+            raise ValueError(
+                f"token id {int(tokens[at])} at {list(at)} is outside the model's vocab: ids go from 0 to "
+                f"{self.config.vocab_size - 1} (config.model.vocab_size={self.config.vocab_size})"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,7 +123,11 @@ def run_config(
             eval_every=200,
             eval_batches=8,
             checkpoint_every=200,
+            checkpoint_minutes=config_dict.placeholder(float),  # also save once this many minutes pass; None: off
             keep_checkpoints=3,
+            # resume even if config.optim or num_steps differ from the checkpointed run's (hybridlm.checkpoint)
+            allow_resume_changes=False,
+            max_consecutive_skips=10,  # stop the run after this many skipped steps in a row (hybridlm.skip_step)
             # MFU's denominator, dense bf16 FLOP/s per device; None: hybridlm.flops.PEAK_FLOPS by device kind
             peak_flops_per_device=config_dict.placeholder(float),
         )

@@ -7,6 +7,8 @@ from typing import Any
 import jax
 import optax
 
+from hybridlm import skip_step
+
 SCHEDULES = ("cosine", "linear", "wsd")
 
 
@@ -40,16 +42,14 @@ def _is_embedding(path: tuple[Any, ...]) -> bool:
     return any(getattr(entry, "key", None) == "embed" for entry in path)
 
 
-def make_optimizer(optim: Any, num_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (decoupled weight decay masked off the embeddings)."""
+def make_optimizer(optim: Any, num_steps: int) -> optax.GradientTransformationExtraArgs:
+    """Clip by global norm, then AdamW (decoupled weight decay masked off the embeddings): optax.adamw's chain, whose
+    update also takes `skipped` (bool []): a skipped step keeps AdamW's moments and count (hybridlm.skip_step)."""
     return optax.chain(
         optax.clip_by_global_norm(optim.grad_clip),
-        optax.adamw(
-            learning_rate_schedule(optim, num_steps),
-            b1=optim.b1,
-            b2=optim.b2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=weight_decay_mask,
+        optax.chain(
+            skip_step.scale_by_adam_unless_skipped(optim.b1, optim.b2, optim.eps),
+            optax.add_decayed_weights(optim.weight_decay, weight_decay_mask),
+            optax.scale_by_learning_rate(learning_rate_schedule(optim, num_steps)),
         ),
     )

@@ -10,8 +10,8 @@ from ml_collections import config_dict
 from hybridlm import partitioning
 from hybridlm.data.pipeline import DATA_SOURCES, FILE_SOURCES
 from hybridlm.data.token_files import TOKEN_DTYPES
-from hybridlm.data.tokenizer import BYTE, load_tokenizer
-from hybridlm.model.config import GDN, ConfigError, ModelConfig
+from hybridlm.data.tokenizer import BYTE, ByteTokenizer, load_tokenizer
+from hybridlm.model.config import GDN, ConfigError, ModelConfig, is_positive_finite
 from hybridlm.optim import SCHEDULES
 
 
@@ -27,21 +27,40 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     _check(data.batch_size > 0, f"config.data.batch_size={data.batch_size} must be positive")
     _check_mesh(config, model)
     _check(optim.schedule in SCHEDULES, f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
-    _check(optim.lr > 0, f"config.optim.lr={optim.lr} must be positive")
+    _check_optim(optim)
     _check(0.0 <= optim.final_lr_ratio <= 1.0, f"config.optim.final_lr_ratio={optim.final_lr_ratio} must be in [0, 1]")
     _check(0.0 < optim.decay_fraction <= 1.0, f"config.optim.decay_fraction={optim.decay_fraction} must be in (0, 1]")
     _check(
         0 <= optim.warmup_steps < train.num_steps,
         f"config.optim.warmup_steps={optim.warmup_steps} must be in [0, config.train.num_steps={train.num_steps})",
     )
-    for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
+    for name in (
+        "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"
+    ):
         _check(train[name] > 0, f"config.train.{name}={train[name]} must be positive")
     peak = train.get("peak_flops_per_device")
     _check(
         peak is None or peak > 0,
         f"config.train.peak_flops_per_device={peak} must be positive, e.g. 989e12 for an H100 (or None: by device kind)",
     )
+    minutes = train.get("checkpoint_minutes")
+    _check(minutes is None or minutes > 0, f"config.train.checkpoint_minutes={minutes} must be positive (None: off)")
     return model
+
+
+def _check_optim(optim: config_dict.ConfigDict) -> None:
+    """AdamW's numbers: a positive, finite learning rate, eps and clipping norm, betas in [0, 1), and a weight decay
+    and z-loss weight that are finite and not negative."""
+    for name, ok, wanted in (
+        ("lr", is_positive_finite(optim.lr), "positive and finite, e.g. 3e-4"),
+        ("b1", 0.0 <= optim.b1 < 1.0, "in [0, 1), e.g. 0.9"),
+        ("b2", 0.0 <= optim.b2 < 1.0, "in [0, 1), e.g. 0.95"),
+        ("eps", is_positive_finite(optim.eps), "positive and finite, e.g. 1e-8"),
+        ("grad_clip", optim.grad_clip > 0, "positive (the largest global gradient norm; inf: no clipping), e.g. 1.0"),
+        ("weight_decay", math.isfinite(optim.weight_decay) and optim.weight_decay >= 0, "0 or more, e.g. 0.1"),
+        ("z_loss", math.isfinite(optim.z_loss) and optim.z_loss >= 0, "0 or more, e.g. 1e-5"),
+    ):
+        _check(ok, f"config.optim.{name}={optim[name]} must be {wanted}")
 
 
 def _check_mesh(config: config_dict.ConfigDict, model: ModelConfig) -> None:
@@ -103,6 +122,12 @@ def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
         _check(bool(data.tfds_name), "config.data.source='tfds' needs config.data.tfds_name, e.g. 'wikipedia'")
     if source == "builtin":
         _check(data.tokenizer == BYTE, f"the built-in corpus is byte tokens; config.data.tokenizer must be {BYTE!r}")
+    _check(
+        data.tokenizer != BYTE or data.eos_token is None,
+        f"config.data.eos_token={data.eos_token!r} is only read with a Hugging Face tokenizer; the byte tokenizer ends "
+        f"documents with id {ByteTokenizer.eos_id}: drop config.data.eos_token, or set config.data.tokenizer to a "
+        "tokenizer.json",
+    )
     try:
         tokenizer = load_tokenizer(data.tokenizer, data.eos_token)
     except ValueError as e:

@@ -1,6 +1,7 @@
 """Command line: `python -m hybridlm.train --config=<experiment or file> --workdir=DIR [--config.<key>=<value> ...]`.
 
-Trains the named experiment (see `python -m experiments`), resuming from the latest checkpoint in DIR.
+Trains the named experiment (see `python -m experiments`), resuming from the latest checkpoint in DIR. SIGTERM or
+SIGINT stops it after the step in flight, with a checkpoint there, and exit code 143 or 130 (hybridlm.preemption).
 
 A run of several processes (hosts) joins a `jax.distributed` cluster first: from `--coordinator_address`,
 `--num_processes` and `--process_id`, or, without them, as jax detects it on a Cloud TPU pod slice, in a SLURM step
@@ -9,13 +10,14 @@ of several tasks, or under Open MPI's `mpirun`. Every process runs the same comm
 
 from __future__ import annotations
 
+import pathlib
 import re
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
-from hybridlm import named_configs
+from hybridlm import named_configs, preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An experiment name from `python -m experiments`, or the path of a config file."
@@ -39,7 +41,8 @@ def _fail(message: str) -> None:
 
 
 def _resolve_experiment(argv: list[str]) -> list[str]:
-    """Replaces the experiment name in `--config=NAME` (or `--config NAME`) with its file, which config_flags loads."""
+    """Replaces the experiment name in `--config=NAME` (or `--config NAME`) with its file, which config_flags loads;
+    a config file's path is checked first (named_configs.check_file)."""
     argv = list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
@@ -48,7 +51,9 @@ def _resolve_experiment(argv: list[str]) -> list[str]:
             value, prefix, index = argv[i + 1], "", i + 1
         else:
             continue
-        if not value.endswith(".py"):
+        if value.endswith(".py"):
+            named_configs.check_file(value)
+        else:
             argv[index] = f"{prefix}{named_configs.path(value)}"
     return argv
 
@@ -66,7 +71,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with experiment names and one-line errors for bad flags or config overrides."""
     try:
         return flags.FLAGS(_resolve_experiment(argv))
-    except named_configs.UnknownExperimentError as e:
+    except named_configs.ConfigFileError as e:
         _fail(str(e))
     except (AttributeError, KeyError) as e:  # ml_collections' answer to an override of a missing key
         _fail(_unknown_key_message(argv, e))
@@ -136,18 +141,40 @@ def out_of_memory_message(error: str, argv: list[str]) -> str:
     )
 
 
+def _check_workdir(workdir: str) -> None:
+    """Fails unless `workdir` is a directory or can be made one (its nearest existing ancestor is a directory)."""
+    path = pathlib.Path(workdir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        _fail(f"--workdir={workdir}: {existing} is a file, not a directory; give a new directory or a run's workdir")
+
+
+def _refuse_dropped_overrides(config: config_dict.ConfigDict, argv: list[str]) -> None:
+    """With `config.init_from_hf`, raises HFFormatError for a `--config.model.<field>` override in `argv` that the
+    checkpoint's architecture would replace (hybridlm.hf.load.check_architecture_overrides)."""
+    if config.get("init_from_hf"):
+        from hybridlm.hf import load
+
+        keys = [arg.split("=", 1)[0].removeprefix("--config.") for arg in argv if arg.startswith("--config.")]
+        load.check_architecture_overrides(config, keys)
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Keeps orbax's per-save INFO lines off the terminal.
     if _CONFIG.value is None or _WORKDIR.value is None:
         _fail("both --config (an experiment name from `python -m experiments`) and --workdir are required")
+    _check_workdir(_WORKDIR.value)
     _join_cluster(_cluster_flags())
     import jax  # Imported late, like the trainer: flag errors come back before jax starts up.
 
+    from hybridlm.checkpoint import CheckpointError
     from hybridlm.model.config import ConfigError
+    from hybridlm.skip_step import DivergenceError
     from hybridlm.trainer import Trainer
 
     try:
+        _refuse_dropped_overrides(_CONFIG.value, sys.argv[1:])
         trainer = Trainer(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
         _fail(str(e))
@@ -155,17 +182,19 @@ def main(argv: list[str]) -> None:
         trainer.train()
     except ConfigError as e:  # A checkpoint whose data no longer matches: raised before the first step.
         _fail(str(e))
+    except DivergenceError as e:  # Too many skipped steps in a row, or a non-finite state: nothing more was saved.
+        _fail(str(e))
+    except CheckpointError as e:  # No intact checkpoint to resume from, or a save failed (disk full, permissions).
+        _fail(str(e))
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         _fail(out_of_memory_message(str(e), sys.argv[1:]))
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; rerun the same command to resume from the latest checkpoint in {_WORKDIR.value}",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    except preemption.Stopped as e:  # SIGTERM or SIGINT: the step reached is saved (or none was trained).
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
+    preemption.install()  # before the config loads jax: SIGTERM and SIGINT stop the run cleanly from the start
     app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,4 @@
-"""The train state {"step", "params", "opt_state"}: its initial value, and its layout on a mesh."""
+"""The train state {"step", "params", "opt_state", "skip"}: its initial value, and its layout on a mesh."""
 
 from __future__ import annotations
 
@@ -10,19 +10,27 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from hybridlm import partitioning
+from hybridlm import partitioning, skip_step
 from hybridlm.model import HybridLM, ModelConfig, abstract_model
 
-TrainState = dict[str, Any]  # {"step": int32 [], "params": nested dict of arrays, "opt_state": optax state}
+# {"step": int32 [], "params": nested dict of arrays, "opt_state": optax state, "skip": skip_step.SkipState (the
+#  window of recent losses and gradient norms, and the skip counters)}
+TrainState = dict[str, Any]
 
 
 def initial_state(
     model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int, params: Any = None
 ) -> TrainState:
-    """Step 0 with `params` (our nested dict), or with parameters initialised from `seed` when None."""
+    """Step 0 with `params` (our nested dict), or with parameters initialised from `seed` when None; an empty skip
+    window."""
     if params is None:
         params = nnx.to_pure_dict(nnx.state(HybridLM(model_config, nnx.Rngs(seed)), nnx.Param))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params)}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "skip": skip_step.initial_skip_state(),
+    }
 
 
 def parameter_shardings(model_config: ModelConfig, layout: partitioning.Layout) -> Any:
@@ -36,7 +44,7 @@ def state_shardings(
     model_config: ModelConfig, optimizer: optax.GradientTransformation, layout: partitioning.Layout
 ) -> Any:
     """The train state's NamedShardings: the parameters' and, for every copy of the parameter tree in the optimizer
-    state (AdamW's moments), the same; the step and counters replicated."""
+    state (AdamW's moments), the same; the step, counters and skip window replicated."""
     params = parameter_shardings(model_config, layout)
     abstract = jax.eval_shape(functools.partial(initial_state, model_config, optimizer, 0))
     opt_state = optax.tree_map_params(
@@ -46,7 +54,8 @@ def state_shardings(
         params,
         transform_non_params=lambda _: layout.replicated,
     )
-    return {"step": layout.replicated, "params": params, "opt_state": opt_state}
+    skip = jax.tree.map(lambda _: layout.replicated, abstract["skip"])
+    return {"step": layout.replicated, "params": params, "opt_state": opt_state, "skip": skip}
 
 
 def abstract_state(

@@ -15,7 +15,7 @@ import tqdm
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint, flops, partitioning, run_config, train_state
+from hybridlm import checkpoint, flops, partitioning, preemption, run_config, skip_step, train_state
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
@@ -24,6 +24,7 @@ from hybridlm.model import ModelConfig, abstract_model
 from hybridlm.train_state import TrainState
 from hybridlm.model.config import ConfigError
 from hybridlm.optim import learning_rate_schedule, make_optimizer
+from hybridlm.workdir_lock import WorkdirLock
 
 IteratorState = dict[str, Any]  # grain's iterator state: {"next_index": the next step's batch}
 
@@ -50,18 +51,29 @@ def train_step(
     z_loss_weight: float,
     document_mask: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids); returns the new state and metrics."""
+    """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids), or a skipped one (hybridlm.skip_step:
+    a non-finite or outlying loss or gradient norm leaves the parameters and moments as they were, and the step
+    counter advances); returns the new state and the metrics (float32 [] each, the skip counters int32 [])."""
     grad_fn = jax.value_and_grad(functools.partial(_forward_loss, graphdef), has_aux=True)
     (loss, parts), grads = grad_fn(state["params"], batch, z_loss_weight, document_mask)
     with jax.named_scope("optimizer"):
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        grad_norm = optax.tree.norm(grads)
+        skipped = skip_step.should_skip(state["skip"], loss, grad_norm)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"], skipped=skipped)
+        params = optax.apply_updates(state["params"], updates)
         new_state = {
             "step": state["step"] + 1,
-            "params": optax.apply_updates(state["params"], updates),
+            "params": skip_step.unless_skipped(skipped, params, state["params"]),
             "opt_state": opt_state,
+            "skip": skip_step.record(state["skip"], loss, grad_norm, skipped),
         }
-        grad_norm = optax.tree.norm(grads)
-    metrics = {"loss": loss, **parts, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+    metrics = {
+        "loss": loss,
+        **parts,
+        "grad_norm": grad_norm,
+        "lr": schedule(state["step"]),
+        **skip_step.step_metrics(new_state["skip"], skipped),
+    }
     return new_state, metrics
 
 
@@ -115,6 +127,9 @@ class TrainProgram:
             in_shardings=(self.state_shardings["params"], batch_shardings),
             out_shardings=self.layout.replicated,
         )
+        self.all_finite = jax.jit(
+            skip_step.all_finite, in_shardings=(self.state_shardings,), out_shardings=self.layout.replicated
+        )
         self.tokens_per_step = config.data.batch_size * config.data.seq_len
         self.flops_per_step = flops.flops_per_token(model_config, config.data.seq_len) * self.tokens_per_step
         peak = config.train.get("peak_flops_per_device")
@@ -134,6 +149,13 @@ class TrainProgram:
         on any mesh) straight into place."""
         return train_state.abstract_state(self.model_config, self.optimizer, self.layout)
 
+    def check_savable(self, step: int, state: TrainState) -> None:
+        """Raises skip_step.DivergenceError when the state after `step` holds a non-finite value: no checkpoint is
+        written from one, so rotation never deletes the newest finite checkpoint to make room for it. Skipping keeps
+        the state finite (hybridlm.skip_step), so this only guards against a finite update that overflows."""
+        if not bool(self.all_finite(state)):
+            raise skip_step.non_finite_state_error(step, self.config.optim)
+
     def put_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
         """The global batch from every process's rows (numpy arrays [batch_size // process_count, ...]), split by
         rows over the mesh's batch axes."""
@@ -149,7 +171,7 @@ class Trainer:
     """Owns one run: its model, optimizer, data, checkpoints and metrics in `workdir`.
 
     In a run of several processes every process builds a Trainer and trains in step; all of them save and restore
-    checkpoints together, and process 0 alone writes config.json and the metrics and shows progress.
+    checkpoints together, and process 0 alone locks the workdir, writes config.json and the metrics and shows progress.
     """
 
     def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
@@ -160,13 +182,43 @@ class Trainer:
         self.workdir = pathlib.Path(workdir)
         self._is_lead = jax.process_index() == 0  # process 0: the one that reports
         self.data = load_data(config)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        checkpoint.record_config(self.workdir, config)
+        self.checkpointer = checkpoint.Checkpointer(self.workdir, config.train.keep_checkpoints, self._lock_workdir())
+        self._refuse_steps_below_checkpoint()
+        self._record_config()
         self.program = TrainProgram(config, self.model_config)
-        self.checkpointer = checkpoint.Checkpointer(self.workdir, config.train.keep_checkpoints)
+
+    def _lock_workdir(self) -> WorkdirLock | None:
+        """Process 0 locks the workdir (creating it) for this run, refusing one that another run holds or that cannot
+        be written (hybridlm.workdir_lock); the other processes only make sure it exists."""
+        if not self._is_lead:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            return None
+        return WorkdirLock.acquire(self.workdir, self._say)
+
+    def _record_config(self) -> None:
+        """Records the config in the workdir (refusing a different model, or optimizer or schedule changes that
+        config.train.allow_resume_changes does not allow) and reports the changes allowed."""
+        try:
+            changes = checkpoint.record_config(self.workdir, self.config)
+        except ConfigError:
+            self.checkpointer.close()
+            raise
+        if changes:
+            self._say(f"resuming with changes allowed by config.train.allow_resume_changes: {', '.join(changes)}")
+
+    def _refuse_steps_below_checkpoint(self) -> None:
+        """Raises ConfigError, before config.json is rewritten, when the workdir's latest checkpoint is past
+        `config.train.num_steps`: training would do nothing and exit as if it had finished."""
+        step, num_steps = self.checkpointer.latest_step(), self.config.train.num_steps
+        if step is not None and step > num_steps:
+            self.checkpointer.close()
+            raise ConfigError(
+                f"config.train.num_steps={num_steps} is below step {step}, the latest checkpoint in "
+                f"{self.checkpointer.directory}; set config.train.num_steps to {step} or more, or use a new --workdir"
+            )
 
     def initial_state(self) -> TrainState:
-        """The latest checkpoint in the workdir if there is one, else the Hugging Face weights named by
+        """The newest intact checkpoint in the workdir if there is one, else the Hugging Face weights named by
         `config.init_from_hf`, else freshly initialised parameters."""
         return self._start()[0]
 
@@ -176,9 +228,10 @@ class Trainer:
             tqdm.tqdm.write(message)
 
     def _start(self) -> tuple[TrainState, IteratorState]:
-        """The initial train state and the data iterator's state (restored with the checkpoint, after checking that
-        the data still yields the same batches)."""
-        step = self.checkpointer.latest_step()
+        """The initial train state and the data iterator's state: restored from the newest intact checkpoint (newer
+        ones that are corrupt, partial or empty are reported and moved aside; hybridlm.checkpoint), after checking
+        that the data still yields the same batches."""
+        step = self.checkpointer.newest_intact_step(self._say)
         if step is None and self.config.get("init_from_hf"):
             self._say(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
             params = hf_load.load_hf_params(self.config.init_from_hf, self.model_config)
@@ -199,6 +252,15 @@ class Trainer:
         """What a checkpoint records of the data: the iterator's position and the fingerprint of the batches."""
         return {"iterator": iterator.get_state(), "fingerprint": self.data.fingerprint}
 
+    def _stop_before_training(self) -> None:
+        """Raises preemption.Stopped if a signal came while the run started up: before its first step, with nothing
+        new to save. In a run of several processes this also reports the step the run resumes at to JAX's
+        preemption sync point, which counts from there."""
+        step = self.checkpointer.latest_step() or 0
+        if preemption.requested(step):
+            self.checkpointer.close()
+            raise preemption.Stopped(step, self.checkpointer.directory, trained=False)
+
     def evaluate(self, params: Any) -> float:
         """Mean held-out cross-entropy in nats over `config.train.eval_batches` batches of windows drawn (with a fixed
         seed) from across the whole held-out split, the same ones at every evaluation."""
@@ -209,11 +271,12 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Trains to `config.train.num_steps` from wherever the workdir left off; returns the last logged metrics."""
         train = self.config.train
+        self._stop_before_training()
         state, iterator_state = self._start()
         start = int(state["step"])
         iterator = iter(self.data.train.to_iter_dataset(READ_OPTIONS))
         iterator.set_state(iterator_state or {"next_index": start})
-        writer = MetricsWriter(self.workdir)
+        writer = MetricsWriter(self.workdir, resumed_at=start)  # drops the records of steps to be replayed
         last: dict[str, float] = {}
         self._say(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
         progress = tqdm.tqdm(
@@ -225,10 +288,14 @@ class Trainer:
             disable=not self._is_lead,
         )
         window_start, window_steps = time.perf_counter(), 0
+        streak = skip_step.SkipStreak(train.max_consecutive_skips, self.config.optim)
+        timer = preemption.CheckpointTimer(train.get("checkpoint_minutes"))
         try:
             for step in range(start, train.num_steps):
+                self.checkpointer.raise_if_failed()  # a failed background save stops the run here, without waiting
                 state, metrics = self.program.train_step(state, self.program.put_batch(next(iterator)))
                 done = step + 1
+                streak.push(done, metrics)  # raises DivergenceError after too many skipped steps in a row
                 window_steps += 1
                 progress.update(1)
                 if done % train.log_every == 0 or done == train.num_steps:
@@ -244,6 +311,8 @@ class Trainer:
                         loss=f"{last['loss']:.4f}",
                         lr=f"{last['lr']:.2e}",
                         grad_norm=f"{last['grad_norm']:.3f}",
+                        skipped=f"{last['skipped']:.0f}",
+                        skipped_steps=f"{last['skipped_steps']:.0f}",
                         tok_s=f"{last['tokens_per_sec']:.0f}",
                         tok_s_dev=f"{last['tokens_per_sec_per_device']:.0f}",
                         **({"mfu": f"{last['mfu']:.1%}"} if "mfu" in last else {}),
@@ -255,8 +324,15 @@ class Trainer:
                         f"step {done}: held-out loss {last['eval_loss']:.4f} nats "
                         f"(unigram entropy {self.data.unigram_entropy:.4f}), train loss {last.get('loss', 0):.4f}"
                     )
-                if done % train.checkpoint_every == 0 or done == train.num_steps:
+                timed = done % train.log_every == 0 and timer.due()  # log steps: the host waits for the step there
+                stopping = done < train.num_steps and preemption.requested(done)
+                if done % train.checkpoint_every == 0 or done == train.num_steps or timed or stopping:
+                    streak.settle()
+                    self.program.check_savable(done, state)  # never a non-finite checkpoint
                     self.checkpointer.save(done, state, self._data_state(iterator))
+                    timer.restart()
+                if stopping:
+                    raise preemption.Stopped(done, self.checkpointer.directory, trained=True)  # `finally` waits for it
                 if done % train.log_every == 0:
                     window_start, window_steps = time.perf_counter(), 0  # eval and checkpoint time stay out of tokens/s
         finally:

@@ -12,14 +12,16 @@ import pytest
 from flax import nnx
 
 import experiments
-from hybridlm import memory_plan
+from hybridlm import memory_plan, skip_step
 from hybridlm.memory_plan import GRADIENTS, OPTIMIZER, PARAMETERS
 from hybridlm.model import ModelConfig, abstract_model, count_params
 from hybridlm.trainer import TrainProgram
 from conftest import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COUNTERS = 64  # bytes: the step and the optimizer's int32 counts, with room to spare
+# bytes beside the parameters and moments: the step, the optimizer's and the skip rule's int32 counters (with room to
+# spare) and the skip rule's window of losses and gradient norms (2 x float32 [WINDOW], hybridlm.skip_step)
+COUNTERS = 64 + 2 * 4 * skip_step.WINDOW
 
 
 def _fsdp(config, size):

@@ -123,7 +123,9 @@ def test_resume_continues_exactly(tmp_path, token_files_config):
     data_state = json.loads((resumed / "checkpoints" / "3" / "data" / "metadata").read_text())
     assert data_state["iterator"] == {"next_index": 3}
     assert [p["file"] for p in data_state["fingerprint"]["train"][0]["parts"]][0] == "part-00000.npy"
-    trainer = Trainer(token_files_config, resumed)
+    resume = token_files_config.copy_and_resolve_references()
+    resume.train.allow_resume_changes = True  # the first half stopped by a smaller num_steps (the same lr so far)
+    trainer = Trainer(resume, resumed)
     assert int(trainer.initial_state()["step"]) == 3
     trainer.train()
     assert _losses(resumed) == _losses(unbroken)

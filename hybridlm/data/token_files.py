@@ -3,7 +3,8 @@
 Olmo's corpora (and ``tools/prepare_data.py``) store each shard as a headerless array of token ids in a ``.npy``
 file, documents separated by the eos id. A file that does start with a numpy header is read through it. The
 ``metadata.json`` that ``prepare_data.py`` writes beside its files records their dtype, token counts, largest id and
-tokenizer; when it describes a file, the file is not scanned for out-of-range ids.
+tokenizer; when it describes a file, the file is not scanned for out-of-range ids: only its first and last tokens
+are checked against the recorded largest id.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ METADATA_FILE = "metadata.json"
 METADATA_FORMAT = "hybridlm-token-files/1"
 _NUMPY_MAGIC = b"\x93NUMPY"
 _SCAN_CHUNK = 1 << 26  # tokens per step of the out-of-range scan
+_SAMPLE = 1 << 16  # tokens read at the start (and end) of a file for the checks that do not scan it all
+_MIN_DTYPE_SAMPLE = 32  # fewer leading tokens than this tell too little to call a uint16 file uint32
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -71,15 +74,41 @@ def _open(path: str, dtype: str | None, metadata: dict[str, Any] | None) -> np.n
                 f"{path} has {size} bytes, not a whole number of {found} tokens; is config.data.dtype={dtype!r} right?"
             )
         tokens = np.memmap(path, dtype=found, mode="r") if size else np.zeros(0, found)
+        if found == "uint16":
+            _refuse_uint32_as_uint16(tokens, path)
     for what, expected in (("config.data.dtype", dtype), (f"its {METADATA_FILE}", (metadata or {}).get("dtype"))):
         if expected is not None and expected != found:
             raise ValueError(f"{path} holds {found} tokens but {what} says {expected}; fix config.data.dtype")
     return tokens
 
 
+def _refuse_uint32_as_uint16(tokens: np.ndarray, path: str) -> None:
+    """Refuses headerless uint32 ids read as uint16. Stored little-endian, each id's high half is the uint16 after it:
+    0, or 1 for ids from 65536 to 131071, so every second value of the file's start is 0 or 1, which real uint16
+    tokens never are over many tokens."""
+    sample = tokens[:_SAMPLE]
+    if sample.size >= _MIN_DTYPE_SAMPLE and (sample[1::2] <= 1).all() and (sample[0::2] > 1).any():
+        raise ValueError(
+            f"{path} looks like uint32 tokens read as uint16: every second uint16 of its first {sample.size} is 0 or "
+            "1, as the high halves of uint32 ids are; set config.data.dtype='uint32'"
+        )
+
+
+def _check_recorded_max(tokens: np.ndarray, path: str, metadata: dict[str, Any], recorded: int) -> None:
+    """Refuses a metadata entry whose max_token_id is below an id in the first or last tokens of its file: the entry
+    is wrong, and the rest of the file, which it spares a scan, may hold ids past the vocab."""
+    found = max(int(tokens[:_SAMPLE].max()), int(tokens[-_SAMPLE:].max()))
+    if found > recorded:
+        raise ValueError(
+            f"{path} holds token id {found} but its {METADATA_FILE} says max_token_id={recorded}; rewrite the "
+            f"metadata: python tools/prepare_data.py --index {os.path.dirname(os.path.abspath(path))} "
+            f"--dtype {tokens.dtype.name} --tokenizer {metadata['tokenizer']}"
+        )
+
+
 def _check_tokens(tokens: np.ndarray, path: str, metadata: dict[str, Any] | None, vocab_size: int, eos_id: int) -> None:
     """Refuses ids at or above ``vocab_size`` (the largest id comes from the file's metadata entry when that matches
-    the file, else from reading it all) and metadata made with another eos id."""
+    the file and its ends, else from reading it all) and metadata made with another eos id."""
     if metadata is not None and metadata["eos_id"] != eos_id:
         raise ValueError(
             f"{path} was tokenized with eos id {metadata['eos_id']} (tokenizer {metadata['tokenizer']!r}) but "
@@ -88,6 +117,7 @@ def _check_tokens(tokens: np.ndarray, path: str, metadata: dict[str, Any] | None
     entry = (metadata or {}).get("files", {}).get(os.path.basename(path))
     if entry is not None and entry["num_tokens"] == tokens.size:
         largest = entry["max_token_id"]
+        _check_recorded_max(tokens, path, metadata, largest)
     else:
         largest = _max_id(tokens)
     if largest >= vocab_size:

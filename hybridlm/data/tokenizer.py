@@ -73,7 +73,13 @@ class HFTokenizer:
         import tokenizers  # Imported here: runs on the byte tokenizer never need it.
 
         self.path = path
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(
+                f"config.data.tokenizer: {path} is not a Hugging Face tokenizer file ({e}); give 'byte' or a "
+                "tokenizer.json that tokenizers.Tokenizer.from_file reads"
+            ) from None
         eos_id = self._tokenizer.token_to_id(eos_token)
         if eos_id is None:
             raise ValueError(

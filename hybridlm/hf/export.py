@@ -51,6 +51,7 @@ def export_workdir(
     Special tokens are the tokenizer's: the Hugging Face tokenizer named by the run's `config.data.tokenizer` (its
     files are saved too), else the built-in byte tokenizer's eos 256 and pad 257. Returns `out_dir`.
     """
+    _check_out_dir(pathlib.Path(out_dir))  # before the checkpoint is read
     checkpoint = api.load_workdir(workdir, step)
     data = checkpoint.run_config.data
     tokenizer_name = data.get("tokenizer", BYTE)
@@ -90,8 +91,7 @@ def export_params(
     maps = tensor_maps(config)
     shapes = _checked_shapes(params, config, maps)
     out = pathlib.Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise HFFormatError(f"{out} is not empty; export into a new directory")
+    _check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     weight_dtype = WEIGHT_DTYPES[dtype]
     shards = _plan_shards(maps, shapes, weight_dtype, max_shard_bytes)
@@ -109,6 +109,17 @@ def export_params(
     _write_json(out / CONFIG_FILE, hf_config)
     _write_json(out / GENERATION_CONFIG_FILE, generation_config(tokens))
     return files
+
+
+def _check_out_dir(out: pathlib.Path) -> None:
+    """Raises HFFormatError unless `out` is an empty directory or can be made one."""
+    path = out.absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = f"{out} is a file" if existing == path else f"{existing}, a parent of {out}, is a file"
+        raise HFFormatError(f"{what}, not a directory; export into a new directory")
+    if existing == path and any(path.iterdir()):
+        raise HFFormatError(f"{out} is not empty; export into a new directory")
 
 
 def _hf_array(params: dict[str, Any], tensor: TensorMap) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 from ml_collections import config_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from hybridlm import config_defaults
 from hybridlm.hf.convert import (
@@ -41,6 +41,7 @@ _RENAMES = {
 _IGNORED_PREFIXES = ("mtp.",)  # OlmoHybridPreTrainedModel._keys_to_ignore_on_load_unexpected: multi-token heads
 # Olmo midtraining (the recipe for continuing from a released checkpoint): 100B tokens, lr 2.07e-4 linear to 0.
 _CONTINUE_TOKENS, _CONTINUE_LR, _CONTINUE_SEQ_LEN, _CONTINUE_BATCH = 100e9, 2.07e-4, 8192, 512
+_ABSENT = object()  # a field the checkpoint's architecture does not set
 
 
 def read_hf_config(hf_dir: str | pathlib.Path) -> dict[str, Any]:
@@ -100,13 +101,49 @@ def with_hf_architecture(config: config_dict.ConfigDict, hf_dir: str | pathlib.P
     """A copy of run config `config` whose model architecture is that of the checkpoint in `hf_dir`.
 
     Architecture fields (sizes, layer pattern, RoPE, norms' eps, GDN shape) come from its config.json; the training
-    fields of `config.model` (dtype, param_dtype, remat, gdn.chunk_size, gdn.impl) are kept.
+    fields of `config.model` (dtype, param_dtype, remat, gdn.chunk_size, gdn.impl) are kept. Raises HFFormatError,
+    before anything is built, when the config.json or a safetensors file cannot be read: a shard missing or truncated,
+    or no weights at all.
     """
     config = copy.deepcopy(config)
-    set_architecture(
-        config.model, model_fields_from_hf(read_hf_config(hf_dir), str(pathlib.Path(hf_dir) / CONFIG_FILE))
-    )
+    hf_config = read_hf_config(hf_dir)
+    set_architecture(config.model, model_fields_from_hf(hf_config, str(pathlib.Path(hf_dir) / CONFIG_FILE)))
+    _Tensors(pathlib.Path(hf_dir), hf_config["model_type"])  # opens every weights file's header
     return config
+
+
+def check_architecture_overrides(config: config_dict.ConfigDict, keys: list[str]) -> None:
+    """Raises HFFormatError when one of `keys` (config keys a command line set, e.g. "model.num_layers") is an
+    architecture field whose value in `config` differs from the checkpoint's in `config.init_from_hf`, which
+    `with_hf_architecture` would put in its place."""
+    hf_dir = config.init_from_hf
+    fields = model_fields_from_hf(read_hf_config(hf_dir), str(pathlib.Path(hf_dir) / CONFIG_FILE))
+    for key in keys:
+        section, *path = key.split(".")
+        theirs = _field(fields, path) if section == "model" else _ABSENT
+        if theirs is _ABSENT or isinstance(theirs, dict):
+            continue
+        ours = _field(config.model, path)
+        if _plain(ours) != _plain(theirs):
+            raise HFFormatError(
+                f"--config.{key}={ours!r} conflicts with config.init_from_hf={hf_dir}, whose config.json gives "
+                f"{'.'.join(path)}={theirs!r}: the checkpoint fixes the architecture; drop the override, or train "
+                "from scratch without init_from_hf"
+            )
+
+
+def _field(tree: Any, path: list[str]) -> Any:
+    """The value at `path` (field names) in nested mappings, or _ABSENT."""
+    for name in path:
+        if not hasattr(tree, "keys") or name not in tree:
+            return _ABSENT
+        tree = tree[name]
+    return tree
+
+
+def _plain(value: Any) -> Any:
+    """`value` with lists as tuples, so that a layer pattern compares equal however it was written."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def set_architecture(model: config_dict.ConfigDict, fields: dict[str, Any]) -> None:
@@ -202,19 +239,33 @@ class _Tensors:
 
     @staticmethod
     def _stored_names(hf_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+        """Tensor name -> its file, for every tensor the index (or the single file) lists; opens each file's header
+        and checks that it holds the tensors the index puts there."""
         index, single = hf_dir / INDEX_FILE, hf_dir / WEIGHTS_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
+            try:
+                contents = json.loads(index.read_text())
+            except json.JSONDecodeError as e:
+                raise HFFormatError(f"{index} is not valid JSON ({e}); download or export it again") from None
+            weight_map = contents.get("weight_map") if isinstance(contents, dict) else None
             if not isinstance(weight_map, dict):
                 raise HFFormatError(f"{index} has no weight_map")
             missing = sorted({f for f in weight_map.values() if not (hf_dir / f).is_file()})
             if missing:
-                raise HFFormatError(f"{index} lists the file {missing[0]}, which is not in {hf_dir}")
+                raise HFFormatError(
+                    f"{index} lists the file {missing[0]}, which is not in {hf_dir}; download or export it again"
+                )
+            held = {file: _tensor_names(hf_dir / file) for file in set(weight_map.values())}
+            for name, file in weight_map.items():
+                if name not in held[file]:
+                    raise HFFormatError(f"{hf_dir / file}: tensor {name} is missing (the index lists it in this file)")
             return {name: hf_dir / file for name, file in weight_map.items()}
         if single.is_file():
-            with safe_open(single, framework="np") as f:
-                return {name: single for name in f.keys()}
-        raise HFFormatError(f"{hf_dir} has neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+            return {name: single for name in _tensor_names(single)}
+        raise HFFormatError(
+            f"{hf_dir} has neither {WEIGHTS_FILE} nor {INDEX_FILE}: it holds no weights; download or export the "
+            "checkpoint again"
+        )
 
     def names(self) -> set[str]:
         return set(self._stored)
@@ -228,6 +279,16 @@ class _Tensors:
             raise HFFormatError(f"{self.where}: tensor {name} is missing")
         path, stored = self._stored[name]
         with safe_open(path, framework="np") as f:
-            if stored not in f.keys():
-                raise HFFormatError(f"{path}: tensor {stored} is missing (the index lists it in this file)")
             return f.get_tensor(stored)
+
+
+def _tensor_names(path: pathlib.Path) -> set[str]:
+    """The names of the tensors in the safetensors file `path`, from its header; raises HFFormatError if the file
+    cannot be read (truncated, or not safetensors)."""
+    try:
+        with safe_open(path, framework="np") as f:
+            return set(f.keys())
+    except SafetensorError as e:
+        raise HFFormatError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated: download or export it again"
+        ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -14,7 +15,14 @@ GDN = "gdn"
 ATTENTION = "attn"
 SLIDING_ATTENTION = "swa"
 LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")
+# Why float16 is refused, for config.model.dtype (compute) and config.model.param_dtype (weights and their updates).
+_FLOAT16_PROBLEM = {
+    "dtype": "float16 compute needs loss scaling, which the trainer does not do, and neither the GDN kernels nor XLA's "
+    "CPU matmuls take it; use bfloat16 (the same size, with float32's range)",
+    "param_dtype": "float16 weights lose AdamW's small updates and overflow above 65504; use float32 (the default) "
+    "or bfloat16",
+}
 GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu", "pallas_tpu")
 # The forward kernels whose outputs "dots_and_kernels" keeps: Pallas calls (the GDN and Pallas attention kernels,
 # residuals included) and cuDNN's fused attention.
@@ -138,7 +146,16 @@ class ModelConfig:
             not self.use_rope or self.head_dim % 2 == 0,
             f"config.model.head_dim={self.head_dim} is odd; RoPE needs an even head dim (or set use_rope=False)",
         )
-        _check(not self.use_rope or self.rope_theta > 0, f"config.model.rope_theta={self.rope_theta} must be positive")
+        _check(
+            not self.use_rope or is_positive_finite(self.rope_theta),
+            f"config.model.rope_theta={self.rope_theta} must be positive and finite, e.g. 500000",
+        )
+        for name, value, example in (
+            ("norm_eps", self.norm_eps, "1e-6"),
+            ("gdn.norm_eps", self.gdn.norm_eps, "1e-5"),
+            ("init_std", self.init_std, "0.02"),
+        ):
+            _check(is_positive_finite(value), f"config.model.{name}={value} must be positive and finite, e.g. {example}")
         _check(
             SLIDING_ATTENTION not in self.layer_pattern or self.sliding_window > 0,
             f"config.model.sliding_window={self.sliding_window} must be positive for 'swa' layers",
@@ -160,7 +177,9 @@ class ModelConfig:
         )
         _check(gdn.impl in GDN_IMPLS, f"config.model.gdn.impl={gdn.impl!r} is not one of {GDN_IMPLS}")
         for name in ("dtype", "param_dtype"):
-            _check(getattr(self, name) in DTYPES, f"config.model.{name}={getattr(self, name)!r} is not one of {DTYPES}")
+            value = getattr(self, name)
+            _check(value != "float16", f"config.model.{name}='float16' is not supported: {_FLOAT16_PROBLEM[name]}")
+            _check(value in DTYPES, f"config.model.{name}={value!r} is not one of {DTYPES}")
 
     def check_seq_len(self, seq_len: int) -> None:
         """Raises ConfigError when the model cannot take sequences of `seq_len` tokens."""
@@ -179,6 +198,11 @@ def _default_head_dim(fields: dict[str, Any]) -> int:
         "change one of them or set config.model.head_dim",
     )
     return d_model // num_heads
+
+
+def is_positive_finite(value: float) -> bool:
+    """Whether `value` is a positive number other than inf (nan is not)."""
+    return math.isfinite(value) and value > 0
 
 
 def _check(ok: Any, message: str) -> None:
