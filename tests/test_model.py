@@ -73,10 +73,32 @@ def test_stack_is_scanned():
     assert num_equations(2) == num_equations(8)
 
 
-@pytest.mark.parametrize("name, expected", [("olmo_hybrid_7b", 7.43e9), ("olmo3_7b", 7.30e9)])
-def test_7b_parameter_counts(name, expected):
-    count = count_params(ModelConfig.from_config(experiments.get_config(name).model))
-    assert abs(count - expected) / expected < 0.005, count
+def _hand_count(model) -> int:
+    """Parameters of a config.model, layer by layer from the architecture (independent of the modules)."""
+    d, vocab, mlp, gdn = model.d_model, model.vocab_size, model.mlp_hidden, model.gdn
+    head_dim = model.head_dim or d // model.num_heads
+    q_width, kv_width = model.num_heads * head_dim, model.num_kv_heads * head_dim
+    key_width, value_width = gdn.num_key_heads * gdn.key_head_dim, gdn.num_value_heads * gdn.value_head_dim
+    mlp_block = 3 * d * mlp + 2 * d  # SwiGLU and the block's two norms
+    attention = 2 * d * q_width + 2 * d * kv_width + q_width + kv_width  # q, o, k, v and the QK norms
+    gdn_layer = (
+        2 * d * key_width + 3 * d * value_width  # q, k; v, g, o
+        + 2 * d * gdn.num_value_heads  # a, b
+        + gdn.conv_kernel * (2 * key_width + value_width)  # the short convolutions
+        + 2 * gdn.num_value_heads + gdn.value_head_dim  # A_log, dt_bias, the output norm
+    )
+    pattern = model.layer_pattern * (model.num_layers // len(model.layer_pattern))
+    layers = sum(mlp_block + (gdn_layer if kind == "gdn" else attention) for kind in pattern)
+    return 2 * vocab * d + d + layers  # embedding, LM head, final norm
+
+
+@pytest.mark.parametrize("name, published", [("olmo_hybrid_7b", 7.43e9), ("olmo3_7b", 7.30e9)])
+def test_7b_parameter_counts(name, published):
+    """Exactly the hand count of the architecture, which is the published size to 0.5%."""
+    model = experiments.get_config(name).model
+    count = count_params(ModelConfig.from_config(model))
+    assert count == _hand_count(model)
+    assert abs(count - published) / published < 0.005, count
 
 
 def test_bf16_compute_tracks_fp32():
@@ -125,3 +147,9 @@ def test_dots_and_kernels_keeps_the_kernels_outputs_for_the_backward(capsys):
 
     assert kernel_outputs("dots_and_kernels") > 0
     assert kernel_outputs("dots") == 0
+
+
+def test_parameter_count_of_a_gqa_model_with_fewer_gdn_key_heads():
+    """The small config has 2 key-value heads for 4 query heads and 2 GDN key heads for 4 value heads."""
+    model = small_config(("gdn", "attn")).model
+    assert count_params(ModelConfig.from_config(model)) == _hand_count(model)
