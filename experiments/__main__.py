@@ -85,6 +85,7 @@ def main(argv: list[str]) -> None:
         return
     if _SHOW.value:
         print(_CONFIG.value)
+        print(_size_summary(_CONFIG.value))
         return
     print(f"{'experiment':<18} {'params':>8}  description")
     for name in experiments.names():
@@ -100,7 +101,6 @@ def _plan() -> None:
     import jax  # Imported late: flag errors come back before jax starts up.
     from absl import logging
 
-
     from hybridlm import memory_plan
     from hybridlm.model.config import ConfigError
 
@@ -115,6 +115,21 @@ def _plan() -> None:
     except ConfigError as e:
         _fail(str(e))
     print(memory_plan.format_plan(plan))
+
+
+def _size_summary(config) -> str:
+    """Comment lines under a shown config: its parameters, with and without the embedding table, and its training
+    FLOPs per token at config.data.seq_len (hybridlm.flops)."""
+    from hybridlm import flops
+
+    model = ModelConfig.from_config(config.model)
+    params = count_params(model)
+    embedding = model.vocab_size * model.d_model
+    per_token = flops.flops_per_token(model, config.data.seq_len)
+    return (
+        f"# parameters: {params:,} ({params - embedding:,} without the embedding table)\n"
+        f"# training FLOPs per token at seq_len {config.data.seq_len}: {per_token:,.0f}"
+    )
 
 
 def _human(count: int) -> str:

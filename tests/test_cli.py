@@ -66,3 +66,21 @@ def test_out_of_memory_names_the_memory_plan_command():
     assert message.endswith(
         "with: python -m experiments --show=olmo_hybrid_7b --plan --config.data.batch_size=2 --config.mesh.fsdp=-1"
     )
+
+
+def test_show_ends_with_the_sizes_of_the_overridden_config():
+    """`--show` with an override prints the parameters (with and without the embedding table) and the FLOPs per
+    token of the config as overridden, not as registered."""
+    from hybridlm import flops
+    from hybridlm.model import ModelConfig, count_params
+
+    result = _run("experiments", "--show=tiny_hybrid", "--config.model.num_layers=8")
+    assert result.returncode == 0, result.stderr
+    config = experiments.get_config("tiny_hybrid")
+    config.model.num_layers = 8
+    model = ModelConfig.from_config(config.model)
+    params, embedding = count_params(model), model.vocab_size * model.d_model
+    assert result.stdout.strip().splitlines()[-2:] == [
+        f"# parameters: {params:,} ({params - embedding:,} without the embedding table)",
+        f"# training FLOPs per token at seq_len 128: {flops.flops_per_token(model, 128):,.0f}",
+    ]
