@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def write_config_file(directory: pathlib.Path, module: str, function: str, name: str) -> pathlib.Path:
+    """`directory`/`name`.py, a config file for the command line whose get_config() returns `function()` of
+    tests/`module`.py (the tools name a run after its config file)."""
+    path = directory / f"{name}.py"
+    tests = str(pathlib.Path(__file__).parent)
+    path.write_text(
+        f"import sys\n\nsys.path.insert(0, {tests!r})\nfrom {module} import {function}\n\n\n"
+        f"def get_config():\n    return {function}()\n"
+    )
+    return path
+
+
 def load_tool(name: str) -> types.ModuleType:
     """Imports ``tools/<name>.py`` (the tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "tools" / f"{name}.py")

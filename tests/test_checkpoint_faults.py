@@ -25,7 +25,7 @@ import jax
 import pytest
 from ml_collections import config_dict
 
-from conftest import small_config
+from conftest import small_config, write_config_file
 from hybridlm import checkpoint, trainer as trainer_module
 from hybridlm.metrics import MetricsWriter, drop_records_after
 from hybridlm.model.config import ConfigError
@@ -47,12 +47,7 @@ def _config() -> config_dict.ConfigDict:
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> pathlib.Path:
     """A config file whose get_config() is _config(), for the command line."""
-    path = tmp_path_factory.mktemp("configs") / "faults.py"
-    path.write_text(
-        f"import sys\n\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom test_checkpoint_faults import _config\n\n\n"
-        "def get_config():\n    return _config()\n"
-    )
-    return path
+    return write_config_file(tmp_path_factory.mktemp("configs"), "test_checkpoint_faults", "_config", "faults")
 
 
 def _train_cli(

@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from conftest import small_config
+from conftest import small_config, write_config_file
 from hybridlm import checkpoint
 from hybridlm.metrics import MetricsWriter
 from hybridlm.model.config import ConfigError
@@ -37,12 +37,7 @@ def run_config():
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> pathlib.Path:
     """A config file whose get_config() is `run_config()`."""
-    path = tmp_path_factory.mktemp("configs") / "multihost.py"
-    path.write_text(
-        f"import sys\n\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom test_multihost import run_config\n\n\n"
-        "def get_config():\n    return run_config()\n"
-    )
-    return path
+    return write_config_file(tmp_path_factory.mktemp("configs"), "test_multihost", "run_config", "multihost")
 
 
 def _free_port() -> int:

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pytest
 
-from conftest import load_tool, small_config
+from conftest import load_tool, small_config, write_config_file
 from hybridlm import preemption, run_config as run_config_checks
 from hybridlm.model.config import ConfigError
 
@@ -46,12 +46,7 @@ def run_config():
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> pathlib.Path:
     """A config file whose get_config() is `run_config()`."""
-    path = tmp_path_factory.mktemp("configs") / "preemption.py"
-    path.write_text(
-        f"import sys\n\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom test_preemption import run_config\n\n\n"
-        "def get_config():\n    return run_config()\n"
-    )
-    return path
+    return write_config_file(tmp_path_factory.mktemp("configs"), "test_preemption", "run_config", "preemption")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sys
 import jax
 import pytest
 
-from conftest import load_tool, small_config
+from conftest import load_tool, small_config, write_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,7 @@ def prof():
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> pathlib.Path:
     """A config file whose get_config() is small_config() (a 2-layer gdn + attn model, 32-token sequences)."""
-    path = tmp_path_factory.mktemp("configs") / "small.py"
-    path.write_text(
-        f"import sys\n\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom conftest import small_config\n\n\n"
-        "def get_config():\n    return small_config()\n"
-    )
-    return path
+    return write_config_file(tmp_path_factory.mktemp("configs"), "conftest", "small_config", "small")
 
 
 def _run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
