@@ -24,7 +24,8 @@ def olmo_pretraining(model: config_dict.ConfigDict, description: str, lr: float)
 def olmo_1b(layer_pattern: tuple[str, ...], description: str) -> config_dict.ConfigDict:
     """A 1B-scale model with the 7B's ratios (d_model 2048, 16 layers, 16 heads of 128, GDN 16 heads of 96/192, MLP
     5888 = 11008 x 2048 / 3840 rounded to a multiple of 128) on the dolma2 vocabulary, pretraining recipe at lr 4e-4.
-    It keeps matmul and kernel outputs for the backward: that fits at batch 8 x 8192 tokens per H200 (BENCHMARKS.md)."""
+    It keeps matmul and kernel outputs for the backward and runs its 4 layer groups unrolled: that fits at batch 8 x
+    8192 tokens per H200 (BENCHMARKS.md)."""
     model = model_config(
         vocab_size=OLMO_VOCAB,
         d_model=2048,
@@ -36,4 +37,5 @@ def olmo_1b(layer_pattern: tuple[str, ...], description: str) -> config_dict.Con
         gdn=gdn_config(num_heads=16, key_head_dim=96, value_head_dim=192),
     )
     model.remat = "dots_and_kernels"
+    model.scan_layers = False
     return olmo_pretraining(model, description, lr=4e-4)

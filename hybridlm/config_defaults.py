@@ -59,6 +59,7 @@ def model_config(
             param_dtype="float32",
             dtype="bfloat16",
             remat="full",  # what the backward recomputes: full | dots | dots_and_kernels | none
+            scan_layers=True,  # True: one lax.scan over the layer groups; False: unrolled (faster, more memory)
             attention_impl="auto",  # auto | xla | cudnn | pallas_gpu | pallas_tpu
             loss_chunk_tokens=8192,  # the LM head and loss run this many tokens at a time
             gdn=gdn,

@@ -121,6 +121,7 @@ class Plan:
     rows_per_device: int
     seq_len: int
     remat: str
+    scan_layers: bool
     param_count: int
     param_dtype: str
     state: dict[str, int]  # PARAMETERS, GRADIENTS, OPTIMIZER
@@ -281,6 +282,7 @@ def plan(
         rows_per_device=rows,
         seq_len=seq_len,
         remat=model_config.remat,
+        scan_layers=model_config.scan_layers,
         param_count=sum(math.prod(leaf.shape) for leaf in params),
         param_dtype=str(model_config.params_dtype),
         state=state_bytes(leaves, sizes),
@@ -366,6 +368,10 @@ def _advice(plan: Plan, leaves: list[StateLeaf]) -> tuple[str, ...]:
     if plan.remat != "full":
         advice.append(
             f"--config.model.remat=full (now {plan.remat}): layer groups keep only their inputs for the backward"
+        )
+    if not plan.scan_layers:
+        advice.append(
+            "--config.model.scan_layers=true (now false): the layer groups in one loop take less memory than unrolled"
         )
     if plan.rows_per_device > 1:
         parts = plan.batch_size // plan.rows_per_device

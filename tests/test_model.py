@@ -73,6 +73,26 @@ def test_stack_is_scanned():
     assert num_equations(2) == num_equations(8)
 
 
+def test_unrolled_stack_leaves_no_loop_and_computes_the_same():
+    """scan_layers=False runs the layer groups without a loop (no while in the compiled program of an attention-only
+    stack, whose layers have no loops of their own) and gives the scanned stack's loss and gradients."""
+    tokens = _tokens(4, (2, 24))
+
+    def loss_and_grads(scan_layers):
+        model = _model(PATTERNS["transformer"], num_layers=6, dtype="float32", scan_layers=scan_layers)
+        graphdef, params = nnx.split(model)
+        step = jax.jit(jax.value_and_grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(tokens) ** 2)))
+        loops = step.lower(params).compile().as_text().count(" while(")
+        return step(params), loops
+
+    (scanned_loss, scanned_grads), scanned_loops = loss_and_grads(True)
+    (unrolled_loss, unrolled_grads), unrolled_loops = loss_and_grads(False)
+    assert scanned_loops > 0 and unrolled_loops == 0
+    assert abs(float(unrolled_loss) / float(scanned_loss) - 1) < 1e-6
+    for got, want in zip(jax.tree.leaves(unrolled_grads), jax.tree.leaves(scanned_grads)):
+        assert _rel_err(got, want) < 1e-5
+
+
 def _hand_count(model) -> int:
     """Parameters of a config.model, layer by layer from the architecture (independent of the modules)."""
     d, vocab, mlp, gdn = model.d_model, model.vocab_size, model.mlp_hidden, model.gdn

@@ -90,6 +90,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "bfloat16"
     remat: str = "full"
+    scan_layers: bool = True
     attention_impl: str = "auto"
     loss_chunk_tokens: int = 8192
 

@@ -73,7 +73,9 @@ class HybridLM(nnx.Module):
     """Decoder-only LM over any mix of GDN, full- and sliding-attention layers.
 
     The `num_groups` copies of the layer group are stored stacked (leading axis num_groups) and run with one
-    `lax.scan`, so compile time does not grow with depth.
+    `lax.scan`, so compile time does not grow with depth. With `config.scan_layers` False the scan is unrolled: no
+    loop is left, and XLA keeps each group's saved activations in buffers of their own instead of copying them into
+    and out of the loop's stacked ones (faster, for more memory; BENCHMARKS.md).
     """
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
@@ -121,7 +123,7 @@ class HybridLM(nnx.Module):
 
         if self.config.remat != "none":
             run_group = jax.checkpoint(run_group, prevent_cse=False, policy=REMAT_POLICIES[self.config.remat])
-        x, _ = jax.lax.scan(run_group, x, stacked)
+        x, _ = jax.lax.scan(run_group, x, stacked, unroll=not self.config.scan_layers)
         return self.final_norm(x)
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
