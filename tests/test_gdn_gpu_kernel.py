@@ -1,13 +1,20 @@
-"""Tests of the Pallas GPU gated delta rule kernels, run with the Pallas interpreter on the CPU.
+"""Tests of the Pallas GPU gated delta rule kernels: with the Pallas interpreter on the CPU, and compiled on a GPU.
 
-Every kernel runs with ``interpret=True`` against the naive time-step scan in float32, on tiny shapes: T not a
-multiple of the chunk, K and V not multiples of 16 (so K, V and T are all padded), several value tiles, initial
-state, document resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4. The forward and the gradient are
-also lowered to Triton for a CUDA GPU at the Olmo Hybrid head dims (the CPU builds the Triton IR).
+Every kernel runs with ``interpret=True`` against the naive time-step scan, on tiny shapes: T not a multiple of the
+chunk, K and V not multiples of 16 (so K, V and T are all padded), several value tiles, initial state, document
+resets, beta in [0, 2] and gates near 0, in [-20, 0] and -1e4. Gradients are checked at every chunk size, at
+chunk 64 with the key blocking of K = 96 (three 32-wide key blocks, state parts 64 + 32) and of K = 128 (two
+64-wide blocks, one state part), and with bfloat16 inputs and matmuls. The forward and the gradient are also lowered
+to Triton for a CUDA GPU at the Olmo Hybrid head dims (the CPU builds the Triton IR).
+
+Tests marked ``gpu`` run the compiled kernels (``pytest -m gpu tests/test_gdn_gpu_kernel.py`` on a GPU machine; they
+are skipped elsewhere): the interpreter's gradient cases and larger shapes up to K = V = 256, in float32 and
+bfloat16, at the default value tile and at 64.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 
@@ -17,25 +24,27 @@ import numpy as np
 import pytest
 
 from gdn_kernel_cases import (
-    GRAD_NAMES,
+    BOUNDS,
+    Case,
+    check_against_naive,
     differentiable_args,
     lowered_modules,
     naive,
-    probe_gradients,
     random_inputs,
     rel,
+    with_dtype,
 )
 from pallas_kernels import gated_delta_rule
 from pallas_kernels.gdn import gpu
 
 
-def _kernel(x: dict[str, jax.Array], chunk: int, **options) -> Callable:
-    """(q, k, v, g, beta, initial_state) -> (o, final) through the kernels in the interpreter."""
+def _kernel(x: dict[str, jax.Array], chunk: int, interpret: bool = True, **options) -> Callable:
+    """(q, k, v, g, beta, initial_state) -> (o, final) through the kernels, in the interpreter or compiled."""
     scale = x["q"].shape[-1] ** -0.5
 
     def run(q, k, v, g, beta, initial_state):
         return gpu.pallas_gpu_gated_delta_rule(
-            q, k, v, g, beta, initial_state, x["resets"], scale, chunk, interpret=True, **options
+            q, k, v, g, beta, initial_state, x["resets"], scale, chunk, interpret=interpret, **options
         )
 
     return run
@@ -93,22 +102,58 @@ def test_forward_matches_naive(case: str):
     assert rel(final, final_ref) < 1e-5
 
 
+# T is never a multiple of the chunk. K = 72 (padded to 80) is stepped in five 16-wide key blocks; V = 40 at
+# block_v = 16 is three value tiles. At chunk 64 (the model's): K = 96 and K = 128 key blocking, in float32 and
+# bfloat16, with large gates and many documents ("mixed") and with the state and pairs reaching across whole chunks
+# ("long"); the slow case adds batch rows, heads, four chunks and three value tiles.
 GRADIENT_CASES = {
-    "c16_tiles": ((1, 40, 2, 12, 40), 16, dict(block_v=16), "mixed"),
-    "c32_two_key_blocks": ((1, 40, 1, 72, 16), 32, dict(), "extreme"),
+    "c16_tiles": Case((1, 40, 2, 12, 40), 16, block_v=16),
+    "c32_two_key_blocks": Case((1, 40, 1, 72, 16), 32, "extreme"),
+    "c64_k96": Case((1, 100, 1, 96, 16), 64),
+    "c64_k128_long": Case((1, 100, 1, 128, 16), 64, "long"),
+    "c64_k96_bfloat16_long": Case((1, 100, 1, 96, 16), 64, "long", jnp.bfloat16),
 }
+SLOW_GRADIENT_CASES = {"c64_k128_bfloat16_tiles": Case((2, 200, 2, 128, 48), 64, dtype=jnp.bfloat16, block_v=16)}
 
 
-@pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
+def _gpu_cases() -> dict[str, Case]:
+    """The cases of the compiled kernels on a GPU: the interpreter's, and at chunk 64 the Olmo Hybrid head dims, the
+    largest head dims and head dims that are not powers of two, in both gate regimes, float32 and bfloat16, at the
+    default value tile and at 64."""
+    cases = {**GRADIENT_CASES, **SLOW_GRADIENT_CASES}
+    shapes = ((2, 300, 3, 96, 192), (1, 130, 1, 256, 256), (1, 77, 2, 24, 40))
+    options = itertools.product(shapes, ("mixed", "long"), ("float32", "bfloat16"), (None, 64))
+    for shape, regime, dtype, block_v in options:
+        name = f"{'_'.join(map(str, shape))}_{regime}_{dtype}_bv{block_v or 'auto'}"
+        cases[name] = Case(shape, 64, regime, jnp.dtype(dtype), block_v)
+    return cases
+
+
+GPU_CASES = _gpu_cases()
+
+
+def _check_kernel(case: Case, interpret: bool) -> None:
+    """The kernels' o, final state and six gradients against the float64 recurrence, within BOUNDS[case.dtype]; o in
+    the inputs' dtype and the final state in float32."""
+    x = with_dtype(random_inputs(2, case.shape, case.regime), case.dtype)
+    fn = _kernel(x, case.chunk, interpret, matmul_dtype=case.dtype, block_v=case.block_v)
+    o, final = jax.eval_shape(fn, *differentiable_args(x))
+    assert o.dtype == case.dtype and final.dtype == jnp.float32
+    check_against_naive(fn, x, BOUNDS[np.dtype(case.dtype)], seed=3)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [*GRADIENT_CASES, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW_GRADIENT_CASES)],
+)
 def test_gradients_match_naive(case: str):
-    shape, chunk, options, regime = GRADIENT_CASES[case]
-    x = random_inputs(2, shape, regime)
-    for name, d_kernel, d_naive in zip(
-        GRAD_NAMES, probe_gradients(_kernel(x, chunk, **options), x, 3), probe_gradients(naive(x), x, 3)
-    ):
-        assert np.all(np.isfinite(d_kernel)), name
-        assert np.linalg.norm(d_naive) > 0, name
-        assert rel(d_kernel, d_naive) < 1e-5, name
+    _check_kernel({**GRADIENT_CASES, **SLOW_GRADIENT_CASES}[case], interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_compiled_kernels_match_naive(case: str):
+    _check_kernel(GPU_CASES[case], interpret=False)
 
 
 @pytest.mark.parametrize("chunk", gpu.CHUNK_SIZES)
@@ -146,6 +191,38 @@ def test_solve_kernel_matches_float64(chunk: int):
                     if dc[i] == dc[j]:
                         a[i, j] = bc[i] * (kc[i] @ kc[j]) * np.exp(gc[j + 1 : i + 1].sum())
             assert rel(inverse[head, rows], np.linalg.inv(np.eye(chunk) + a)) < 1e-5
+
+
+def test_kernel_stages_are_the_custom_vjp():
+    """``gpu.kernel_stages`` runs the stages of STAGE_KERNELS in order, and on the same inputs and cotangents they
+    give the outputs and the gradients of ``pallas_gpu_gated_delta_rule`` (T, K and V come back padded)."""
+    batch, length, heads, key_dim, value_dim = shape = (1, 20, 2, 12, 20)
+    x = random_inputs(9, shape, "mixed")
+    args = differentiable_args(x)
+    (o, final), pullback = jax.vjp(_kernel(x, 16), *args)
+    rng = np.random.default_rng(10)
+    do, dfinal = (jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in (o, final))
+    dq, dk, dv, dg, dbeta, dh0 = pullback((do, dfinal))
+    stages = gpu.kernel_stages(*args, x["resets"], key_dim**-0.5, 16, do, dfinal, interpret=True)
+    assert list(stages) == list(gpu.STAGE_KERNELS)
+    o_stage, final_stage, *_ = stages["scan_fwd"].call()
+    *_, dh0_stage = stages["scan_bwd"].call()
+    dv_stage = stages["value_pairs_bwd"].call()[0]
+    dq_stage, dk_stage, *_ = stages["contract_finish_bwd"].call()
+    dg_stage, dbeta_stage = stages["gates_bwd"].call()
+    state = lambda s: s.reshape(batch, heads, *s.shape[1:])[..., :key_dim, :value_dim]  # noqa: E731
+    pairs = [
+        (o_stage[:, :length, :, :value_dim], o),
+        (state(final_stage), final),
+        (dq_stage[:, :length, :, :key_dim], dq),
+        (dk_stage[:, :length, :, :key_dim], dk),
+        (dv_stage[:, :length, :, :value_dim], dv),
+        (dg_stage[:, :length], dg),
+        (dbeta_stage[:, :length], dbeta),
+        (state(dh0_stage), dh0),
+    ]
+    for stage, reference in pairs:
+        assert rel(stage, reference) < 1e-6
 
 
 def test_bfloat16_matmuls():

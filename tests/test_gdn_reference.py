@@ -304,11 +304,14 @@ def test_bad_input_raises(case: str):
         ("gpu", 300, 192, 64, np.float32, "chunked"),  # K above the kernels' maximum
         ("gpu", 96, 192, 128, np.float32, "chunked"),  # a chunk size the kernels do not take
         ("gpu", 96, 192, 64, np.float64, "chunked"),  # float64 stays on the reference
+        ("tpu", 96, 192, 64, np.float32, "pallas_tpu"),  # the limits the TPU backend declares: chunk 64 ...
+        ("tpu", 257, 8, 16, np.float32, "chunked"),  # ... K up to 256 ...
+        ("tpu", 96, 192, 64, np.float64, "chunked"),  # ... and float32
     ],
 )
 def test_auto_picks_the_platform_kernel_where_it_applies(
     monkeypatch, backend, key_dim, value_dim, chunk, dtype, expected
 ):
     monkeypatch.setattr(ops.jax, "default_backend", lambda: backend)
-    assert ops._resolve_impl("auto", key_dim, value_dim, chunk, np.dtype(dtype)) == expected
-    assert ops._resolve_impl("naive", key_dim, value_dim, chunk, np.dtype(dtype)) == "naive"
+    assert ops.resolve_impl("auto", key_dim, value_dim, chunk, np.dtype(dtype)) == expected
+    assert ops.resolve_impl("naive", key_dim, value_dim, chunk, np.dtype(dtype)) == "naive"

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
 from types import ModuleType
 
 import jax
@@ -245,54 +244,32 @@ def _fla_available() -> bool:
         return False
 
 
-# The pallas_call names (gpu.KERNEL_WARPS keys) in each stage of ``_stages``.
-STAGE_KERNELS = {
-    "solve": ("gdn_solve",),
-    "chunk_fwd": ("gdn_chunk_fwd",),
-    "scan_fwd": ("gdn_scan_fwd",),
-    "scan_bwd": ("gdn_scan_bwd",),
-    "value_pairs_bwd": ("gdn_value_bwd", "gdn_pairs_bwd"),
-    "contract_finish_bwd": ("gdn_contract_finish_bwd",),
-    "gates_bwd": ("gdn_gates_bwd",),
-}
 WARPS = (1, 2, 4, 8)
 
 
-def _stages(
-    x: dict[str, np.ndarray], matmul_dtype: str, chunk: int, interpret: bool = False
-) -> dict[str, tuple[Callable, tuple, Callable[[], object]]]:
-    """Each stage of the Pallas forward and backward as (function, its kernel-layout arguments, the function
-    compiled on them as an argument-less call); the arguments are computed once, here (``interpret``: by the Pallas
-    interpreter, for CPU tests). Jitting a function traces it with the warps in gpu.KERNEL_WARPS at that moment."""
+def _stages(x: dict[str, np.ndarray], matmul_dtype: str, chunk: int, interpret: bool = False) -> dict[str, gpu.Stage]:
+    """``gpu.kernel_stages`` on the benchmark's inputs (bfloat16 q, k, v; no initial state or documents; a random
+    bfloat16 dO and dfinal of ones), each stage compiled with the warps in gpu.KERNEL_WARPS at this moment
+    (``interpret``: run by the Pallas interpreter, for CPU tests)."""
     batch, length, heads, key_dim = x["q"].shape
     q, k, v = (jnp.asarray(x[n], jnp.bfloat16) for n in ("q", "k", "v"))
-    cfg = gpu._make_config(q, v, {}, chunk, interpret, matmul_dtype, None, key_dim**-0.5)
-    resets = jnp.zeros((batch, length), bool)
-    q, k, v, g, beta, doc = gpu._prepare(q, k, v, jnp.asarray(x["g"]), jnp.asarray(x["beta"]), resets, cfg)
-    h0 = jnp.zeros((batch * heads, cfg.key_width, cfg.value_dim), jnp.float32)
+    state = jnp.zeros((batch, heads, key_dim, v.shape[-1]), jnp.float32)
     do = jnp.asarray(np.random.default_rng(3).standard_normal(v.shape), jnp.bfloat16)
-    dfinal = jnp.ones_like(h0)
-    stages = {}
-
-    def stage(name: str, fn: Callable, *args: jax.Array) -> Any:
-        call = _compiled(fn, args)
-        stages[name] = (fn, args, call)
-        return call()
-
-    inverse = stage("solve", lambda *a: gpu._solve(*a, cfg), k, g, beta, doc)
-    w, u, qt, kt, pu = stage("chunk_fwd", lambda *a: gpu._chunk_forward(*a, cfg), q, k, v, g, beta, doc, inverse)
-    scan = lambda *a: gpu._scan_forward(*a, cfg, jnp.bfloat16, save=True)  # noqa: E731
-    decays = gpu._chunk_decays(g, doc, cfg)
-    _, _, states, v_new = stage("scan_fwd", scan, w, u, kt, qt, pu, decays, h0)
-    du, d_states, _ = stage("scan_bwd", lambda *a: gpu._scan_backward(*a, cfg), w, qt, kt, decays, do, dfinal)
-    value_pairs = lambda *a: gpu._value_pairs_backward(a[:6], *a[6:], cfg)  # noqa: E731
-    dv, *pairs, pair_sums, d_beta = stage("value_pairs_bwd", value_pairs, q, k, v, g, beta, doc, inverse, v_new, du, do)
-    contract_finish = lambda *a: gpu._contract_finish_backward(a[:5], *a[5:11], a[11:], cfg)  # noqa: E731
-    args = (q, k, g, beta, doc, inverse, v_new, states, d_states, du, do, *pairs)
-    dq, dk, *row_sums = stage("contract_finish_bwd", contract_finish, *args)
-    gates = lambda *a: gpu._gates_backward(*a[:3], list(a[3:]), cfg)  # noqa: E731
-    stage("gates_bwd", gates, g, beta, doc, pair_sums, d_beta, *row_sums)
-    return stages
+    return gpu.kernel_stages(
+        q,
+        k,
+        v,
+        jnp.asarray(x["g"]),
+        jnp.asarray(x["beta"]),
+        state,
+        jnp.zeros((batch, length), bool),
+        key_dim**-0.5,
+        chunk,
+        do,
+        jnp.ones_like(state),
+        interpret=interpret,
+        matmul_dtype=matmul_dtype,
+    )
 
 
 def _compiled(fn: Callable, args: tuple) -> Callable[[], object]:
@@ -302,18 +279,16 @@ def _compiled(fn: Callable, args: tuple) -> Callable[[], object]:
     return lambda: call(*args)
 
 
-def _stage_times(stages: dict[str, tuple[Callable, tuple, Callable[[], object]]], runs: int) -> dict[str, float]:
+def _stage_times(stages: dict[str, gpu.Stage], runs: int) -> dict[str, float]:
     """Median ms of each stage, timed in interleaved rounds."""
     return _interleaved_medians({name: (call, jax.block_until_ready) for name, (_, _, call) in stages.items()}, runs)
 
 
-def _warps_sweep(
-    stages: dict[str, tuple[Callable, tuple, Callable[[], object]]], runs: int
-) -> dict[tuple[str, int], float]:
+def _warps_sweep(stages: dict[str, gpu.Stage], runs: int) -> dict[tuple[str, int], float]:
     """Median ms of the stage holding each kernel with that kernel at each of WARPS warps (the other kernels as in
     gpu.KERNEL_WARPS), keyed (kernel, warps), all timed in interleaved rounds."""
     calls = {}
-    for stage, kernels in STAGE_KERNELS.items():
+    for stage, kernels in gpu.STAGE_KERNELS.items():
         fn, args, _ = stages[stage]
         for kernel in kernels:
             default = gpu.KERNEL_WARPS[kernel]

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.gdn.spec import Backend
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -140,20 +142,12 @@ def chunked_gated_delta_rule(
     chunk_size: int,
     state_scan: StateScan = lax_state_scan,
 ) -> tuple[jax.Array, jax.Array]:
-    """Runs the chunked form; same contract as ``naive_gated_delta_rule``.
+    """Runs the chunked form: a ``spec.GatedDeltaRule`` for any chunk_size, T zero-padded to a multiple of it (a no-op
+    on the state).
 
-    Args:
-      q, k: [B, T, H, K]; v: [B, T, H, V]; g (log decay, <= 0), beta: [B, T, H]; all of one
-        floating dtype, the accumulation dtype (float32 or float64).
-      initial_state: [B, H, K, V] in the accumulation dtype.
-      resets: bool [B, T]; True where the state is zeroed before the token.
-      scale: multiplier applied to q.
-      chunk_size: C, tokens per chunk; T is zero-padded to a multiple of C (a no-op on the state).
-      state_scan: runs the sequential part; same contract as ``lax_state_scan`` (the TPU backward passes one
-        made of Pallas kernels).
-
-    Returns:
-      o [B, T, H, V] and the final state [B, H, K, V], both in the accumulation dtype.
+    Inputs in the accumulation dtype (float32 or float64); o and the final state come back in it.
+    state_scan runs the sequential part; same contract as ``lax_state_scan`` (the TPU backward passes one made of
+    Pallas kernels).
     """
     length = q.shape[1]
     q, k, v, g, beta = (_to_chunks(x, chunk_size) for x in (q, k, v, g, beta))
@@ -166,3 +160,6 @@ def chunked_gated_delta_rule(
     o = jnp.einsum("...ck,...kv->...cv", q_from_start, states, precision=_HIGHEST)
     o = o + jnp.einsum("...ij,...jv->...iv", scores, v_new, precision=_HIGHEST)
     return _from_chunks(o, length), final_state
+
+
+BACKEND = Backend(name="chunked", run=chunked_gated_delta_rule)

@@ -1,8 +1,8 @@
 """Chunked gated delta rule as Pallas GPU kernels (Triton lowering), forward and backward.
 
-Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``naive.py`` for the
-recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
-positions, doc_i the number of document starts in the chunk at or before i, L_ij = sum of g over (j, i],
+A ``spec.GatedDeltaRule`` (``naive.py`` has the recurrence). Per batch b and head h the tokens are split into chunks
+of C. Within a chunk, with i, j chunk positions, doc_i the number of document starts in the chunk at or before i,
+L_ij = sum of g over (j, i],
 
     Gamma_ij = exp(L_ij)                     for j <= i and doc_i == doc_j, else 0
     D_i      = exp(sum of g over [0, i])     if doc_i == 0 (the carried state still applies), else 0
@@ -43,6 +43,7 @@ writes anyway; under the model's rematerialisation they live only while the laye
    (dW, dQt, dKt, d(d)), kept in registers for the key loop that forms dq and dk.
 7. ``_gates_bwd_kernel``: dg and dbeta from the row sums of the others. Separate kernels keep each one's C x C
    values in registers (one kernel for all of it spilled gigabytes to local memory on an H100).
+``kernel_stages`` gives these steps (STAGE_KERNELS) compiled one by one, to time each kernel (``tools/bench_gdn.py``).
 
 Numerics. Every log-decay is a direct sum of non-positive gates over a contiguous range (a cumulative sum
 along axis 0 of a masked C x C matrix for the pairs, masked row sums for E, block head/tail sums in the solve
@@ -70,7 +71,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -78,10 +80,13 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels.gdn.spec import Backend
+
+# The calls the kernels take (``BACKEND``): K, V up to MAX_HEAD_DIM, these chunk sizes, float32 or bfloat16 inputs.
 MAX_HEAD_DIM = 256
 CHUNK_SIZES = (16, 32, 64)
+DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 _BLOCK_V = (16, 32, 64)
-_INPUT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 _MATMUL_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 _F32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -836,14 +841,23 @@ def _scan_backward(
 
 
 def _value_pairs_backward(
-    inputs: tuple[jax.Array, ...], inverse: jax.Array, v_new: jax.Array, du: jax.Array, do: jax.Array, cfg: _Config
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    doc: jax.Array,
+    inverse: jax.Array,
+    v_new: jax.Array,
+    du: jax.Array,
+    do: jax.Array,
+    cfg: _Config,
 ) -> list[jax.Array]:
     """The value and pairs kernels: [dv [B, T, H, V] in v's dtype; d(scale Q K^T), d(K K^T), P T [B * H, T, C] in the
     storage dtype; the pair sums and dbeta but for its W path [B * H, T] (float32)].
 
-    inputs: q, k, v, g, beta, doc (caller layout). v_new, du: [B * H, T, V]; do: [B, T, H, V].
+    q, k, v, g, beta, doc: caller layout. v_new, du: [B * H, T, V]; do: [B, T, H, V].
     """
-    q, k, v, g, beta, doc = inputs
     heads, length, _ = v_new.shape
     key_in = _input_spec(cfg, cfg.chunk, cfg.key_width, chunks=True)
     value_in = _input_spec(cfg, cfg.chunk, cfg.value_dim, chunks=True)
@@ -874,24 +888,27 @@ def _value_pairs_backward(
 
 
 def _contract_finish_backward(
-    inputs: tuple[jax.Array, ...],
+    q: jax.Array,
+    k: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    doc: jax.Array,
     inverse: jax.Array,
     v_new: jax.Array,
     states: jax.Array,
     d_states: jax.Array,
     du: jax.Array,
     do: jax.Array,
-    pairs: list[jax.Array],
+    *pairs: jax.Array,
     cfg: _Config,
 ) -> list[jax.Array]:
     """``_contract_finish_bwd_kernel``, grid (B * H, chunks, K / BK): [dq, dk [B, T, H, key_width] in q's and k's
     dtype; the row sums k . d(diag(beta D) K), q . dQt, k . dKt and d(d) [B * H, T] (float32, d(d) repeated over each
     chunk's positions)].
 
-    inputs: q, k, g, beta, doc (caller layout). v_new, du: [B * H, T, V]; states, d_states: [B * H, N * K, V];
+    q, k, g, beta, doc: caller layout. v_new, du: [B * H, T, V]; states, d_states: [B * H, N * K, V];
     do: [B, T, H, V]; pairs: d(scale Q K^T), d(K K^T), P T [B * H, T, C].
     """
-    q, k, g, beta, doc = inputs
     heads, length, _ = v_new.shape
     blocks = cfg.key_width // cfg.key_block
     value_spec = _chunk_spec(cfg, cfg.value_dim)
@@ -918,7 +935,7 @@ def _contract_finish_backward(
 
 
 def _gates_backward(
-    g: jax.Array, beta: jax.Array, doc: jax.Array, vectors: list[jax.Array], cfg: _Config
+    g: jax.Array, beta: jax.Array, doc: jax.Array, *vectors: jax.Array, cfg: _Config
 ) -> list[jax.Array]:
     """dg, dbeta [B, T, H] (float32) from the pair sums, dbeta but for its W path, and the row sums and d(d) of
     ``_contract_finish_backward`` (``vectors``, [B * H, T] each)."""
@@ -963,6 +980,11 @@ def _gdn(
     return outputs
 
 
+def _run_stage(name: str, fn: Callable[..., Any], *args: jax.Array) -> Any:
+    """fn(*args): how ``_forward`` and ``_backward`` run each stage (``kernel_stages`` also records them)."""
+    return fn(*args)
+
+
 def _forward(
     q: jax.Array,
     k: jax.Array,
@@ -973,15 +995,17 @@ def _forward(
     doc: jax.Array,
     cfg: _Config,
     save: bool,
+    stage: Callable[..., Any] = _run_stage,
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
     """(o, final) and, with ``save``, the residuals of the backward: the inputs, the chunks' inverses T, W, Qt, Kt
     and decays d (which the forward computes anyway) and the states entering every chunk and v_new (written by the
     forward scan, so the backward runs only the reverse scan; under the model's rematerialisation they live only
-    while the layer's backward runs)."""
-    inverse = _solve(k, g, beta, doc, cfg)
-    w, u, qt, kt, pu = _chunk_forward(q, k, v, g, beta, doc, inverse, cfg)
+    while the layer's backward runs). ``stage(name, fn, *args)`` runs each stage of STAGE_KERNELS."""
+    inverse = stage("solve", functools.partial(_solve, cfg=cfg), k, g, beta, doc)
+    w, u, qt, kt, pu = stage("chunk_fwd", functools.partial(_chunk_forward, cfg=cfg), q, k, v, g, beta, doc, inverse)
     decays = _chunk_decays(g, doc, cfg)
-    o, final, *saved = _scan_forward(w, u, kt, qt, pu, decays, h0, cfg, v.dtype, save)
+    scan = functools.partial(_scan_forward, cfg=cfg, o_dtype=v.dtype, save=save)
+    o, final, *saved = stage("scan_fwd", scan, w, u, kt, qt, pu, decays, h0)
     return (o, final), (q, k, v, g, beta, doc, inverse, w, qt, kt, decays, *saved)
 
 
@@ -1001,23 +1025,28 @@ def _gdn_fwd(*args: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, 
     return _forward(*args, save=True)
 
 
-def _gdn_bwd(
-    cfg: _Config, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, jax.Array]
+def _backward(
+    cfg: _Config,
+    residuals: tuple[jax.Array, ...],
+    cotangents: tuple[jax.Array, jax.Array],
+    stage: Callable[..., Any] = _run_stage,
 ) -> tuple[jax.Array | None, ...]:
     """The reverse scan, the value and pairs kernels, the contractions with the saved states fused with the key
-    loop, then the gates."""
+    loop, then the gates; ``stage`` as in ``_forward``."""
     q, k, v, g, beta, doc, inverse, w, qt, kt, decays, states, v_new = residuals
     do, dfinal = cotangents
-    du, d_states, dh0 = _scan_backward(w, qt, kt, decays, do, dfinal, cfg)
-    dv, *pairs, pair_sums, d_beta = _value_pairs_backward((q, k, v, g, beta, doc), inverse, v_new, du, do, cfg)
-    dq, dk, *row_sums = _contract_finish_backward(
-        (q, k, g, beta, doc), inverse, v_new, states, d_states, du, do, pairs, cfg
-    )
-    dg, dbeta = _gates_backward(g, beta, doc, [pair_sums, d_beta, *row_sums], cfg)
+    du, d_states, dh0 = stage("scan_bwd", functools.partial(_scan_backward, cfg=cfg), w, qt, kt, decays, do, dfinal)
+    value_pairs = functools.partial(_value_pairs_backward, cfg=cfg)
+    dv, *pairs, pair_sums, d_beta = stage("value_pairs_bwd", value_pairs, q, k, v, g, beta, doc, inverse, v_new, du, do)
+    contract_finish = functools.partial(_contract_finish_backward, cfg=cfg)
+    args = (q, k, g, beta, doc, inverse, v_new, states, d_states, du, do, *pairs)
+    dq, dk, *row_sums = stage("contract_finish_bwd", contract_finish, *args)
+    gates = functools.partial(_gates_backward, cfg=cfg)
+    dg, dbeta = stage("gates_bwd", gates, g, beta, doc, pair_sums, d_beta, *row_sums)
     return dq, dk, dv, dg, dbeta, dh0, None
 
 
-_gdn.defvjp(_gdn_fwd, _gdn_bwd)
+_gdn.defvjp(_gdn_fwd, _backward)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1059,7 +1088,7 @@ def _make_config(
     if isinstance(scale, jax.core.Tracer):
         _fail("scale is compiled into the pallas_gpu kernels and must be a Python number, not a traced value")
     for name, x in named.items():
-        if np.dtype(x.dtype) not in _INPUT_DTYPES:
+        if np.dtype(x.dtype) not in DTYPES:
             _fail(f"the pallas_gpu kernel takes float32 or bfloat16 inputs; {name} has dtype {x.dtype}")
     key_dim, value_dim = q.shape[-1], v.shape[-1]
     for name, dim in (("K", key_dim), ("V", value_dim)):
@@ -1125,6 +1154,13 @@ def _prepare(
     )
 
 
+def _kernel_state(state: jax.Array, cfg: _Config) -> jax.Array:
+    """[B, H, K, V] -> float32 [B * H, key_width, V'], zero-padded: a state (or its cotangent) on the kernel layout."""
+    batch, heads, key_dim, value_dim = state.shape
+    pads = ((0, 0), (0, 0), (0, cfg.key_width - key_dim), (0, cfg.value_dim - value_dim))
+    return jnp.pad(state.astype(_F32), pads).reshape(batch * heads, cfg.key_width, cfg.value_dim)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _run(
     q: jax.Array,
@@ -1139,8 +1175,7 @@ def _run(
     """Pads what the kernels need padded, runs ``_gdn`` and slices back to [B, T, H, V] / [B, H, K, V]."""
     batch, length, heads, key_dim = q.shape
     value_dim = v.shape[-1]
-    pads = ((0, 0), (0, 0), (0, cfg.key_width - key_dim), (0, cfg.value_dim - value_dim))
-    h0 = jnp.pad(initial_state.astype(_F32), pads).reshape(batch * heads, cfg.key_width, cfg.value_dim)
+    h0 = _kernel_state(initial_state, cfg)
     q, k, v, g, beta, doc = _prepare(q, k, v, g, beta, resets, cfg)
     o, final = _gdn(q, k, v, g, beta, h0, doc, cfg)
     final = final.reshape(batch, heads, cfg.key_width, cfg.value_dim)
@@ -1162,28 +1197,102 @@ def pallas_gpu_gated_delta_rule(
     matmul_dtype: Any = jnp.float32,
     block_v: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Chunked gated delta rule on the GPU (Pallas / Triton); differentiable (custom VJP, Pallas backward).
+    """Chunked gated delta rule on the GPU (Pallas / Triton), differentiable (custom VJP, Pallas backward): a
+    ``spec.GatedDeltaRule`` with q, k, v, g, beta and initial_state in DTYPES, K, V up to MAX_HEAD_DIM, chunk_size in
+    CHUNK_SIZES and scale a Python number (the kernels apply it in float32; no scaled copy of q is made). o comes back
+    in v's dtype, the final state in float32.
 
-    Args:
-      q, k: [B, T, H, K]; v: [B, T, H, V] (float32 or bfloat16); g (log decay, <= 0), beta: [B, T, H];
-        K, V <= 256, any T.
-      initial_state: [B, H, K, V].
-      resets: bool [B, T]; True where the state is zeroed before the token.
-      scale: multiplier applied to q, a Python number: the kernels apply it in float32 (no scaled copy of q).
-      chunk_size: C in (16, 32, 64).
-      interpret: run the kernels with the Pallas interpreter (CPU tests).
-      matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
-      block_v: value columns per scan program, 16, 32 or 64; default ``_default_block_v`` (by the GPU's SMs).
-
-    Returns:
-      o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in float32.
+    interpret: run the kernels with the Pallas interpreter (CPU tests).
+    matmul_dtype: float32 (every matmul at float32 accuracy) or bfloat16 (see the module docstring).
+    block_v: value columns per scan program, 16, 32 or 64; default ``_default_block_v`` (by the GPU's SMs).
 
     Raises:
-      ValueError: for K or V > 256, an unsupported dtype, chunk_size, matmul_dtype, or block_v, or a traced
-        scale.
+      ValueError: for K or V above MAX_HEAD_DIM, an input not in DTYPES, an unsupported chunk_size, matmul_dtype or
+        block_v, or a traced scale.
     """
     named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
     cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v, scale)
     if q.shape[1] == 0:
         return jnp.zeros(v.shape, v.dtype), initial_state.astype(_F32)
     return _run(q, k, v, g, beta, initial_state, resets, cfg)
+
+
+class Stage(NamedTuple):
+    """One stage of the kernels, to time on its own (``kernel_stages``).
+
+    fn: the stage as a function of kernel-layout arrays; each new jit of it traces its kernels afresh, with the
+      warps KERNEL_WARPS holds then.
+    args: fn's arguments, computed by the stages before it.
+    call: fn compiled on args, as an argument-less call.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[jax.Array, ...]
+    call: Callable[[], Any]
+
+
+# The pallas_call names (KERNEL_WARPS keys) of each stage, in the order the forward and the backward run them.
+STAGE_KERNELS = {
+    "solve": ("gdn_solve",),
+    "chunk_fwd": ("gdn_chunk_fwd",),
+    "scan_fwd": ("gdn_scan_fwd",),
+    "scan_bwd": ("gdn_scan_bwd",),
+    "value_pairs_bwd": ("gdn_value_bwd", "gdn_pairs_bwd"),
+    "contract_finish_bwd": ("gdn_contract_finish_bwd",),
+    "gates_bwd": ("gdn_gates_bwd",),
+}
+
+
+def kernel_stages(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    initial_state: jax.Array,
+    resets: jax.Array,
+    scale: float,
+    chunk_size: int,
+    do: jax.Array,
+    dfinal: jax.Array,
+    *,
+    interpret: bool = False,
+    matmul_dtype: Any = jnp.float32,
+    block_v: int | None = None,
+) -> dict[str, Stage]:
+    """The forward and backward of ``pallas_gpu_gated_delta_rule`` split into the stages of STAGE_KERNELS, to time
+    each kernel: the same functions the custom VJP runs, each compiled on its own.
+
+    Args:
+      q, ..., block_v: as for ``pallas_gpu_gated_delta_rule`` (T > 0).
+      do: [B, T, H, V] in v's dtype and dfinal: [B, H, K, V], the cotangents of o and the final state.
+
+    Returns:
+      {stage name: Stage} in STAGE_KERNELS' order. Each stage has run once, compiled, to give the later ones their
+      arguments; the XLA work between stages (padding, the chunks' decays) is outside every stage.
+    """
+    named = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
+    cfg = _make_config(q, v, named, chunk_size, interpret, matmul_dtype, block_v, scale)
+    length = _round_up(q.shape[1], cfg.chunk)
+    q, k, v, g, beta, doc = _prepare(q, k, v, g, beta, resets, cfg)
+    stages = {}
+
+    def record(name: str, fn: Callable[..., Any], *args: jax.Array) -> Any:
+        call = functools.partial(jax.jit(fn), *args)
+        stages[name] = Stage(fn, args, call)
+        return call()
+
+    _, residuals = _forward(q, k, v, g, beta, _kernel_state(initial_state, cfg), doc, cfg, save=True, stage=record)
+    _backward(cfg, residuals, (_pad(do, length, cfg.value_dim), _kernel_state(dfinal, cfg)), stage=record)
+    return stages
+
+
+BACKEND = Backend(
+    name="pallas_gpu",
+    run=pallas_gpu_gated_delta_rule,
+    platform="gpu",
+    chunk_sizes=CHUNK_SIZES,
+    max_head_dim=MAX_HEAD_DIM,
+    dtypes=DTYPES,
+    run_bfloat16=functools.partial(pallas_gpu_gated_delta_rule, matmul_dtype=jnp.bfloat16),
+)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.gdn.spec import Backend
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -40,18 +42,18 @@ def naive_gated_delta_rule(
     resets: jax.Array,
     scale: float | jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Runs the recurrence token by token.
+    """Runs the recurrence token by token: ``spec.GatedDeltaRule`` without chunk_size (the scan has no chunks).
 
-    Args:
-      q, k: [B, T, H, K]; v: [B, T, H, V]; g (log decay, <= 0), beta: [B, T, H]; all of one
-        floating dtype, the accumulation dtype (float32 or float64).
-      initial_state: [B, H, K, V] in the accumulation dtype.
-      resets: bool [B, T]; True where the state is zeroed before the token.
-      scale: multiplier applied to q.
-
-    Returns:
-      o [B, T, H, V] and the final state [B, H, K, V], both in the accumulation dtype.
+    Inputs in the accumulation dtype (float32 or float64); o and the final state come back in it.
     """
     steps = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta, resets))
     final_state, o = jax.lax.scan(lambda state, step: _time_step(state, step, scale), initial_state, steps)
     return jnp.moveaxis(o, 0, 1), final_state
+
+
+def _run(*inputs: jax.Array | float | int) -> tuple[jax.Array, jax.Array]:
+    """``naive_gated_delta_rule`` as a ``spec.GatedDeltaRule``: the last input, chunk_size, is not used."""
+    return naive_gated_delta_rule(*inputs[:-1])
+
+
+BACKEND = Backend(name="naive", run=_run)

@@ -3,59 +3,31 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.gdn.chunked import chunked_gated_delta_rule
-from pallas_kernels.gdn.gpu import CHUNK_SIZES, MAX_HEAD_DIM, pallas_gpu_gated_delta_rule
-from pallas_kernels.gdn.naive import naive_gated_delta_rule
-from pallas_kernels.gdn.tpu import pallas_tpu_gated_delta_rule
+from pallas_kernels.gdn import chunked, gpu, naive, tpu
+from pallas_kernels.gdn.spec import Backend
 from pallas_kernels.platform import current_platform
 
-Implementation = Callable[..., tuple[jax.Array, jax.Array]]
+# The implementations by impl name, each with the platform and limits its module declares.
+_BACKENDS: dict[str, Backend] = {b.name: b for b in (naive.BACKEND, chunked.BACKEND, gpu.BACKEND, tpu.BACKEND)}
+_PORTABLE = "chunked"  # what "auto" picks where no backend of the platform supports the call
 
 
-def _naive(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    g: jax.Array,
-    beta: jax.Array,
-    initial_state: jax.Array,
-    resets: jax.Array,
-    scale: float,
-    chunk_size: int,
-) -> tuple[jax.Array, jax.Array]:
-    """The time-step scan; it has no chunks, so chunk_size is not used."""
-    del chunk_size
-    return naive_gated_delta_rule(q, k, v, g, beta, initial_state, resets, scale)
-
-
-# Every implementation takes (q, k, v, g, beta, initial_state, resets, scale, chunk_size) in the
-# accumulation dtype, as prepared by `gated_delta_rule`, and returns (o, final_state) in that dtype.
-_IMPLEMENTATIONS: dict[str, Implementation] = {
-    "naive": _naive,
-    "chunked": chunked_gated_delta_rule,
-    "pallas_gpu": pallas_gpu_gated_delta_rule,
-    "pallas_tpu": pallas_tpu_gated_delta_rule,
-}
-_PLATFORMS = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
-_KERNEL_FOR_PLATFORM = {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}
-
-
-def _resolve_impl(impl: str, key_dim: int, value_dim: int, chunk_size: int, dtype: np.dtype) -> str:
-    """Maps "auto" to this platform's Pallas kernel where it supports the shapes and dtype, else "chunked"."""
+def resolve_impl(impl: str, key_dim: int, value_dim: int, chunk_size: int, dtype: np.dtype) -> str:
+    """Maps "auto" to the backend of this platform where it supports the head dims, chunk size and accumulation
+    dtype (float32; float64 for float64 inputs), else "chunked"; any other impl is returned as given."""
     if impl != "auto":
         return impl
-    kernel = _KERNEL_FOR_PLATFORM.get(current_platform())
-    supported = (
-        max(key_dim, value_dim) <= MAX_HEAD_DIM and chunk_size in CHUNK_SIZES and dtype != np.dtype(np.float64)
-    )
-    return kernel if kernel is not None and supported else "chunked"
+    platform = current_platform()
+    for backend in _BACKENDS.values():
+        if backend.platform == platform and backend.supports(key_dim, value_dim, chunk_size, dtype):
+            return backend.name
+    return _PORTABLE
 
 
 def _fail(message: str) -> NoReturn:
@@ -63,9 +35,9 @@ def _fail(message: str) -> NoReturn:
 
 
 def _check_options(impl: str, chunk_size: Any) -> None:
-    if impl != "auto" and impl not in _IMPLEMENTATIONS:
-        _fail(f"unknown impl {impl!r}; expected one of {['auto', *_IMPLEMENTATIONS]}")
-    platform = _PLATFORMS.get(impl)
+    if impl != "auto" and impl not in _BACKENDS:
+        _fail(f"unknown impl {impl!r}; expected one of {['auto', *_BACKENDS]}")
+    platform = None if impl == "auto" else _BACKENDS[impl].platform
     if platform is not None and current_platform() != platform:
         _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
     is_int = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
@@ -158,10 +130,11 @@ def gated_delta_rule(
         every t > 0 with segment_ids[t] != segment_ids[t - 1].
       chunk_size: tokens per chunk for chunked implementations; any T is allowed.
       impl: "naive" (time-step scan), "chunked" (WY/UT chunked form in jnp), "pallas_gpu" (the Pallas GPU
-        kernels of gpu.py; float32-accurate matmuls for float32 inputs, bfloat16 operands with float32
-        accumulation when q, k or v is bfloat16; GPU only), "pallas_tpu" (the Pallas Mosaic forward kernels
-        of tpu.py, float32 inputs, backward by the chunked form's VJP; TPU only) or "auto" (the platform's
-        Pallas kernel on GPU and TPU when K, V <= 256 and chunk_size is 16, 32 or 64; "chunked" otherwise).
+        kernels of gpu.py, forward and backward; float32-accurate matmuls for float32 inputs, bfloat16 operands
+        with float32 accumulation when q, k or v is bfloat16; GPU only), "pallas_tpu" (the Pallas Mosaic kernels
+        of tpu.py on float32: the forward, and in the backward the sequential state scan inside the chunked
+        form's VJP; TPU only) or "auto" (the platform's Pallas kernel on GPU and TPU where the limits its module
+        declares allow: K, V <= 256, chunk_size 16, 32 or 64, not float64; "chunked" otherwise).
 
     Returns:
       o: [B, T, H, V] in v's dtype.
@@ -182,15 +155,13 @@ def gated_delta_rule(
         initial_state = jnp.zeros((batch, heads, key_dim, v.shape[3]), dtype)
     resets = _reset_flags(segment_ids, batch, length)
     scale = key_dim**-0.5 if scale is None else scale
-    impl = _resolve_impl(impl, key_dim, v.shape[3], int(chunk_size), dtype)
-    if impl == "pallas_gpu" and jnp.bfloat16 in (q.dtype, k.dtype, v.dtype):
-        # bfloat16 activations stay bfloat16 in and out of the GPU kernels, which then use bfloat16 matmul operands
-        # with float32 accumulation (state, gates and inverse in float32).
+    backend = _BACKENDS[resolve_impl(impl, key_dim, v.shape[3], int(chunk_size), dtype)]
+    if backend.run_bfloat16 is not None and jnp.bfloat16 in (q.dtype, k.dtype, v.dtype):
+        # bfloat16 activations stay bfloat16 in and out of the backend's bfloat16 variant (for the GPU kernels:
+        # bfloat16 matmul operands with float32 accumulation; state, gates and inverse in float32).
         q, k, v_in = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
         g, beta, initial_state = (jnp.asarray(x, jnp.float32) for x in (g, beta, initial_state))
-        return pallas_gpu_gated_delta_rule(
-            q, k, v_in, g, beta, initial_state, resets, scale, int(chunk_size), matmul_dtype=jnp.bfloat16
-        )
+        return backend.run_bfloat16(q, k, v_in, g, beta, initial_state, resets, scale, int(chunk_size))
     q, k, v_acc, g, beta, initial_state = (jnp.asarray(x, dtype) for x in (q, k, v, g, beta, initial_state))
-    o, final_state = _IMPLEMENTATIONS[impl](q, k, v_acc, g, beta, initial_state, resets, scale, int(chunk_size))
+    o, final_state = backend.run(q, k, v_acc, g, beta, initial_state, resets, scale, int(chunk_size))
     return o.astype(v.dtype), final_state

@@ -1,8 +1,7 @@
 """Chunked gated delta rule as Pallas Mosaic TPU kernels: the forward, and the sequential part of the backward.
 
-Same contract as the implementations in ``ops._IMPLEMENTATIONS`` (see ``naive.py`` for the
-recurrence). Per batch b and head h the tokens are split into chunks of C. Within a chunk, with i, j chunk
-positions and L_ij the sum of g over (j, i],
+A ``spec.GatedDeltaRule`` (``naive.py`` has the recurrence). Per batch b and head h the tokens are split into chunks
+of C. Within a chunk, with i, j chunk positions and L_ij the sum of g over (j, i],
 
     Gamma_ij = exp(L_ij)                     for j <= i in the same document, else 0
     D_i      = exp(sum of g over [0, i])     while no document starts at or before i, else 0
@@ -45,25 +44,30 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.gdn.chunked import _from_chunks, _to_chunks, chunked_gated_delta_rule
+from pallas_kernels.gdn.spec import Backend
 
+# The calls the kernels take (``BACKEND``): K, V up to MAX_HEAD_DIM, these chunk sizes, float32 inputs.
 MAX_HEAD_DIM = 256
 CHUNK_SIZES = (16, 32, 64)
+DTYPES = (np.dtype(np.float32),)
 _LANES = 128
 _F32 = jnp.float32
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _check_inputs(q: jax.Array, v: jax.Array, arrays: tuple[jax.Array, ...], chunk_size: int) -> None:
-    """Raises ValueError before launch on a head dim above MAX_HEAD_DIM, a non-float32 input or a bad chunk."""
+    """Raises ValueError before launch on a head dim above MAX_HEAD_DIM, an input not in DTYPES or a chunk size not in
+    CHUNK_SIZES."""
     for name, dim in (("K", q.shape[-1]), ("V", v.shape[-1])):
         if dim > MAX_HEAD_DIM:
             raise ValueError(f"pallas_tpu gated delta rule: {name} = {dim} exceeds the limit {MAX_HEAD_DIM}")
     for name, x in zip(("q", "k", "v", "g", "beta", "initial_state"), arrays):
-        if x.dtype != _F32:
+        if np.dtype(x.dtype) not in DTYPES:
             raise ValueError(f"pallas_tpu gated delta rule: {name} has dtype {x.dtype}; only float32 is supported")
     if chunk_size not in CHUNK_SIZES:
         raise ValueError(f"pallas_tpu gated delta rule: chunk_size = {chunk_size}; supported: {CHUNK_SIZES}")
@@ -458,23 +462,29 @@ def pallas_tpu_gated_delta_rule(
     *,
     interpret: bool | pltpu.InterpretParams = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """Gated delta rule with the Pallas TPU forward kernel; same contract as ``chunked_gated_delta_rule``.
+    """Gated delta rule with the Pallas TPU kernels: a ``spec.GatedDeltaRule`` on float32 inputs with K, V up to
+    MAX_HEAD_DIM and chunk_size in CHUNK_SIZES; o and the final state come back in float32.
 
-    Args:
-      q, k: [B, T, H, K]; v: [B, T, H, V]; g (log decay, <= 0), beta: [B, T, H]; float32.
-      initial_state: [B, H, K, V] float32.
-      resets: bool [B, T]; True where the state is zeroed before the token.
-      scale: multiplier applied to q.
-      chunk_size: C, one of CHUNK_SIZES; any T is allowed (zero-padded to a multiple of C).
-      interpret: False to compile for the TPU; True or ``pltpu.InterpretParams()`` to run in the interpreter.
+    interpret: False to compile for the TPU; True or ``pltpu.InterpretParams()`` to run in the interpreter.
 
-    Returns:
-      o [B, T, H, V] and the final state [B, H, K, V], float32. Gradients are the exact VJP of the reference
-      ``chunked_gated_delta_rule`` (a Pallas TPU backward kernel is future work).
+    Gradients (a ``jax.custom_vjp``): the VJP of ``chunked_gated_delta_rule`` with its sequential part run by the
+    Pallas state-scan kernels (forward and reverse, the state in VMEM) and its chunk-parallel part differentiated by
+    XLA; the forward kernels' outputs are not reused, only the inputs are saved.
 
     Raises:
-      ValueError: K or V above MAX_HEAD_DIM, a non-float32 input or an unsupported chunk_size, before launch.
+      ValueError: K or V above MAX_HEAD_DIM, an input not in DTYPES or a chunk_size not in CHUNK_SIZES, before
+        launch.
     """
     _check_inputs(q, v, (q, k, v, g, beta, initial_state), chunk_size)
     scale = jnp.asarray(scale, _F32)
     return _gated_delta_rule(q, k, v, g, beta, initial_state, resets, scale, chunk_size, interpret)
+
+
+BACKEND = Backend(
+    name="pallas_tpu",
+    run=pallas_tpu_gated_delta_rule,
+    platform="tpu",
+    chunk_sizes=CHUNK_SIZES,
+    max_head_dim=MAX_HEAD_DIM,
+    dtypes=DTYPES,
+)
