@@ -2,6 +2,9 @@
 
 import setuptools
 
+# tools/scaling_fit.py: the loss-law fit (threadpoolctl keeps BLAS to one thread in its tiny L-BFGS-B steps)
+_SCALING = ["scipy>=1.11", "matplotlib>=3.8", "threadpoolctl>=3.1"]
+
 setuptools.setup(
     name="hybridlm",
     version="0.1.0",
@@ -28,7 +31,8 @@ setuptools.setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", *_SCALING],
+        "scaling": _SCALING,
         "hf": ["torch>=2.4", "transformers>=5.24,<6"],
     },
 )
