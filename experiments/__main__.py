@@ -84,8 +84,7 @@ def main(argv: list[str]) -> None:
         _plan()
         return
     if _SHOW.value:
-        print(_CONFIG.value)
-        print(_size_summary(_CONFIG.value))
+        _show(_CONFIG.value)
         return
     print(f"{'experiment':<18} {'params':>8}  description")
     for name in experiments.names():
@@ -117,19 +116,18 @@ def _plan() -> None:
     print(memory_plan.format_plan(plan))
 
 
-def _size_summary(config) -> str:
-    """Comment lines under a shown config: its parameters, with and without the embedding table, and its training
-    FLOPs per token at config.data.seq_len (hybridlm.flops)."""
-    from hybridlm import flops
+def _show(config) -> None:
+    """Prints `config`, derived fields resolved, then comment lines with its size and cost (hybridlm.summary); a
+    model that cannot be built is one `error:` line instead."""
+    from hybridlm import summary
+    from hybridlm.model.config import ConfigError
 
-    model = ModelConfig.from_config(config.model)
-    params = count_params(model)
-    embedding = model.vocab_size * model.d_model
-    per_token = flops.flops_per_token(model, config.data.seq_len)
-    return (
-        f"# parameters: {params:,} ({params - embedding:,} without the embedding table)\n"
-        f"# training FLOPs per token at seq_len {config.data.seq_len}: {per_token:,.0f}"
-    )
+    try:
+        sizes = summary.size_lines(ModelConfig.from_config(config.model), config.data.seq_len)
+    except ConfigError as e:
+        _fail(str(e))
+    print(config)
+    print("\n".join(f"# {line}" for line in sizes))
 
 
 def _human(count: int) -> str:

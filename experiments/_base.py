@@ -4,20 +4,31 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from hybridlm.config_defaults import gdn_config, model_config, run_config
+from hybridlm.config_defaults import model_config, run_config
 
 OLMO_VOCAB = 100_352  # dolma2 tokenizer, 100,278 tokens padded to a multiple of 128
 BYTE_VOCAB = 320  # the built-in byte tokenizer's 258 ids, padded to a multiple of 64
 
 
 def olmo_pretraining(model: config_dict.ConfigDict, description: str, lr: float) -> config_dict.ConfigDict:
-    """The Olmo 3 / Olmo Hybrid pretraining stage: 8192-token sequences, 512 per batch (4M tokens), AdamW at `lr`
-    with 2000 warmup steps and cosine decay over 1,414,078 steps (~5.93T tokens). Documents are packed without
-    masking between them, as in the official stage-1 runs (they mask only in long-context and SFT stages)."""
+    """The Olmo Hybrid pretraining stage, as OLMo-core's src/scripts/official/OLMo-hybrid/OLMo-hybrid-7B-pretrain.py
+    runs it: 8192-token sequences, 512 per batch (4M tokens), AdamW at `lr` (betas 0.9, 0.95, weight decay 0.1 off
+    the embeddings, z-loss 1e-5, clipping at 1.0), CosWithWarmup: 2000 warmup steps, then cosine decay to lr / 10 at
+    the end of one epoch of its data, step 1,414,078 (~5.93T tokens; OLMo-hybrid-0326-7B.csv's last stage-1 step).
+    Documents are packed without masking between them, as in the official stage-1 runs (they mask only in
+    long-context and SFT stages)."""
     config = run_config(
         model, description=description, seq_len=8192, batch_size=512, lr=lr, warmup_steps=2000, num_steps=1_414_078
     )
     config.data.document_mask = False
+    return config
+
+
+def olmo_7b(model: config_dict.ConfigDict, description: str) -> config_dict.ConfigDict:
+    """The 7B pretraining stage at lr 3e-4, its parameters and optimizer state split over every device (FSDP): on one
+    device they take 89 GB, too much to replicate on each."""
+    config = olmo_pretraining(model, description, lr=3e-4)
+    config.mesh.update(data=1, fsdp=-1)
     return config
 
 
@@ -34,7 +45,6 @@ def olmo_1b(layer_pattern: tuple[str, ...], description: str) -> config_dict.Con
         num_heads=16,
         mlp_hidden=5888,
         max_seq_len=8192,
-        gdn=gdn_config(num_heads=16, key_head_dim=96, value_head_dim=192),
     )
     model.remat = "dots_and_kernels"
     model.scan_layers = False

@@ -18,7 +18,7 @@ def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict
         num_heads=4,
         mlp_hidden=384,
         max_seq_len=1024,
-        gdn=gdn_config(num_heads=4, key_head_dim=32, value_head_dim=64),
+        gdn=gdn_config(key_head_dim=32),
     )
     model.dtype = "float32"
     model.sliding_window = 128

@@ -1,7 +1,8 @@
-"""Olmo Hybrid 7B: Olmo 3 7B with its sliding-window layers replaced by Gated DeltaNet, pretraining recipe."""
+"""Olmo Hybrid 7B: Olmo 3 7B with its sliding-window layers replaced by Gated DeltaNet and two heads fewer, pretrained
+as OLMo-core's src/scripts/official/OLMo-hybrid/OLMo-hybrid-7B-pretrain.py does (GDN blocks pre-norm, as released)."""
 
 from experiments import _base
-from hybridlm.config_defaults import gdn_config, model_config
+from hybridlm.config_defaults import model_config
 
 
 def get_config():
@@ -13,6 +14,8 @@ def get_config():
         num_heads=30,
         mlp_hidden=11008,
         max_seq_len=8192,
-        gdn=gdn_config(num_heads=30, key_head_dim=96, value_head_dim=192),
     )
-    return _base.olmo_pretraining(model, __doc__.strip(), lr=3e-4)
+    # Pre-norm GDN blocks, as in the released checkpoint and transformers' OlmoHybrid (so runs export to Hugging Face);
+    # OLMo-hybrid-7B-pretrain.py builds them like its attention blocks, norms on the outputs: gdn_norm="post".
+    model.gdn_norm = "pre"
+    return _base.olmo_7b(model, __doc__.strip())

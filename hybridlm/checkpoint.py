@@ -28,6 +28,7 @@ checkpoints/<step>.corrupt-<UTC time>, out of orbax's sight, for inspection.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import os
@@ -43,7 +44,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from ml_collections import config_dict
 
-from hybridlm.model.config import ConfigError
+from hybridlm.model.config import ConfigError, ModelConfig
 from hybridlm.workdir_lock import WorkdirLock
 
 _CONFIG_FILE = "config.json"
@@ -407,16 +408,32 @@ def _resume_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[s
     ]
 
 
+# Fields of config.model that change how a step runs, not the model it trains: a resumed run may change them.
+_EXECUTION_FIELDS = ("remat", "scan_layers", "attention_impl", "loss_chunk_tokens", "gdn.impl")
+
+
+def _model_fields(workdir: pathlib.Path, model: dict[str, Any]) -> dict[str, Any]:
+    """`model` (a config.model dict) as flat "a.b" keys, with defaults filled in and derived values resolved, as
+    ModelConfig reads it; the execution fields left out."""
+    try:
+        resolved = dataclasses.asdict(ModelConfig.from_config(model))
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(
+            f"workdir {workdir} holds a run whose model config cannot be read here ({e}); use a new --workdir"
+        ) from None
+    flat = {f"gdn.{k}": v for k, v in resolved.pop("gdn").items()} | resolved
+    return {k: v for k, v in flat.items() if k not in _EXECUTION_FIELDS}
+
+
 def _check_same_model(workdir: pathlib.Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raises ConfigError if the model config differs from the one trained in `workdir`."""
-    changed = sorted(
-        k for k in set(previous["model"]) | set(current["model"]) if previous["model"].get(k) != current["model"].get(k)
-    )
+    """Raises ConfigError if the model trained in `workdir` differs from the current one (fields a config.json
+    written earlier lacks count at their defaults; execution fields such as remat may change)."""
+    before, now = _model_fields(workdir, previous["model"]), _model_fields(workdir, current["model"])
+    changed = sorted(k for k in before if before[k] != now[k])
     if changed:
         raise ConfigError(
             f"workdir {workdir} holds a run of a different model (config.model.{changed[0]}: "
-            f"{previous['model'].get(changed[0])!r} there, {current['model'].get(changed[0])!r} now); "
-            "use a new --workdir or the same model config"
+            f"{before[changed[0]]!r} there, {now[changed[0]]!r} now); use a new --workdir or the same model config"
         )
 
 

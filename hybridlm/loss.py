@@ -26,11 +26,12 @@ def head_logits(hidden: jax.Array, kernel: jax.Array) -> jax.Array:
 def lm_loss(
     hidden: jax.Array, kernel: jax.Array, targets: jax.Array, z_loss_weight: float, chunk_tokens: int
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean cross-entropy plus `z_loss_weight * mean(logsumexp(logits)^2)` of logits = hidden @ kernel.
+    """Mean cross-entropy plus the z-loss `z_loss_weight * mean(logsumexp(logits)^2)` of logits = hidden @ kernel.
 
     hidden: [B, T, d] in the compute dtype; kernel: [d, vocab]; targets: int [B, T]; chunk_tokens: tokens per chunk
-    (the last chunk is padded; padding counts nowhere). Returns the scalar training loss and its parts ("ce",
-    "z_loss", unweighted), all float32. Only the training loss is differentiable; the parts are metrics.
+    (the last chunk is padded; padding counts nowhere). Returns the scalar training loss and, all float32, its parts
+    "ce" and "z_loss" (the weighted term: loss = ce + z_loss) and "log_z_squared" (mean(logsumexp(logits)^2),
+    unweighted). Only the training loss is differentiable; the parts are metrics.
     """
     with jax.named_scope("lm_head_loss"):
         return _lm_loss(hidden, kernel, targets, z_loss_weight, chunk_tokens)
@@ -46,8 +47,9 @@ def _lm_loss(
     pad = chunks * chunk - tokens
     hidden = jnp.pad(hidden.reshape(tokens, width), ((0, pad), (0, 0))).reshape(chunks, chunk, width)
     targets = jnp.pad(targets.reshape(tokens), (0, pad)).reshape(chunks, chunk)
-    loss, ce, z_loss = _chunked_loss(hidden, kernel, targets, float(z_loss_weight), tokens)
-    return loss, {"ce": jax.lax.stop_gradient(ce), "z_loss": jax.lax.stop_gradient(z_loss)}
+    loss, ce, log_z_squared = _chunked_loss(hidden, kernel, targets, float(z_loss_weight), tokens)
+    parts = {"ce": ce, "z_loss": z_loss_weight * log_z_squared, "log_z_squared": log_z_squared}
+    return loss, {name: jax.lax.stop_gradient(value) for name, value in parts.items()}
 
 
 def _chunk_terms(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, valid: jax.Array) -> tuple[jax.Array, ...]:
@@ -67,15 +69,15 @@ def _valid(targets: jax.Array, tokens: int) -> jax.Array:
 
 
 def _means(ce_sum: jax.Array, z_sum: jax.Array, tokens: int, z_loss_weight: float) -> tuple[jax.Array, ...]:
-    ce, z_loss = ce_sum / tokens, z_sum / tokens
-    return ce + z_loss_weight * z_loss, ce, z_loss
+    ce, log_z_squared = ce_sum / tokens, z_sum / tokens
+    return ce + z_loss_weight * log_z_squared, ce, log_z_squared
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _chunked_loss(
     hidden: jax.Array, kernel: jax.Array, targets: jax.Array, z_loss_weight: float, tokens: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """hidden [N, C, d], targets [N, C] (the first `tokens` positions real) -> (loss, mean ce, mean z-loss)."""
+    """hidden [N, C, d], targets [N, C] (the first `tokens` positions real) -> (loss, mean ce, mean logsumexp^2)."""
 
     def step(sums: tuple[jax.Array, jax.Array], chunk: tuple[jax.Array, ...]) -> tuple[tuple[jax.Array, ...], None]:
         _, _, ce, z = _chunk_terms(chunk[0], kernel, chunk[1], chunk[2])
@@ -115,8 +117,8 @@ def _chunked_loss_fwd(
 def _chunked_loss_bwd(
     z_loss_weight: float, tokens: int, residuals: tuple[jax.Array, ...], cotangents: tuple[jax.Array, ...]
 ) -> tuple[jax.Array | None, ...]:
-    """Scales the forward's gradients by the loss's cotangent. The ce and z-loss outputs reach callers only through
-    stop_gradient (see `lm_loss`), so their cotangents are zero."""
+    """Scales the forward's gradients by the loss's cotangent. The ce and logsumexp^2 outputs reach callers only
+    through stop_gradient (see `lm_loss`), so their cotangents are zero."""
     del z_loss_weight, tokens
     d_hidden, d_kernel = residuals
     d_loss = cotangents[0]

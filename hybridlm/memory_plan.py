@@ -30,7 +30,7 @@ from ml_collections import config_dict
 from hybridlm import partitioning, train_state
 from hybridlm.model import ModelConfig
 from hybridlm.model.config import ConfigError
-from hybridlm.model.transformer import ACTIVATIONS
+from hybridlm.model.lm import ACTIVATIONS
 from hybridlm.optim import make_optimizer
 
 _MIB, _GIB = 2**20, 2**30

@@ -1,4 +1,5 @@
-"""Training metrics to a JSONL file and TensorBoard event files in the workdir, written by process 0 alone.
+"""Training metrics to a JSONL file and TensorBoard event files in the workdir, written by process 0 alone, and the
+smoothed loss of the progress bar.
 
 metrics.jsonl is strict JSON (RFC 8259) a line: a value that is not a finite number is written as the string
 "nan", "inf" or "-inf" (Python's float() reads each back). A run resumed from a checkpoint at step s replays the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -53,6 +55,26 @@ def drop_records_after(path: pathlib.Path, step: int) -> None:
     staged = path.with_name(f"{path.name}.tmp")
     staged.write_text("".join(f"{line}\n" for line in _records_up_to(path, step)), encoding="utf-8")
     staged.replace(path)
+
+
+class LossEMA:
+    """The progress bar's training loss: an exponential moving average over steps in which each step's loss weighs
+    `1 - decay` (0.02: about the last 50 steps count), bias-corrected as Adam's moments are, so that it starts at
+    the first loss instead of near 0. Non-finite losses (of skipped steps) are left out."""
+
+    def __init__(self, decay: float = 0.98):
+        self._decay = decay
+        self._sum = 0.0  # the decayed sum of the losses, each times 1 - decay
+        self._weight = 0.0  # the same sum of ones: 1 - decay^n after n losses
+
+    def update(self, losses: Iterable[float]) -> float:
+        """Takes in the losses of the steps since the last update, oldest first; returns the average (nan before
+        the first finite loss)."""
+        for loss in losses:
+            if math.isfinite(loss):
+                self._sum = self._decay * self._sum + (1 - self._decay) * loss
+                self._weight = self._decay * self._weight + (1 - self._decay)
+        return self._sum / self._weight if self._weight else math.nan
 
 
 class MetricsWriter:

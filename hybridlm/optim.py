@@ -1,35 +1,85 @@
-"""AdamW with Olmo's settings: warmup then cosine / linear / WSD decay, global-norm clipping, no decay on embeddings."""
+"""AdamW with Olmo's settings: warmup then a decay from the SCHEDULES table, global-norm clipping, no decay on
+embeddings."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hybridlm import skip_step
+from hybridlm.model.config import ConfigError
 
-SCHEDULES = ("cosine", "linear", "wsd")
+
+def _cosine(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule:
+    return optax.cosine_decay_schedule(peak, steps, alpha=optim.final_lr_ratio)
+
+
+def _linear(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule:
+    return optax.linear_schedule(peak, final, steps)
+
+
+def _wsd(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule:
+    """Constant, then linear over the last `optim.decay_fraction` of the steps."""
+    stable = steps - max(int(round(steps * optim.decay_fraction)), 1)
+    return optax.join_schedules(
+        [optax.constant_schedule(peak), optax.linear_schedule(peak, final, steps - stable)], [stable]
+    )
+
+
+def _split_cosine(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule:
+    """A cosine whose first half ends at the run's step `optim.midpoint_step` (lr (peak + final) / 2) and whose second
+    half takes the rest of the steps: the halves may differ in length, as in Olmo 3 7B's stage 1, whose 5T-token
+    cosine was stretched to end at 7T tokens from its midpoint on."""
+    first = optim.midpoint_step - optim.warmup_steps
+    second = steps - first
+
+    def schedule(step: jax.Array) -> jax.Array:
+        phase = jnp.where(step < first, step / (2 * first), 0.5 + (step - first) / (2 * second))
+        return final + (peak - final) * (1 + jnp.cos(jnp.pi * jnp.minimum(phase, 1.0))) / 2
+
+    return schedule
+
+
+# config.optim.schedule -> its decay after warmup: (optim, peak lr, final lr, steps from the end of warmup to the end
+# of the schedule) -> an optax schedule over those steps, from peak to final.
+_DECAYS = {"cosine": _cosine, "linear": _linear, "wsd": _wsd, "split_cosine": _split_cosine}
+SCHEDULES = tuple(_DECAYS)
+
+
+def schedule_end(optim: Any, num_steps: int) -> int:
+    """The step where the decay reaches lr * final_lr_ratio: `optim.schedule_steps`, or `num_steps` when None."""
+    end = optim.get("schedule_steps")
+    return num_steps if end is None else end
+
+
+def check_schedule(optim: Any, num_steps: int) -> None:
+    """Raises ConfigError when config.optim's schedule cannot be laid out over a run of `num_steps` steps."""
+    warmup, end = optim.warmup_steps, schedule_end(optim, num_steps)
+    if optim.schedule not in _DECAYS:
+        raise ConfigError(f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
+    if end <= warmup:
+        raise ConfigError(
+            f"config.optim.schedule_steps={end} must be above config.optim.warmup_steps={warmup} (None: the run's "
+            "num_steps)"
+        )
+    midpoint = optim.get("midpoint_step")
+    if optim.schedule == "split_cosine" and not (midpoint is not None and warmup < midpoint < end):
+        raise ConfigError(
+            f"config.optim.midpoint_step={midpoint} must lie between config.optim.warmup_steps={warmup} and the "
+            f"schedule's end, step {end}, for schedule 'split_cosine'"
+        )
 
 
 def learning_rate_schedule(optim: Any, num_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then decay to `lr * final_lr_ratio` at
-    `num_steps`: cosine, linear, or WSD (constant, then linear over the last `decay_fraction` of the run)."""
-    peak, final = optim.lr, optim.lr * optim.final_lr_ratio
-    warmup = optim.warmup_steps
-    decay_steps = max(num_steps - warmup, 1)
-    if optim.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=optim.final_lr_ratio)
-    elif optim.schedule == "linear":
-        decay = optax.linear_schedule(peak, final, decay_steps)
-    elif optim.schedule == "wsd":
-        stable_steps = decay_steps - max(int(round(decay_steps * optim.decay_fraction)), 1)
-        decay = optax.join_schedules(
-            [optax.constant_schedule(peak), optax.linear_schedule(peak, final, decay_steps - stable_steps)],
-            [stable_steps],
-        )
-    else:
-        raise ValueError(f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
+    """Linear warmup from 0 to `optim.lr` over `optim.warmup_steps`, then the decay `optim.schedule` names to
+    `lr * final_lr_ratio` at `schedule_end` (a run of `num_steps` may stop before it), held there after. Raises
+    ConfigError as `check_schedule`."""
+    check_schedule(optim, num_steps)
+    peak, final, warmup = optim.lr, optim.lr * optim.final_lr_ratio, optim.warmup_steps
+    decay = _DECAYS[optim.schedule](optim, peak, final, schedule_end(optim, num_steps) - warmup)
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 

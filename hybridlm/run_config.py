@@ -8,15 +8,19 @@ import jax
 from ml_collections import config_dict
 
 from hybridlm import partitioning
-from hybridlm.data.pipeline import DATA_SOURCES, FILE_SOURCES
+from hybridlm.data.pipeline import resolve_tokenizer
+from hybridlm.data.sources import SOURCES, path_sources
 from hybridlm.data.token_files import TOKEN_DTYPES
-from hybridlm.data.tokenizer import BYTE, ByteTokenizer, load_tokenizer
+from hybridlm.data.tokenizer import BYTE, ByteTokenizer
 from hybridlm.model.config import GDN, ConfigError, ModelConfig, is_positive_finite
-from hybridlm.optim import SCHEDULES
+from hybridlm.optim import check_schedule
 
 
 def validate(config: config_dict.ConfigDict) -> ModelConfig:
-    """Returns the model config, or raises ConfigError naming the first field that cannot work and the fix."""
+    """Returns the model config, or raises ConfigError naming the first field that cannot work and the fix.
+
+    Fills in `config.data.tokenizer` and `config.data.eos_token` where unset, from the data (token files' metadata.json)
+    or as the byte tokenizer, so that the run config recorded in the workdir names the tokenizer."""
     try:
         model = ModelConfig.from_config(config.model)
     except TypeError as e:
@@ -26,7 +30,6 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     _check_data(data, model.vocab_size)
     _check(data.batch_size > 0, f"config.data.batch_size={data.batch_size} must be positive")
     _check_mesh(config, model)
-    _check(optim.schedule in SCHEDULES, f"config.optim.schedule={optim.schedule!r} is not one of {SCHEDULES}")
     _check_optim(optim)
     _check(0.0 <= optim.final_lr_ratio <= 1.0, f"config.optim.final_lr_ratio={optim.final_lr_ratio} must be in [0, 1]")
     _check(0.0 < optim.decay_fraction <= 1.0, f"config.optim.decay_fraction={optim.decay_fraction} must be in (0, 1]")
@@ -34,6 +37,7 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
         0 <= optim.warmup_steps < train.num_steps,
         f"config.optim.warmup_steps={optim.warmup_steps} must be in [0, config.train.num_steps={train.num_steps})",
     )
+    check_schedule(optim, train.num_steps)
     for name in (
         "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"
     ):
@@ -92,50 +96,44 @@ def _check_mesh(config: config_dict.ConfigDict, model: ModelConfig) -> None:
 
 
 def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
-    """The data source, its paths, weights and dtype, and the tokenizer against the model's vocab size."""
-    source = data.source
-    _check(source in DATA_SOURCES, f"config.data.source={source!r} is not one of {DATA_SOURCES}")
+    """The data source (hybridlm.data.sources) and what it needs: paths, weights, dtype; then the tokenizer, filled
+    in where unset (hybridlm.data.pipeline.resolve_tokenizer), against the data and the model's vocab size."""
+    _check(data.source in SOURCES, f"config.data.source={data.source!r} is not one of {tuple(SOURCES)}")
+    source, name = SOURCES[data.source], data.source
     _check(
         0.0 < data.heldout_fraction < 1.0,
         f"config.data.heldout_fraction={data.heldout_fraction} must be in (0, 1), e.g. 0.05",
     )
     paths, weights = tuple(data.paths), data.weights
-    if source in FILE_SOURCES:
+    if source.takes_paths:
         _check(
             bool(paths) and all(isinstance(p, str) and p for p in paths),
-            f"config.data.source={source!r} needs config.data.paths: files or globs, e.g. "
+            f"config.data.source={name!r} needs config.data.paths: files or globs, e.g. "
             f"--config.data.paths='data/*.npy' (got {paths!r})",
         )
     else:
-        _check(not paths, f"config.data.paths={paths!r} is only read by the sources {FILE_SOURCES}, not {source!r}")
+        _check(not paths, f"config.data.paths={paths!r} is only read by the sources {path_sources()}, not {name!r}")
     if weights is not None:
         _check(
-            source in FILE_SOURCES and len(weights) == len(paths) and all(w > 0 for w in weights),
+            source.takes_paths and len(weights) == len(paths) and all(w > 0 for w in weights),
             f"config.data.weights={tuple(weights)!r} must be one positive weight per entry of config.data.paths "
-            f"({len(paths)} entries) of a file source {FILE_SOURCES}",
+            f"({len(paths)} entries) of a file source {path_sources()}",
         )
     _check(
         data.dtype is None or data.dtype in TOKEN_DTYPES,
         f"config.data.dtype={data.dtype!r} is not one of {TOKEN_DTYPES} (or None: from the files' metadata)",
     )
-    if source == "tfds":
-        _check(bool(data.tfds_name), "config.data.source='tfds' needs config.data.tfds_name, e.g. 'wikipedia'")
-    if source == "builtin":
-        _check(data.tokenizer == BYTE, f"the built-in corpus is byte tokens; config.data.tokenizer must be {BYTE!r}")
+    for key, example in source.needs:
+        _check(bool(data[key]), f"config.data.source={name!r} needs config.data.{key}, e.g. {example}")
+    try:
+        resolve_tokenizer(data, vocab_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check(
         data.tokenizer != BYTE or data.eos_token is None,
         f"config.data.eos_token={data.eos_token!r} is only read with a Hugging Face tokenizer; the byte tokenizer ends "
         f"documents with id {ByteTokenizer.eos_id}: drop config.data.eos_token, or set config.data.tokenizer to a "
         "tokenizer.json",
-    )
-    try:
-        tokenizer = load_tokenizer(data.tokenizer, data.eos_token)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _check(
-        tokenizer.vocab_size <= vocab_size,
-        f"config.data.tokenizer={data.tokenizer!r} has {tokenizer.vocab_size} ids but config.model.vocab_size="
-        f"{vocab_size}; raise the model's vocab_size",
     )
 
 

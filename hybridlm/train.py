@@ -149,6 +149,11 @@ def _check_workdir(workdir: str) -> None:
         _fail(f"--workdir={workdir}: {existing} is a file, not a directory; give a new directory or a run's workdir")
 
 
+def _experiment_name() -> str:
+    """The experiment's name: its config file's, without the directory and `.py` (`--config=NAME` loads NAME.py)."""
+    return pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+
+
 def _refuse_dropped_overrides(config: config_dict.ConfigDict, argv: list[str]) -> None:
     """With `config.init_from_hf`, raises HFFormatError for a `--config.model.<field>` override in `argv` that the
     checkpoint's architecture would replace (hybridlm.hf.load.check_architecture_overrides)."""
@@ -175,7 +180,7 @@ def main(argv: list[str]) -> None:
 
     try:
         _refuse_dropped_overrides(_CONFIG.value, sys.argv[1:])
-        trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+        trainer = Trainer(_CONFIG.value, _WORKDIR.value, name=_experiment_name())
     except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
         _fail(str(e))
     try:

@@ -15,11 +15,11 @@ import tqdm
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint, flops, partitioning, preemption, run_config, skip_step, train_state
+from hybridlm import checkpoint, flops, partitioning, preemption, run_config, skip_step, summary, train_state
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
-from hybridlm.metrics import MetricsWriter
+from hybridlm.metrics import LossEMA, MetricsWriter
 from hybridlm.model import ModelConfig, abstract_model
 from hybridlm.train_state import TrainState
 from hybridlm.model.config import ConfigError
@@ -172,12 +172,14 @@ class Trainer:
 
     In a run of several processes every process builds a Trainer and trains in step; all of them save and restore
     checkpoints together, and process 0 alone locks the workdir, writes config.json and the metrics and shows progress.
+    `name`: the experiment's, for the summary printed when training starts.
     """
 
-    def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path):
+    def __init__(self, config: config_dict.ConfigDict, workdir: str | pathlib.Path, name: str | None = None):
         if config.get("init_from_hf"):
             config = hf_load.with_hf_architecture(config, config.init_from_hf)
         self.config = config
+        self.name = name
         self.model_config: ModelConfig = run_config.validate(config)
         self.workdir = pathlib.Path(workdir)
         self._is_lead = jax.process_index() == 0  # process 0: the one that reports
@@ -269,9 +271,12 @@ class Trainer:
         return float(np.mean(jax.device_get(losses)))
 
     def train(self) -> dict[str, float]:
-        """Trains to `config.train.num_steps` from wherever the workdir left off; returns the last logged metrics."""
+        """Trains to `config.train.num_steps` from wherever the workdir left off, after printing what the run is
+        (hybridlm.summary); returns the last logged metrics."""
         train = self.config.train
         self._stop_before_training()
+        if self._is_lead:
+            self._say("\n".join(summary.startup_lines(self.config, self.model_config, self.program.mesh, self.name)))
         state, iterator_state = self._start()
         start = int(state["step"])
         iterator = iter(self.data.train.to_iter_dataset(READ_OPTIONS))
@@ -279,6 +284,7 @@ class Trainer:
         writer = MetricsWriter(self.workdir, resumed_at=start)  # drops the records of steps to be replayed
         last: dict[str, float] = {}
         self._say(f"unigram entropy of the training data: {self.data.unigram_entropy:.4f} nats/token")
+        loss_ema, losses = LossEMA(), []  # the losses of the steps since the last log step, read there
         progress = tqdm.tqdm(
             total=train.num_steps,
             initial=start,
@@ -296,6 +302,7 @@ class Trainer:
                 state, metrics = self.program.train_step(state, self.program.put_batch(next(iterator)))
                 done = step + 1
                 streak.push(done, metrics)  # raises DivergenceError after too many skipped steps in a row
+                losses.append(metrics["loss"])
                 window_steps += 1
                 progress.update(1)
                 if done % train.log_every == 0 or done == train.num_steps:
@@ -307,8 +314,10 @@ class Trainer:
                     if mfu is not None:
                         last["mfu"] = mfu
                     writer.write(done, last)
+                    smoothed = loss_ema.update(float(loss) for loss in jax.device_get(losses))
+                    losses.clear()
                     progress.set_postfix(
-                        loss=f"{last['loss']:.4f}",
+                        loss_ema=f"{smoothed:.4f}",
                         lr=f"{last['lr']:.2e}",
                         grad_norm=f"{last['grad_norm']:.3f}",
                         skipped=f"{last['skipped']:.0f}",

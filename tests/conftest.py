@@ -1,14 +1,24 @@
-"""Shared fixtures: a small run config that compiles fast, tool loading; `--runslow` opts into tests marked slow."""
+"""Shared fixtures: a small run config that compiles fast, tool loading; `--runslow` opts into tests marked slow, and
+tests marked gpu run only where JAX's default backend is a GPU.
+
+The Hugging Face tests (tests/test_hf.py) need the hf extra, torch and transformers (`pip install -e ".[test,hf]"`, or
+./scripts/test.sh, which installs it): without it they fail to collect, naming the fix, rather than skip, so a broken
+install cannot pass as a green run. To run the suite without them on purpose, set HYBRIDLM_SKIP_HF=1: they are then
+skipped, installed or not."""
 
 import importlib.util
+import os
 import pathlib
 import sys
 import types
 
+import jax
 import pytest
 from ml_collections import config_dict
 
 import experiments
+
+HF_OPT_OUT = "HYBRIDLM_SKIP_HF"  # "1": skip tests/test_hf.py instead of failing where the hf extra is missing
 
 
 def pytest_addoption(parser):
@@ -17,14 +27,22 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; skipped unless --runslow is given")
+    config.addinivalue_line(
+        "markers", "gpu: runs compiled GPU kernels; skipped unless JAX's default backend is a GPU (pytest -m gpu)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
-    for item in items:
-        if "slow" in item.keywords:
+    if not config.getoption("--runslow"):
+        skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    backend = jax.default_backend() if gpu_items else None  # initialises JAX's backends only when needed
+    if backend != "gpu":
+        skip = pytest.mark.skip(reason=f"gpu: needs a GPU; JAX's default backend is {backend}")
+        for item in gpu_items:
             item.add_marker(skip)
 
 
@@ -38,6 +56,22 @@ def write_config_file(directory: pathlib.Path, module: str, function: str, name:
         f"def get_config():\n    return {function}()\n"
     )
     return path
+
+
+def import_hf_extra() -> tuple[types.ModuleType, types.ModuleType]:
+    """torch and transformers, for tests/test_hf.py to import at its top. Either one missing fails the module's
+    collection with the command that installs them; with HYBRIDLM_SKIP_HF=1 set the module is skipped instead."""
+    if os.environ.get(HF_OPT_OUT) == "1":
+        pytest.skip(f"{HF_OPT_OUT}=1: the Hugging Face tests are opted out", allow_module_level=True)
+    try:
+        return importlib.import_module("torch"), importlib.import_module("transformers")
+    except ImportError as error:
+        missing = str(error)  # failed outside the handler, so the report is not chained to the ImportError
+    pytest.fail(
+        f"{missing}; the Hugging Face tests need the hf extra: pip install -e '.[test,hf]' (or run ./scripts/test.sh),"
+        f" or set {HF_OPT_OUT}=1 to skip them",
+        pytrace=False,
+    )
 
 
 def load_tool(name: str) -> types.ModuleType:

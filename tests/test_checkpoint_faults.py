@@ -350,6 +350,23 @@ def test_a_resume_that_changes_the_optimizer_needs_the_flag(stopped_run, capsys)
     assert all(entry["replaced_at"].endswith("+00:00") for entry in history)
 
 
+def test_a_resume_reads_an_older_config_json_and_may_change_how_steps_run(tmp_path):
+    """A config.json written before a model field existed (scan_layers) or with a derived value left null (head_dim)
+    holds the same model; remat and the attention implementation may change; a wider model is refused."""
+    checkpoint.record_config(tmp_path, _config())
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["model"]["scan_layers"]
+    recorded["model"]["head_dim"] = None
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    faster = _config()
+    faster.model.update(remat="dots", attention_impl="xla", scan_layers=False)
+    checkpoint.record_config(tmp_path, faster)
+    wider = _config()
+    wider.model.mlp_hidden += 64
+    with pytest.raises(ConfigError, match=r"different model \(config.model.mlp_hidden: \d+ there, \d+ now\)"):
+        checkpoint.record_config(tmp_path, wider)
+
+
 # metrics.jsonl.
 
 

@@ -1,6 +1,9 @@
-"""The command line: experiment listing, and one-line errors for bad input before anything is built."""
+"""The command line: experiment listing and --show, one-line errors for bad input before anything is built, and
+what a training run prints."""
 
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -84,3 +87,81 @@ def test_show_ends_with_the_sizes_of_the_overridden_config():
         f"# parameters: {params:,} ({params - embedding:,} without the embedding table)",
         f"# training FLOPs per token at seq_len 128: {flops.flops_per_token(model, 128):,.0f}",
     ]
+
+
+def test_show_prints_the_derived_fields_of_the_overridden_config():
+    """`--show=olmo_hybrid_7b --config.model.num_heads=16`: the KV heads, head dim and GDN shape follow the new head
+    count (hybridlm.config_defaults.model_config)."""
+    result = _run("experiments", "--show=olmo_hybrid_7b", "--config.model.num_heads=16")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for line in ("  num_heads: 16", "  num_kv_heads: 16", "  head_dim: 240"):
+        assert line in lines
+    gdn = ("    num_key_heads: 16", "    num_value_heads: 16", "    key_head_dim: 180", "    value_head_dim: 360")
+    for line in gdn:
+        assert line in lines  # model.gdn: 3/4 x 3840 / 16 wide keys, values twice that
+
+
+def test_show_of_a_model_that_cannot_be_built_is_one_clear_line():
+    result = _run("experiments", "--show=tiny_hybrid", "--config.model.num_heads=5")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: config.model.d_model=128 is not divisible by config.model.num_heads=5; change one of them or set "
+        "config.model.head_dim"
+    ]
+    assert not result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Three steps of tiny_hybrid from the command line, each logged: (its output, its metrics records)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = _run(
+        "hybridlm.train",
+        "--config=tiny_hybrid",
+        f"--workdir={workdir}",
+        *("--config.data.batch_size=2", "--config.data.seq_len=64", "--config.data.max_bytes=400000"),
+        *("--config.data.heldout_fraction=0.2", "--config.optim.warmup_steps=1", "--config.train.num_steps=3"),
+        *("--config.train.log_every=1", "--config.train.eval_every=3", "--config.train.eval_batches=1"),
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return result, [record for record in records if "loss" in record]
+
+
+def test_training_starts_with_a_summary_of_the_run(tiny_run):
+    """Once, before the first step: the experiment, its size and cost, devices and mesh, the kernels "auto" picks on
+    this CPU, and the tokens."""
+    import jax
+
+    from hybridlm import flops
+    from hybridlm.model import ModelConfig, count_params
+
+    result, _ = tiny_run
+    config = experiments.get_config("tiny_hybrid")
+    model = ModelConfig.from_config(config.model)
+    params, embedding, devices = count_params(model), model.vocab_size * model.d_model, jax.device_count()
+    assert result.stdout.splitlines()[:6] == [
+        f"experiment: tiny_hybrid: {config.description}",
+        f"parameters: {params:,} ({params - embedding:,} without the embedding table)",
+        f"training FLOPs per token at seq_len 64: {flops.flops_per_token(model, 64):,.0f}",
+        f"devices: {devices} x cpu in 1 process, backend cpu; mesh slices=1 x data={devices} x fsdp=1 x tensor=1",
+        "kernels: attention xla, GDN chunked",
+        "tokens: 128 per step (2 x 64), 384 over 3 steps",
+    ]
+    assert result.stdout.count("experiment: ") == 1
+
+
+def test_progress_bar_shows_the_smoothed_loss(tiny_run):
+    """The bar's loss_ema after the last step is the bias-corrected moving average (decay 0.98 a step) of the
+    per-step losses that metrics.jsonl keeps; the z-loss is logged as the term added to the loss."""
+    result, records = tiny_run
+    losses = [record["loss"] for record in records]
+    weights = [0.98 ** (len(losses) - 1 - i) for i in range(len(losses))]
+    smoothed = sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
+    shown = re.findall(r"loss_ema=([\d.]+)", result.stderr)
+    assert shown and float(shown[-1]) == pytest.approx(smoothed, abs=1e-4)
+    assert float(shown[-1]) != pytest.approx(losses[-1], abs=1e-4)
+    for record in records:
+        assert record["z_loss"] == pytest.approx(1e-5 * record["log_z_squared"], rel=1e-5)
+        assert record["loss"] == pytest.approx(record["ce"] + record["z_loss"], rel=1e-6)

@@ -9,11 +9,14 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_helpers import EOT, TEXTS, TFDS_NAME, build_tfds_dataset, data_config, train_bpe, write_raw
+from hybridlm import run_config
 from hybridlm.data import ByteTokenizer, TokenStream, load_tokenizer, make_lm_dataset
 from hybridlm.data.builtin_corpus import is_heldout
 from hybridlm.data.documents import DocumentSpec, open_documents
 from hybridlm.data.pipeline import load_data, mixture_unigram_entropy
+from hybridlm.data.sources import SOURCES, Source
 from hybridlm.data.token_files import open_token_files, write_metadata
+from hybridlm.model.config import ConfigError
 from hybridlm.trainer import Trainer
 
 EOS = ByteTokenizer.eos_id
@@ -181,7 +184,7 @@ def test_restored_iterator_continues_with_the_same_batches(tmp_path):
         ),
         (("d.txt", b"\xff\xfe"), dict(source="text"), "d.txt is not UTF-8 text"),
         (None, dict(source="tfds", paths=(), tfds_name="no_such_dataset", tfds_data_dir="{tmp}"), "no_such_dataset"),
-        (None, dict(tokenizer="{tmp}/nope.json"), "config.data.tokenizer='{tmp}/nope.json': no such file"),
+        (("t.npy", None), dict(tokenizer="{tmp}/nope.json"), "config.data.tokenizer='{tmp}/nope.json': no such file"),
         (None, dict(source="builtin"), "config.data.paths=('{tmp}/*',) is only read by"),
         (None, dict(weights=(1.0, 2.0)), "config.data.weights=(1.0, 2.0) must be one positive weight per entry"),
     ],
@@ -213,6 +216,23 @@ def test_bad_input_is_refused_before_anything_is_built(tmp_path, make, data, exp
     assert expected.format(tmp=tmp) in str(error.value)
     assert "\n" not in str(error.value)
     assert not workdir.exists()
+
+
+def test_a_registered_source_is_validated_and_read(monkeypatch):
+    """config.data.source is looked up in the table of sources: one registered here (a constant token stream) passes
+    validation, is read by load_data, and is listed when an unknown source is refused."""
+
+    def constant(config, group):
+        tokens = np.tile(np.array([1, 2, 3, EOS], np.uint16), 64)
+        return TokenStream([tokens], ["constant training"]), TokenStream([tokens[:64]], ["constant held-out"])
+
+    monkeypatch.setitem(SOURCES, "constant", Source(constant, takes_paths=False, needs=(), made_with=lambda d: None))
+    config = data_config(source="constant", seq_len=8)
+    run_config.validate(config)
+    assert set(load_data(config).train[0]["inputs"].ravel().tolist()) <= {1, 2, 3, EOS}
+    config.data.source = "nope"
+    with pytest.raises(ConfigError, match=r"config.data.source='nope' is not one of \('builtin', .*'constant'\)"):
+        run_config.validate(config)
 
 
 # Tokenizers and document sources.

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from conftest import import_hf_extra, load_tool, small_config
+
+torch, transformers = import_hf_extra()  # fails here without the hf extra (HYBRIDLM_SKIP_HF=1: skips; conftest)
 
 import experiments  # noqa: E402
-from conftest import load_tool, small_config  # noqa: E402
 from hybridlm import api, checkpoint  # noqa: E402
 from hybridlm.hf import HFFormatError, convert, load  # noqa: E402
 from hybridlm.hf.export import export_params, export_workdir  # noqa: E402
@@ -271,6 +271,7 @@ def test_cli_bf16_sharded(hybrid, tmp_path, capsys):
     out = tmp_path / "hf"
     args = ["--workdir", str(hybrid.workdir), "--out", str(out), "--dtype", "bf16", "--max_shard_gb", "0.00005"]
     assert cli.main(args) == 0
+    assert "bfloat16 weights (--dtype)" in capsys.readouterr().out
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == {t.hf_name for t in convert.tensor_maps(hybrid.config)}
     assert {str(v.dtype) for v in _tensors(out).values()} == {"bfloat16"}
@@ -279,8 +280,21 @@ def test_cli_bf16_sharded(hybrid, tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_export_defaults_to_the_run_param_dtype(param_dtype, tmp_path, capsys):
+    """Without a dtype the weights are written in the run's config.model.param_dtype, and the tool says which."""
+    run_config = _run_config(*EXPORT_CASES["olmo3_sliding"])
+    run_config.model.param_dtype = param_dtype
+    _save_workdir(tmp_path / "run", run_config, {1: _random_params(ModelConfig.from_config(run_config.model), 0)})
+    assert load_tool("export_hf").main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "cli")]) == 0
+    assert f"{param_dtype} weights (the run's config.model.param_dtype" in capsys.readouterr().out
+    export_workdir(tmp_path / "run", tmp_path / "api")
+    for out in ("cli", "api"):
+        assert {str(v.dtype) for v in _tensors(tmp_path / out).values()} == {param_dtype}
+
+
 def test_export_saves_hf_tokenizer(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # a dependency of hybridlm itself
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, "hello": 4, "world": 5}
     backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
@@ -422,6 +436,7 @@ def test_rejects_olmo3_with_per_layer_thetas(tmp_path):
         (("gdn", "swa", "attn"), {}, "mixes GDN and 'swa' layers"),
         (("swa", "attn"), {"use_rope": False}, "use_rope=False: olmo3 always applies RoPE"),
         (("gdn", "attn"), {"gdn": {"norm_eps": 1e-6}}, "gdn.norm_eps=1e-06"),
+        (("gdn", "attn"), {"gdn_norm": "post"}, r"^config\.model\.gdn_norm='post': transformers' olmo_hybrid has only"),
     ],
 )
 def test_rejects_unrepresentable_model(pattern, overrides, message, tmp_path):
@@ -432,6 +447,13 @@ def test_rejects_unrepresentable_model(pattern, overrides, message, tmp_path):
     with pytest.raises(HFFormatError, match=message):
         export_params(_random_params(config, 0), config, tmp_path / "hf", dtype="float32", tokens=TOKENS)
     assert not (tmp_path / "hf").exists()
+
+
+def test_import_refuses_post_norm_gdn(hybrid):
+    """transformers' GDN layers are pre-norm: their weights do not load into post-norm GDN blocks."""
+    post_norm = dataclasses.replace(hybrid.config, gdn_norm="post")
+    with pytest.raises(HFFormatError, match=r"^config\.model\.gdn_norm='post': transformers' olmo_hybrid has only"):
+        load.load_hf_params(hybrid.hf_dir, post_norm)
 
 
 def test_rejects_params_of_another_model(hybrid, tmp_path):
@@ -450,9 +472,11 @@ def test_training_starts_from_hf_weights(hybrid, tmp_path):
     from hybridlm.trainer import Trainer
 
     run_config = small_config(("gdn", "gdn"))  # a different architecture: the checkpoint's must win
+    run_config.model.gdn_norm = "post"
     run_config.init_from_hf = str(hybrid.hf_dir)
     trainer = Trainer(run_config, tmp_path / "run")
     assert trainer.model_config.layer_pattern == hybrid.config.layer_pattern
+    assert trainer.model_config.gdn_norm == "pre"
     state = trainer.initial_state()
     trainer.checkpointer.close()
     expected = api.load_model(hybrid.workdir).params

@@ -1,4 +1,7 @@
-"""The hybrid model: causality, document masking, the scanned stack, parameter counts, dtypes, GDN init."""
+"""The hybrid model: causality, document masking, the scanned stack, parameter counts, dtypes, GDN init, the blocks'
+norm placements and the table of block kinds."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,8 @@ from flax import nnx
 
 import experiments
 from conftest import small_config
-from hybridlm.model import HybridLM, ModelConfig, abstract_model, count_params
+from hybridlm.model import ConfigError, HybridLM, ModelConfig, abstract_model, count_params
+from hybridlm.model.config import BLOCK_KINDS
 
 PATTERNS = {"hybrid": ("gdn", "attn"), "transformer": ("swa", "attn"), "pure_gdn": ("gdn", "gdn")}
 
@@ -173,3 +177,80 @@ def test_parameter_count_of_a_gqa_model_with_fewer_gdn_key_heads():
     """The small config has 2 key-value heads for 4 query heads and 2 GDN key heads for 4 value heads."""
     model = small_config(("gdn", "attn")).model
     assert count_params(ModelConfig.from_config(model)) == _hand_count(model)
+
+
+def test_gdn_conv_init_is_a_truncated_normal():
+    """The short convolutions start as N(0, 0.02^2) cut at 3 std, OLMo-core's init_linear: a std of 0.02 times the
+    cut's shrink, sqrt(1 - 6 phi(3) / (2 Phi(3) - 1)) = 0.9866, no weight beyond 0.06, and the tails reached."""
+    config = small_config(("gdn", "gdn")).model
+    config.gdn.num_key_heads, config.gdn.num_value_heads = 64, 64
+    gdn = HybridLM(ModelConfig.from_config(config), nnx.Rngs(6)).groups.blocks[0].gdn
+    weights = jnp.concatenate([conv.weight[...].ravel() for conv in (gdn.q_conv, gdn.k_conv, gdn.v_conv)])
+    phi_3, mass = math.exp(-4.5) / math.sqrt(2 * math.pi), math.erf(3 / math.sqrt(2))
+    expected_std = 0.02 * math.sqrt(1 - 6 * phi_3 / mass)
+    assert weights.size == 4 * (2 * 64 * 8 + 64 * 12)
+    assert abs(float(jnp.std(weights)) / expected_std - 1) < 0.04, float(jnp.std(weights))
+    assert 0.05 < float(jnp.abs(weights).max()) <= 0.06 * (1 + 1e-6)
+
+
+def _rms(x, weight, eps):
+    return x / jnp.sqrt(jnp.mean(x**2, axis=-1, keepdims=True) + eps) * weight
+
+
+@pytest.mark.parametrize(
+    "placement, norms", [("pre", ("gdn_norm", "mlp_norm")), ("post", ("post_gdn_norm", "post_mlp_norm"))]
+)
+def test_gdn_block_places_its_norms_by_gdn_norm(placement, norms):
+    """A GDN block computes pre: h = x + gdn(norm(x)); out = h + mlp(norm(h)), post (OLMo-core's pretraining):
+    h = x + norm(gdn(x)); out = h + norm(mlp(h)), each written out here with its own RMSNorm weights."""
+    config = small_config(("gdn", "attn")).model
+    config.update(dtype="float32", gdn_norm=placement)
+    config = ModelConfig.from_config(config)
+    block = BLOCK_KINDS["gdn"](config, nnx.Rngs(7))
+    assert set(nnx.to_pure_dict(nnx.state(block, nnx.Param))) == {"gdn", "mlp", *norms}
+    rng = np.random.default_rng(0)
+    weights = [jnp.asarray(1 + 0.5 * rng.standard_normal(config.d_model), jnp.float32) for _ in norms]
+    for name, weight in zip(norms, weights):
+        getattr(block, name).weight[...] = weight
+    x = jnp.asarray(rng.standard_normal((2, 16, config.d_model)), jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(16), (2, 16))
+
+    def norm(index, y):
+        return _rms(y, weights[index], config.norm_eps)
+
+    def gdn(y):
+        return block.gdn(y, positions, None)
+
+    if placement == "pre":
+        h = x + gdn(norm(0, x))
+        expected = h + block.mlp(norm(1, h))
+    else:
+        h = x + norm(0, gdn(x))
+        expected = h + norm(1, block.mlp(h))
+    assert _rel_err(block(x, positions, None), expected) < 1e-6
+
+
+def test_gdn_norm_must_be_pre_or_post():
+    config = small_config(("gdn", "attn")).model
+    config.gdn_norm = "middle"
+    with pytest.raises(ConfigError, match=r"^config\.model\.gdn_norm='middle' is not one of \('pre', 'post'\)"):
+        ModelConfig.from_config(config)
+
+
+def test_a_block_kind_is_one_entry_of_the_table(monkeypatch):
+    """A kind entered in BLOCK_KINDS passes the config check, and the layer groups build and run its blocks."""
+
+    class Doubling(nnx.Module):
+        def __init__(self, config, rngs):
+            del rngs
+            self.scale = nnx.Param(jnp.full((config.d_model,), 2.0))
+
+        def __call__(self, x, positions, segment_ids):
+            return x * self.scale[...]
+
+    with pytest.raises(ConfigError, match=r"unknown layer types \['double'\]; use \('gdn', 'attn', 'swa'\)"):
+        _model(("double", "attn"))
+    monkeypatch.setitem(BLOCK_KINDS, "double", Doubling)
+    model = _model(("double", "attn"))
+    assert isinstance(model.groups.blocks[0], Doubling) and model.groups.blocks[0].scale.shape == (1, 32)
+    assert model(_tokens(8, (1, 12))).shape == (1, 12, 320)

@@ -8,8 +8,9 @@
 
 In DIR, `*.jsonl` and `*.ndjson` files hold one JSON document per line (its `--text_field`); every other file is one
 text document. OUT_DIR gets `part-00000.npy`, ... (headerless uint16 or uint32 token ids, eos after each document)
-and `metadata.json`. Train on them with `--config.data.source=token_files --config.data.paths='OUT_DIR/*.npy'` and
-the same `--config.data.tokenizer`.
+and `metadata.json`, which records the tokenizer (its absolute path, eos token and id, and vocab size): a run on the
+files takes it from there. The tool (with --index too) ends by printing a train command for the files: the
+tiny_hybrid experiment with the tokenizer's vocab size padded to a multiple of 128.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shlex
 import sys
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for uninstalled checkouts
+
+VOCAB_MULTIPLE = 128  # the printed command's model vocab is the tokenizer's padded to this (dolma2: 100352)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +50,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def train_command(out: str, metadata: dict[str, Any]) -> str:
+    """A command that trains the tiny_hybrid experiment on the token files in ``out``: the tokenizer comes from their
+    ``metadata``, the model's vocab is its vocab size padded to ``VOCAB_MULTIPLE``."""
+    vocab_size = -(-metadata["vocab_size"] // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    out = os.path.abspath(out)
+    return shlex.join(
+        [
+            "python",
+            "-m",
+            "hybridlm.train",
+            "--config=tiny_hybrid",
+            f"--workdir=runs/{os.path.basename(out)}",
+            "--config.data.source=token_files",
+            f"--config.data.paths={os.path.join(out, '*.npy')}",
+            f"--config.model.vocab_size={vocab_size}",
+        ]
+    )
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from hybridlm.data import prepare
@@ -53,7 +77,10 @@ def main(argv: list[str]) -> int:
     try:
         if args.index is not None:
             metadata = prepare.index(args.index, dtype=args.dtype, tokenizer=args.tokenizer, eos_token=args.eos_token)
-            print(f"indexed {metadata['num_tokens']} tokens in {len(metadata['files'])} files of {args.index}")
+            print(
+                f"indexed {metadata['num_tokens']} tokens in {len(metadata['files'])} files of {args.index}\n"
+                f"train on them with: {train_command(args.index, metadata)}"
+            )
             return 0
         if args.input is not None:
             parts = prepare.directory_parts(args.input, args.text_field, int(args.part_mb * 2**20))
@@ -76,9 +103,7 @@ def main(argv: list[str]) -> int:
         return 2
     print(
         f"wrote {metadata['num_tokens']} {metadata['dtype']} tokens of {metadata['num_documents']} documents in "
-        f"{len(metadata['files'])} files to {args.out}\n"
-        f"train on them with: --config.data.source=token_files --config.data.paths='{args.out}/*.npy' "
-        f"--config.data.tokenizer={args.tokenizer}"
+        f"{len(metadata['files'])} files to {args.out}\ntrain on them with: {train_command(args.out, metadata)}"
     )
     return 0
 

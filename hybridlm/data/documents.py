@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-DOCUMENT_KINDS = ("text", "jsonl", "array_record", "tfds")
 _INDEX_CHUNK = 1 << 26  # bytes read at a time while finding the lines of a JSONL file
 
 
@@ -179,17 +178,20 @@ class TfdsDocuments:
         return f"TfdsDocuments({self._name!r}, field={self._field!r})"
 
 
+_OPENERS: dict[str, Callable[[DocumentSpec], Any]] = {
+    "text": lambda spec: TextFiles(spec.files),
+    "jsonl": lambda spec: JsonLines(spec.files, spec.text_field),
+    "array_record": lambda spec: ArrayRecordDocuments(spec.files),
+    "tfds": lambda spec: TfdsDocuments(spec.tfds_name, spec.tfds_split, spec.tfds_data_dir, spec.text_field),
+}
+DOCUMENT_KINDS = tuple(_OPENERS)
+
+
 def open_documents(spec: DocumentSpec) -> Any:
     """The document source ``spec`` describes: ``len(source)`` documents, ``source[i]`` a string."""
-    if spec.kind == "text":
-        return TextFiles(spec.files)
-    if spec.kind == "jsonl":
-        return JsonLines(spec.files, spec.text_field)
-    if spec.kind == "array_record":
-        return ArrayRecordDocuments(spec.files)
-    if spec.kind == "tfds":
-        return TfdsDocuments(spec.tfds_name, spec.tfds_split, spec.tfds_data_dir, spec.text_field)
-    raise ValueError(f"unknown document source kind {spec.kind!r}; use one of {DOCUMENT_KINDS}")
+    if spec.kind not in _OPENERS:
+        raise ValueError(f"unknown document source kind {spec.kind!r}; use one of {DOCUMENT_KINDS}")
+    return _OPENERS[spec.kind](spec)
 
 
 def spec_from_config(data: Any, files: tuple[str, ...]) -> DocumentSpec:

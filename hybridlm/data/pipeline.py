@@ -1,15 +1,12 @@
 """A run's data, from `config.data`: the source's token streams split into training and held-out, cut into batches.
 
-`config.data.source` picks the source:
+`config.data.source` picks the source (hybridlm.data.sources lists them). Without ``config.data.weights`` every path
+belongs to one group; with it, each entry of ``paths`` is a mixture group (a path or a glob) with its weight. Token
+files hold out the last ``heldout_fraction`` of each group's tokens, document sources every
+``1 / heldout_fraction``-th document.
 
-- ``builtin``: the standard-library corpus, byte tokens.
-- ``token_files``: OLMo-style token files (``config.data.paths``: paths and globs; ``dtype``).
-- ``text``, ``jsonl``, ``array_record``: documents in files (``paths``), tokenized when the run starts.
-- ``tfds``: a prepared tensorflow-datasets split (``tfds_name``, ``tfds_split``, ``tfds_data_dir``).
-
-Without ``config.data.weights`` every path belongs to one group; with it, each entry of ``paths`` is a mixture group
-(a path or a glob) with its weight. Token files hold out the last ``heldout_fraction`` of each group's tokens,
-document sources every ``1 / heldout_fraction``-th document.
+The tokenizer is ``config.data.tokenizer`` (and ``eos_token``); unset, it is the one the data was made with (token
+files: their ``metadata.json``), else the byte tokenizer.
 """
 
 from __future__ import annotations
@@ -22,17 +19,12 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 
-from hybridlm.data import documents as documents_lib
 from hybridlm.data import paths as paths_lib
 from hybridlm.data.batches import make_lm_dataset
-from hybridlm.data.builtin_corpus import load_builtin_corpus
+from hybridlm.data.sources import SOURCES, Group
 from hybridlm.data.stream import TokenStream
-from hybridlm.data.token_files import open_token_files
-from hybridlm.data.tokenize import tokenize_splits
-from hybridlm.data.tokenizer import load_tokenizer
+from hybridlm.data.tokenizer import BYTE, Tokenizer, load_tokenizer
 
-DATA_SOURCES = ("builtin", "token_files", *documents_lib.DOCUMENT_KINDS)
-FILE_SOURCES = ("token_files", "text", "jsonl", "array_record")
 ENTROPY_SAMPLE_TOKENS = 1 << 24  # per group: the unigram entropy is measured on at most this many leading tokens
 
 
@@ -53,43 +45,52 @@ class Data:
     fingerprint: dict[str, Any]
 
 
-def _file_groups(data: config_dict.ConfigDict) -> list[tuple[str, list[str]]]:
-    """(config key, files) per mixture group: one group of every path, or one per path when weights are given."""
+def resolve_tokenizer(data: config_dict.ConfigDict, vocab_size: int) -> Tokenizer:
+    """The run's tokenizer, filling in `data.tokenizer` and `data.eos_token` where unset (so that the recorded run
+    config names it): each defaults to what the source's data was made with (token files: their metadata.json; the
+    built-in corpus: byte), else to the byte tokenizer and its eos.
+
+    Raises:
+      ValueError: naming the key or file at fault, when the tokenizer does not load, is not the one the data was made
+        with (another eos id or vocab size), or has more ids than the model's `vocab_size`.
+    """
+    record = SOURCES[data.source].made_with(data)
+    name = data.tokenizer or (record.name if record else BYTE)
+    eos_token = data.eos_token or (record.eos_token if record else None)
+    try:
+        tokenizer = load_tokenizer(name, eos_token)
+    except ValueError as e:
+        if data.tokenizer is None and record is not None:
+            raise ValueError(f"{e} ({record.where} records this tokenizer)") from None
+        raise
+    if record is not None and (tokenizer.eos_id, tokenizer.vocab_size) != (record.eos_id, record.vocab_size):
+        eos = f" ({tokenizer.eos_token!r})" if tokenizer.eos_token else ""
+        raise ValueError(
+            f"{record.where} records the tokenizer {record.name!r} (eos id {record.eos_id}, {record.vocab_size} ids) "
+            f"but the run's tokenizer {name!r} has eos id {tokenizer.eos_id}{eos} and {tokenizer.vocab_size} ids; "
+            "set config.data.tokenizer and config.data.eos_token to the tokenizer that made the data, or leave both "
+            "unset to use the recorded one"
+        )
+    if tokenizer.vocab_size > vocab_size:
+        made = f" (the one {record.where} records)" if record is not None else ""
+        raise ValueError(
+            f"config.model.vocab_size={vocab_size} is below the {tokenizer.vocab_size} ids of the tokenizer "
+            f"{name!r}{made}; raise config.model.vocab_size to at least {tokenizer.vocab_size}"
+        )
+    data.tokenizer = name
+    data.eos_token = data.eos_token or tokenizer.eos_token
+    return tokenizer
+
+
+def _groups(data: config_dict.ConfigDict, tokenizer: Tokenizer) -> list[Group]:
+    """The mixture groups: one of every path, one per path when weights are given, or one without files for the
+    sources that take no paths."""
+    if not SOURCES[data.source].takes_paths:
+        return [Group(f"config.data.source={data.source!r}", [], tokenizer)]
     if data.weights is None:
-        return [("config.data.paths", paths_lib.expand_all(data.paths, "config.data.paths"))]
-    return [
-        (f"config.data.paths[{i}]", paths_lib.expand(p, f"config.data.paths[{i}]")) for i, p in enumerate(data.paths)
-    ]
-
-
-def _streams(config: config_dict.ConfigDict, eos_id: int) -> tuple[list[TokenStream], list[TokenStream]]:
-    """The training and held-out token stream of each mixture group."""
-    data = config.data
-    if data.source == "builtin":
-        corpus = load_builtin_corpus(data.max_bytes, data.heldout_fraction)
-        return [TokenStream([corpus.train], ["built-in training split"])], [
-            TokenStream([corpus.heldout], ["built-in held-out split"])
-        ]
-    tokenizer = load_tokenizer(data.tokenizer, data.eos_token)
-    groups = [("config.data.tfds_name", [])] if data.source == "tfds" else _file_groups(data)
-    train, heldout = [], []
-    for key, files in groups:
-        if data.source == "token_files":
-            stream = open_token_files(
-                files, dtype=data.dtype, vocab_size=config.model.vocab_size, eos_id=eos_id, key=key
-            )
-            train_part, heldout_part = stream.split(data.heldout_fraction)
-        else:
-            spec = documents_lib.spec_from_config(data, tuple(files))
-            source = documents_lib.open_documents(spec)
-            if len(source) == 0:
-                raise ValueError(f"{key}: the {spec.describe()} hold no documents")
-            train_tokens, heldout_tokens = tokenize_splits(source, tokenizer, data.heldout_fraction)
-            train_part = TokenStream([train_tokens], [f"{spec.describe()}, training split"])
-            heldout_part = TokenStream([heldout_tokens], [f"{spec.describe()}, held-out split"])
-        train.append(train_part)
-        heldout.append(heldout_part)
-    return train, heldout
+        return [Group("config.data.paths", paths_lib.expand_all(data.paths, "config.data.paths"), tokenizer)]
+    keys = [f"config.data.paths[{i}]" for i in range(len(data.paths))]
+    return [Group(key, paths_lib.expand(p, key), tokenizer) for key, p in zip(keys, data.paths)]
 
 
 def mixture_unigram_entropy(streams: list[TokenStream], weights: tuple[float, ...] | None, vocab_size: int) -> float:
@@ -112,8 +113,10 @@ def load_data(config: config_dict.ConfigDict) -> Data:
         `config.model.vocab_size`, an empty source, or a split too short for one batch.
     """
     data = config.data
-    eos_id = load_tokenizer(data.tokenizer, data.eos_token).eos_id
-    train_streams, heldout_streams = _streams(config, eos_id)
+    tokenizer = resolve_tokenizer(data, config.model.vocab_size)
+    eos_id = tokenizer.eos_id
+    streams = [SOURCES[data.source].read(config, group) for group in _groups(data, tokenizer)]
+    train_streams, heldout_streams = [train for train, _ in streams], [heldout for _, heldout in streams]
     weights = tuple(data.weights) if data.weights is not None else None
     common = dict(
         seq_len=data.seq_len,

@@ -5,8 +5,9 @@ The input is a directory of text and JSONL files, or a prepared tensorflow-datas
 each JSONL file is one part, consecutive text files are grouped into parts of about ``part_bytes``, and a tfds
 split is cut into ranges of examples. Worker processes tokenize the parts (documents in order, eos after each) and
 write ``part-00000.npy``, ``part-00001.npy``, ... as headerless uint16/uint32 arrays, the numbering following the
-input order whatever the scheduling. The metadata records the dtype, tokenizer, eos id, and each file's token and
-document counts and largest id, which the trainer reads instead of scanning the files.
+input order whatever the scheduling. The metadata records the dtype, the tokenizer (its path, eos token and id, and
+vocab size), and each file's token and document counts and largest id. The trainer reads these instead of scanning
+the files, and takes the tokenizer as the run's unless ``config.data.tokenizer`` names one.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import tqdm
 
 from hybridlm.data.documents import DocumentSpec, open_documents
 from hybridlm.data.token_files import dtype_for_vocab, file_entry, write_metadata
-from hybridlm.data.tokenize import tokenized_documents
-from hybridlm.data.tokenizer import load_tokenizer
+from hybridlm.data.document_tokens import tokenized_documents
+from hybridlm.data.tokenizer import BYTE, load_tokenizer
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PART_BYTES = 1 << 28  # text bytes grouped into one part
@@ -123,6 +124,19 @@ def _run(work: Any, parts: list[Part], workers: int) -> Iterator[dict[str, Any]]
         yield from pool.map(work, parts)
 
 
+def tokenizer_metadata(name: str, eos_token: str | None) -> dict[str, Any]:
+    """The ``metadata.json`` fields that record the tokenizer, which a run on the files then takes as its own: its
+    name ("byte", or a Hugging Face tokenizer's absolute path, found from wherever the run starts), its eos token and
+    id, and its vocab size."""
+    tokenizer = load_tokenizer(name, eos_token)
+    return {
+        "tokenizer": name if name == BYTE else os.path.abspath(os.path.expanduser(name)),
+        "eos_token": tokenizer.eos_token,
+        "eos_id": tokenizer.eos_id,
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
 def prepare(
     parts: list[Part], out_dir: str | pathlib.Path, *, tokenizer: str, eos_token: str | None, workers: int, source: str
 ) -> dict[str, Any]:
@@ -132,7 +146,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("part-*.npy")):
         raise ValueError(f"--out {out} already holds token files; give an empty or new directory")
-    loaded = load_tokenizer(tokenizer, eos_token)
+    recorded = tokenizer_metadata(tokenizer, eos_token)
     files = []
     progress = tqdm.tqdm(total=len(parts), desc="tokenizing", unit="part", dynamic_ncols=True)
     with progress:
@@ -142,10 +156,8 @@ def prepare(
             progress.update(1)
             progress.set_postfix(tokens=sum(f["num_tokens"] for f in files))
     metadata = {
-        "dtype": dtype_for_vocab(loaded.vocab_size),
-        "tokenizer": tokenizer,
-        "eos_id": loaded.eos_id,
-        "vocab_size": loaded.vocab_size,
+        "dtype": dtype_for_vocab(recorded["vocab_size"]),
+        **recorded,
         "source": source,
         "num_tokens": sum(f["num_tokens"] for f in files),
         "num_documents": sum(f["num_documents"] for f in files),
@@ -162,13 +174,13 @@ def index(directory: str | pathlib.Path, *, dtype: str, tokenizer: str, eos_toke
     files = sorted(directory.glob("*.npy"))
     if not files:
         raise ValueError(f"--index {directory}: no *.npy token files there")
-    loaded = load_tokenizer(tokenizer, eos_token)
-    entries = {path.name: file_entry(str(path), dtype, loaded.eos_id) for path in tqdm.tqdm(files, desc="indexing")}
+    recorded = tokenizer_metadata(tokenizer, eos_token)
+    entries = {
+        path.name: file_entry(str(path), dtype, recorded["eos_id"]) for path in tqdm.tqdm(files, desc="indexing")
+    }
     metadata = {
         "dtype": dtype,
-        "tokenizer": tokenizer,
-        "eos_id": loaded.eos_id,
-        "vocab_size": loaded.vocab_size,
+        **recorded,
         "source": str(directory.absolute()),
         "num_tokens": sum(e["num_tokens"] for e in entries.values()),
         "num_documents": sum(e["num_documents"] for e in entries.values()),

@@ -3,8 +3,8 @@
 Olmo's corpora (and ``tools/prepare_data.py``) store each shard as a headerless array of token ids in a ``.npy``
 file, documents separated by the eos id. A file that does start with a numpy header is read through it. The
 ``metadata.json`` that ``prepare_data.py`` writes beside its files records their dtype, token counts, largest id and
-tokenizer; when it describes a file, the file is not scanned for out-of-range ids: only its first and last tokens
-are checked against the recorded largest id.
+tokenizer (name, eos token and id, vocab size; ``recorded_tokenizer``); when it describes a file, the file is not
+scanned for out-of-range ids: only its first and last tokens are checked against the recorded largest id.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hybridlm.data.stream import TokenStream
+from hybridlm.data.tokenizer import TokenizerRecord
 
 TOKEN_DTYPES = ("uint16", "uint32")
 METADATA_FILE = "metadata.json"
@@ -25,6 +26,7 @@ _NUMPY_MAGIC = b"\x93NUMPY"
 _SCAN_CHUNK = 1 << 26  # tokens per step of the out-of-range scan
 _SAMPLE = 1 << 16  # tokens read at the start (and end) of a file for the checks that do not scan it all
 _MIN_DTYPE_SAMPLE = 32  # fewer leading tokens than this tell too little to call a uint16 file uint32
+_TOKENIZER_KEYS = ("tokenizer", "eos_id", "vocab_size")  # and eos_token, which files made before it was kept lack
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -46,7 +48,39 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
     metadata = json.loads(pathlib.Path(path).read_text())
     if metadata.get("format") != METADATA_FORMAT:
         raise ValueError(f"{path} is not a {METADATA_FORMAT} metadata file (format {metadata.get('format')!r})")
+    missing = [key for key in _TOKENIZER_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(
+            f"{path} does not record the tokenizer's {', '.join(missing)}; rewrite it with: python "
+            f"tools/prepare_data.py --index {directory} --dtype {metadata.get('dtype', 'DTYPE')} --tokenizer TOKENIZER"
+        )
     return metadata
+
+
+def recorded_tokenizer(files: list[str]) -> TokenizerRecord | None:
+    """The tokenizer that the ``metadata.json`` files beside ``files`` record, or None when none of their directories
+    has one. Raises ValueError when two directories record tokenizers of different eos ids or vocab sizes."""
+    records = []
+    for directory in dict.fromkeys(os.path.dirname(os.path.abspath(path)) for path in files):
+        metadata = read_metadata(directory)
+        if metadata is not None:
+            where = f"the token files' {os.path.join(directory, METADATA_FILE)}"
+            records.append(
+                TokenizerRecord(
+                    where, metadata["tokenizer"], metadata.get("eos_token"), metadata["eos_id"], metadata["vocab_size"]
+                )
+            )
+    if not records:
+        return None
+    first = records[0]
+    for other in records[1:]:
+        if (other.eos_id, other.vocab_size) != (first.eos_id, first.vocab_size):
+            raise ValueError(
+                f"{first.where} records the tokenizer {first.name!r} (eos id {first.eos_id}, {first.vocab_size} ids) "
+                f"but {other.where} records {other.name!r} (eos id {other.eos_id}, {other.vocab_size} ids); "
+                "train on token files made with one tokenizer"
+            )
+    return first
 
 
 def _open(path: str, dtype: str | None, metadata: dict[str, Any] | None) -> np.ndarray:

@@ -7,6 +7,7 @@ holding one (as ``save_pretrained`` writes it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -22,11 +23,31 @@ HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 class Tokenizer(Protocol):
     """What the data pipeline needs from a tokenizer."""
 
+    eos_token: str | None  # None for the byte tokenizer, whose eos id stands for no text
     eos_id: int
     vocab_size: int
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text, int32 [num_tokens_i] each, without special tokens."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerRecord:
+    """The tokenizer that some data was tokenized with, as recorded beside the data.
+
+    Attributes:
+      where: what records it, for messages, e.g. "the token files' data/corpus/metadata.json".
+      name: the tokenizer as ``load_tokenizer`` takes it: "byte", or a Hugging Face tokenizer file or directory.
+      eos_token: the Hugging Face tokenizer's end-of-document token; None for the byte tokenizer or when unrecorded.
+      eos_id: the end-of-document id.
+      vocab_size: number of ids.
+    """
+
+    where: str
+    name: str
+    eos_token: str | None
+    eos_id: int
+    vocab_size: int
 
 
 class ByteTokenizer:
@@ -36,6 +57,7 @@ class ByteTokenizer:
     ``pad_id`` (257) fills unused positions; ``vocab_size`` is 258.
     """
 
+    eos_token: ClassVar[None] = None
     eos_id: ClassVar[int] = 256
     pad_id: ClassVar[int] = 257
     vocab_size: ClassVar[int] = 258

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridlm.model.config import ATTENTION, GDN, SLIDING_ATTENTION, ModelConfig
+from hybridlm.model.config import ATTENTION, GDN, PRE_NORM, SLIDING_ATTENTION, ModelConfig
 
 OLMO_HYBRID = "olmo_hybrid"
 OLMO3 = "olmo3"
@@ -99,7 +99,15 @@ class SpecialTokens:
 
 
 def tensor_maps(config: ModelConfig) -> list[TensorMap]:
-    """Every tensor of the Hugging Face checkpoint, in file order: embeddings, layers 0..L-1, final norm, LM head."""
+    """Every tensor of the Hugging Face checkpoint, in file order: embeddings, layers 0..L-1, final norm, LM head.
+
+    Raises HFFormatError for post-norm GDN blocks: transformers' linear-attention layers normalise their inputs.
+    """
+    _require(
+        GDN not in config.layer_pattern or config.gdn_norm == PRE_NORM,
+        f"config.model.gdn_norm={config.gdn_norm!r}: transformers' olmo_hybrid has only pre-norm GDN layers "
+        f"(h = x + gdn(norm(x))); only gdn_norm={PRE_NORM!r} models convert",
+    )
     maps = [TensorMap("model.embed_tokens.weight", ("embed", "embedding"), None, SAME)]
     period = len(config.layer_pattern)
     for layer, kind in enumerate(config.layer_types):
@@ -274,6 +282,8 @@ def model_fields_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
         "init_std": hf.get("initializer_range", 0.02),
         "gdn": _gdn_fields(hf, num_heads),
     }
+    if model_type == OLMO_HYBRID:
+        fields["gdn_norm"] = PRE_NORM  # OlmoHybridLinearAttentionDecoderLayer normalises its inputs
     if model_type == OLMO3:
         window = hf.get("sliding_window", 4096)
         _require(

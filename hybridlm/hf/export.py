@@ -3,7 +3,8 @@
 Writes config.json (olmo_hybrid or olmo3), the weights as safetensors in the released checkpoints' names and layout
 (shards of at most `max_shard_bytes` with `model.safetensors.index.json` when there is more than one),
 generation_config.json and, when the run used a Hugging Face tokenizer, its files. Tensors are converted one at a time
-and written a shard at a time, so memory holds the model once plus one shard.
+and written a shard at a time, so memory holds the model once plus one shard. A run's weights are written in its
+parameter dtype unless another is asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from ml_collections import config_dict
 from safetensors.numpy import save_file
 
 from hybridlm import api
@@ -43,10 +45,11 @@ def export_workdir(
     out_dir: str | pathlib.Path,
     *,
     step: int | None = None,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> pathlib.Path:
-    """Exports the checkpoint at `step` (default: the latest) of the training run in `workdir` to `out_dir`.
+    """Exports the checkpoint at `step` (default: the latest) of the training run in `workdir` to `out_dir`, its
+    weights in `dtype` ("bfloat16" or "float32"; None: the run's parameter dtype, see `weight_dtype`).
 
     Special tokens are the tokenizer's: the Hugging Face tokenizer named by the run's `config.data.tokenizer` (its
     files are saved too), else the built-in byte tokenizer's eos 256 and pad 257. Returns `out_dir`.
@@ -63,11 +66,22 @@ def export_workdir(
     else:
         tokens = SpecialTokens(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
     export_params(
-        checkpoint.params, checkpoint.model_config, out_dir, dtype=dtype, tokens=tokens, max_shard_bytes=max_shard_bytes
+        checkpoint.params,
+        checkpoint.model_config,
+        out_dir,
+        dtype=weight_dtype(checkpoint.run_config, dtype),
+        tokens=tokens,
+        max_shard_bytes=max_shard_bytes,
     )
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return pathlib.Path(out_dir)
+
+
+def weight_dtype(run_config: config_dict.ConfigDict, dtype: str | None) -> str:
+    """The dtype an export of a run writes: `dtype`, or when None the run's `config.model.param_dtype` (the dtype it
+    trained its weights in, so a float32 run exports float32)."""
+    return dtype or run_config.model.param_dtype
 
 
 def export_params(

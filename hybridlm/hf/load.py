@@ -100,10 +100,10 @@ def run_config_from_hf(hf_dir: str | pathlib.Path) -> config_dict.ConfigDict:
 def with_hf_architecture(config: config_dict.ConfigDict, hf_dir: str | pathlib.Path) -> config_dict.ConfigDict:
     """A copy of run config `config` whose model architecture is that of the checkpoint in `hf_dir`.
 
-    Architecture fields (sizes, layer pattern, RoPE, norms' eps, GDN shape) come from its config.json; the training
-    fields of `config.model` (dtype, param_dtype, remat, scan_layers, gdn.chunk_size, gdn.impl) are kept. Raises HFFormatError,
-    before anything is built, when the config.json or a safetensors file cannot be read: a shard missing or truncated,
-    or no weights at all.
+    Architecture fields (sizes, layer pattern, RoPE, norms' eps, GDN shape, and for olmo_hybrid the GDN blocks'
+    pre-norm) come from its config.json; the training fields of `config.model` (dtype, param_dtype, remat,
+    scan_layers, gdn.chunk_size, gdn.impl) are kept. Raises HFFormatError, before anything is built, when the
+    config.json or a safetensors file cannot be read: a shard missing or truncated, or no weights at all.
     """
     config = copy.deepcopy(config)
     hf_config = read_hf_config(hf_dir)

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from pallas_kernels.attention import ATTENTION_IMPLS
 
 GDN = "gdn"
 ATTENTION = "attn"
 SLIDING_ATTENTION = "swa"
-LAYER_TYPES = (GDN, ATTENTION, SLIDING_ATTENTION)
+BlockConstructor = Callable[["ModelConfig", nnx.Rngs], nnx.Module]
+# The block kinds config.model.layer_pattern may name: kind -> the constructor of its block, called once per layer
+# group. Each kind enters itself with `block_kind` in hybridlm.model.blocks, which hybridlm.model imports.
+BLOCK_KINDS: dict[str, BlockConstructor] = {}
+PRE_NORM, POST_NORM = "pre", "post"
+# Where a GDN block's two RMSNorms sit (config.model.gdn_norm): on the inputs of the GDN mixer and the MLP, as in
+# Olmo Hybrid's released checkpoint, or on their outputs, as in OLMo-core's pretraining.
+NORM_PLACEMENTS = (PRE_NORM, POST_NORM)
 DTYPES = ("float32", "bfloat16")
 # Why float16 is refused, for config.model.dtype (compute) and config.model.param_dtype (weights and their updates).
 _FLOAT16_PROBLEM = {
@@ -45,6 +54,16 @@ REMAT_POLICIES = {
 }
 
 
+def block_kind(name: str) -> Callable[[BlockConstructor], BlockConstructor]:
+    """Decorator that enters a block constructor in BLOCK_KINDS as the layer_pattern entry `name`."""
+
+    def enter(constructor: BlockConstructor) -> BlockConstructor:
+        BLOCK_KINDS[name] = constructor
+        return constructor
+
+    return enter
+
+
 class ConfigError(ValueError):
     """A run's configuration cannot describe a working model or run; the message names the field and the fix."""
 
@@ -68,8 +87,9 @@ class GDNConfig:
 class ModelConfig:
     """Everything that fixes the network's parameters and computation.
 
-    `layer_pattern` is one period of the stack, repeated `num_layers / len(layer_pattern)` times; each entry is
-    "gdn" (Gated DeltaNet block), "attn" (full causal attention) or "swa" (sliding-window attention).
+    `layer_pattern` is one period of the stack, repeated `num_layers / len(layer_pattern)` times; each entry is a
+    kind of BLOCK_KINDS: "gdn" (Gated DeltaNet block), "attn" (full causal attention) or "swa" (sliding-window
+    attention). `gdn_norm` places the GDN blocks' norms (NORM_PLACEMENTS).
     """
 
     vocab_size: int
@@ -82,6 +102,7 @@ class ModelConfig:
     mlp_hidden: int
     gdn: GDNConfig
     max_seq_len: int
+    gdn_norm: str = PRE_NORM
     use_rope: bool = True
     rope_theta: float = 500_000.0
     sliding_window: int = 4096
@@ -128,8 +149,13 @@ class ModelConfig:
             self.layer_pattern,
             "config.model.layer_pattern is empty; give one period such as ('gdn', 'gdn', 'gdn', 'attn')",
         )
-        unknown = [t for t in self.layer_pattern if t not in LAYER_TYPES]
-        _check(not unknown, f"config.model.layer_pattern has unknown layer types {unknown}; use {LAYER_TYPES}")
+        unknown = [t for t in self.layer_pattern if t not in BLOCK_KINDS]
+        _check(not unknown, f"config.model.layer_pattern has unknown layer types {unknown}; use {tuple(BLOCK_KINDS)}")
+        _check(
+            self.gdn_norm in NORM_PLACEMENTS,
+            f"config.model.gdn_norm={self.gdn_norm!r} is not one of {NORM_PLACEMENTS}: 'pre' normalises the GDN "
+            "and MLP inputs (Olmo Hybrid's released checkpoint), 'post' their outputs (OLMo-core's pretraining)",
+        )
         _check(
             self.num_layers > 0 and self.num_layers % len(self.layer_pattern) == 0,
             f"config.model.num_layers={self.num_layers} is not a positive multiple of the layer pattern's length "

@@ -10,7 +10,7 @@ from flax import nnx
 
 from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
-from hybridlm.model.layers import linear, normalize_rms
+from hybridlm.model.layers import linear, normalize_rms, truncated_normal
 from pallas_kernels import gated_delta_rule
 
 _A_RANGE = (0.0, 16.0)  # A ~ U(0, 16), stored as A_log = log(A)
@@ -42,10 +42,9 @@ class CausalConv(nnx.Module):
     """Depthwise causal 1-D convolution (no bias) followed by SiLU: [B, T, C] -> [B, T, C]."""
 
     def __init__(self, config: ModelConfig, channels: int, heads_axis: str, rngs: nnx.Rngs):
-        kernel = config.gdn.conv_kernel
-        bound = 1.0 / math.sqrt(kernel)  # PyTorch's default for a depthwise conv, fan_in = kernel
+        # N(0, init_std^2) cut at 3 std, as OLMo-core's src/scripts/official/OLMo-hybrid/OLMo-hybrid-7B-pretrain.py
         self.weight = nnx.Param(
-            jax.random.uniform(rngs.params(), (kernel, channels), config.params_dtype, -bound, bound),
+            truncated_normal(config)(rngs.params(), (config.gdn.conv_kernel, channels), config.params_dtype),
             out_sharding=("conv_taps", heads_axis),
             eager_sharding=False,
         )
@@ -101,8 +100,10 @@ class GatedDeltaNet(nnx.Module):
         )
         self.config = config
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        """x: [B, T, d_model]; segment_ids: int [B, T] (the recurrent state restarts at each new document) or None."""
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """x: [B, T, d_model]; positions: unused (GDN needs none); segment_ids: int [B, T] (the recurrent state restarts
+        at each new document) or None."""
+        del positions
         with jax.named_scope("gdn"):
             return self._mix(x, segment_ids)
 

@@ -10,63 +10,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hybridlm import partitioning
-from hybridlm.model.attention import Attention
-from hybridlm.model.config import GDN, REMAT_POLICIES, SLIDING_ATTENTION, ModelConfig
-from hybridlm.model.gdn import GatedDeltaNet
 from hybridlm.loss import head_logits
-from hybridlm.model.layers import RMSNorm, SwiGLU, linear, logical, truncated_normal
+from hybridlm.model.blocks import LayerGroup
+from hybridlm.model.config import REMAT_POLICIES, ModelConfig
+from hybridlm.model.layers import RMSNorm, linear, logical, truncated_normal
 
 
 ACTIVATIONS = ("batch", None, None)  # the logical axes of the hidden states [B, T, d_model] between layer groups
-
-
-class AttentionBlock(nnx.Module):
-    """Olmo 3's reordered-norm block: h = x + norm(attn(x)); out = h + norm(mlp(h))."""
-
-    def __init__(self, config: ModelConfig, sliding: bool, rngs: nnx.Rngs):
-        self.attention = Attention(config, sliding, rngs)
-        self.post_attention_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-        self.mlp = SwiGLU(config, rngs)
-        self.post_mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        """x: [B, T, d_model]; positions: int [B, T]; segment_ids: int [B, T] or None (one document per row)."""
-        h = x + self.post_attention_norm(self.attention(x, positions, segment_ids))
-        return h + self.post_mlp_norm(self.mlp(h))
-
-
-class GDNBlock(nnx.Module):
-    """Pre-norm Gated DeltaNet block (as Olmo Hybrid's linear-attention decoder layer):
-    h = x + gdn(norm(x)); out = h + mlp(norm(h))."""
-
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        self.gdn_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-        self.gdn = GatedDeltaNet(config, rngs)
-        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, config.params_dtype)
-        self.mlp = SwiGLU(config, rngs)
-
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        """x: [B, T, d_model]; segment_ids: int [B, T] or None; positions unused (GDN needs none)."""
-        del positions
-        h = x + self.gdn(self.gdn_norm(x), segment_ids)
-        return h + self.mlp(self.mlp_norm(h))
-
-
-class LayerGroup(nnx.Module):
-    """One period of `config.layer_pattern`: its blocks applied in order."""
-
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        self.blocks = nnx.List(
-            [
-                GDNBlock(config, rngs) if kind == GDN else AttentionBlock(config, kind == SLIDING_ATTENTION, rngs)
-                for kind in config.layer_pattern
-            ]
-        )
-
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        for block in self.blocks:
-            x = block(x, positions, segment_ids)
-        return x
 
 
 class HybridLM(nnx.Module):

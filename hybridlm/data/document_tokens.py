@@ -1,4 +1,6 @@
-"""Tokenizes a document source through grain: batches of documents encoded in order, eos after each document."""
+"""The tokens of a document source, encoded through grain a batch of documents at a time, in order, eos after each
+document: written to token files by ``prepare.py``, or split into training and held-out streams for a run that
+reads documents directly."""
 
 from __future__ import annotations
 
