@@ -1,10 +1,11 @@
 """Loading trained models for scoring and tests: `load_model(path)` takes a training workdir or a Hugging Face
-directory and returns a `Model` with `logits(tokens)`."""
+directory and returns a `Model` with `logits(tokens)` and `generate(prompts, max_new_tokens, ...)`."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -13,9 +14,11 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint
+from hybridlm import checkpoint, generate
+from hybridlm.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 from hybridlm.hf import load
-from hybridlm.model import ModelConfig, abstract_model, abstract_params
+from hybridlm.model import HybridLM, ModelConfig, abstract_model, abstract_params
+from hybridlm.sampling import Sampling
 
 _HF_COMPUTE_DTYPE = "float32"  # Hugging Face checkpoints load for scoring: full-precision compute unless asked
 
@@ -27,8 +30,8 @@ class Model:
         self.config = config
         self.params = params
         self.run_config = run_config
-        graphdef = nnx.graphdef(abstract_model(config))
-        self._forward = jax.jit(lambda params, tokens: nnx.merge(graphdef, params)(tokens))
+        self._graphdef = nnx.graphdef(abstract_model(config))
+        self._forward = jax.jit(lambda params, tokens: nnx.merge(self._graphdef, params)(tokens))
 
     def logits(self, tokens: Any) -> jax.Array:
         """tokens: int [B, T] (one document per row) -> float32 logits [B, T, vocab_size]. Raises ValueError for a
@@ -37,6 +40,39 @@ class Model:
         self.config.check_seq_len(ids.shape[1])
         self._check_ids(ids)
         return self._forward(self.params, jnp.asarray(ids, jnp.int32))
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling = Sampling(),
+        seed: int = 0,
+        stop_tokens: Sequence[int] = (),
+    ) -> list[str] | list[list[int]]:
+        """The continuation of each prompt (`hybridlm.generate.generate`): token lists give token lists; strings are
+        encoded and decoded with the run's tokenizer (config.data.tokenizer). Raises ValueError naming the bad
+        argument."""
+        model = self.module()
+        if not all(isinstance(p, str) for p in prompts):
+            return generate.generate(model, prompts, max_new_tokens, sampling, seed, stop_tokens)
+        tokenizer = self.tokenizer()
+        ids = [ids.tolist() for ids in tokenizer.encode_batch(list(prompts))]
+        outputs = generate.generate(model, ids, max_new_tokens, sampling, seed, stop_tokens)
+        return [tokenizer.decode(out) for out in outputs]
+
+    def module(self) -> HybridLM:
+        """The model as a HybridLM holding these params (for `hybridlm.generate`)."""
+        return nnx.merge(self._graphdef, self.params)
+
+    def tokenizer(self) -> ByteTokenizer | HFTokenizer:
+        """The run's tokenizer, config.data.tokenizer; raises ValueError when the run names none."""
+        name = self.run_config.get("data", {}).get("tokenizer")
+        if not name:
+            raise ValueError(
+                "this checkpoint names no tokenizer (config.data.tokenizer is unset), so string prompts cannot be "
+                "encoded; pass token ids, or set data.tokenizer in the run's config.json"
+            )
+        return load_tokenizer(name, self.run_config.data.get("eos_token"))
 
     def _check_ids(self, tokens: np.ndarray) -> None:
         """Raises ValueError naming the first token id outside [0, vocab_size), which the model would turn into NaN."""

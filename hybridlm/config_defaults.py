@@ -124,7 +124,7 @@ def run_config(
     config.model = model
     config.data = config_dict.ConfigDict(
         dict(
-            source="builtin",  # builtin | token_files | text | jsonl | array_record | tfds
+            source="builtin",  # builtin | token_files | text | jsonl | array_record | tfds | task
             paths=(),  # files or globs (every source but builtin and tfds)
             weights=config_dict.placeholder(tuple),  # one mixture weight per entry of paths; None: one group
             dtype=config_dict.placeholder(str),  # token files: uint16 | uint32; None: from their metadata.json
@@ -137,6 +137,9 @@ def run_config(
             tfds_name=config_dict.placeholder(str),
             tfds_split="train",
             tfds_data_dir=config_dict.placeholder(str),
+            task=config_dict.placeholder(str),  # source task: a name of hybridlm.tasks.TASKS
+            # source task: make_task's arguments besides seq_len (config.data.seq_len) and seed (config.seed)
+            task_args=config_dict.ConfigDict(dict(min_len=3, max_len=40)),
             seq_len=seq_len,
             batch_size=batch_size,
             max_bytes=config_dict.placeholder(int),  # builtin: cap on the corpus bytes read

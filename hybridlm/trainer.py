@@ -38,7 +38,8 @@ def _forward_loss(
     model = nnx.merge(graphdef, params)
     hidden = model.hidden(batch["inputs"], segment_ids=batch["segment_ids"] if document_mask else None)
     kernel = model.lm_head.kernel[...]
-    return lm_loss(hidden, kernel, batch["targets"], z_loss_weight, model.config.loss_chunk_tokens)
+    chunk_tokens = model.config.loss_chunk_tokens
+    return lm_loss(hidden, kernel, batch["targets"], z_loss_weight, chunk_tokens, batch.get("loss_mask"))
 
 
 def train_step(
@@ -51,7 +52,8 @@ def train_step(
     z_loss_weight: float,
     document_mask: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids), or a skipped one (hybridlm.skip_step:
+    """One AdamW step on a batch (int32 [B, T] inputs, targets, segment_ids, and optionally float32 [B, T]
+    loss_mask: per-token loss weights, hybridlm.loss.lm_loss), or a skipped one (hybridlm.skip_step:
     a non-finite or outlying loss or gradient norm leaves the parameters and moments as they were, and the step
     counter advances); returns the new state and the metrics (float32 [] each, the skip counters int32 [])."""
     grad_fn = jax.value_and_grad(functools.partial(_forward_loss, graphdef), has_aux=True)
@@ -78,7 +80,7 @@ def train_step(
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef, document_mask: bool) -> jax.Array:
-    """Mean next-token cross-entropy (nats) of the batch."""
+    """Mean next-token cross-entropy (nats) of the batch, weighted by its loss_mask if it has one."""
     return _forward_loss(graphdef, params, batch, 0.0, document_mask)[1]["ce"]
 
 
@@ -103,7 +105,6 @@ class TrainProgram:
         self.param_shardings = self.state_shardings["params"]
         self.batch_sharding = self.layout.sharding(("batch", None))
         document_mask = bool(config.data.document_mask)
-        batch_shardings = {key: self.batch_sharding for key in ("inputs", "targets", "segment_ids")}
         self.train_step = jax.jit(
             partitioning.traced_on(
                 self.layout,
@@ -116,7 +117,7 @@ class TrainProgram:
                     document_mask=document_mask,
                 ),
             ),
-            in_shardings=(self.state_shardings, batch_shardings),
+            in_shardings=(self.state_shardings, self.batch_sharding),  # every [B, T] array of the batch
             out_shardings=(self.state_shardings, self.layout.replicated),
             donate_argnums=0,
         )
@@ -124,7 +125,7 @@ class TrainProgram:
             partitioning.traced_on(
                 self.layout, functools.partial(eval_step, graphdef=self.graphdef, document_mask=document_mask)
             ),
-            in_shardings=(self.state_shardings["params"], batch_shardings),
+            in_shardings=(self.state_shardings["params"], self.batch_sharding),
             out_shardings=self.layout.replicated,
         )
         self.all_finite = jax.jit(

@@ -1,7 +1,7 @@
 """Pallas and reference kernels for hybridlm."""
 
 from pallas_kernels.attention import attention
-from pallas_kernels.gdn import gated_delta_rule
+from pallas_kernels.gdn import gated_delta_rule, gated_delta_rule_step
 from pallas_kernels.platform import target_platform
 
-__all__ = ["attention", "gated_delta_rule", "target_platform"]
+__all__ = ["attention", "gated_delta_rule", "gated_delta_rule_step", "target_platform"]

@@ -8,13 +8,15 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
 from conftest import import_hf_extra, load_tool, small_config
 
 torch, transformers = import_hf_extra()  # fails here without the hf extra (HYBRIDLM_SKIP_HF=1: skips; conftest)
 
 import experiments  # noqa: E402
-from hybridlm import api, checkpoint  # noqa: E402
+from hybridlm import api, checkpoint, generate  # noqa: E402
 from hybridlm.hf import HFFormatError, convert, load  # noqa: E402
 from hybridlm.hf.export import export_params, export_workdir  # noqa: E402
 from hybridlm.model import ModelConfig, abstract_params  # noqa: E402
@@ -253,6 +255,39 @@ def test_import_reads_fused_conv(hybrid, hybrid_copy):
     fused = load.load_hf_params(hybrid_copy, hybrid.config)
     separate = load.load_hf_params(hybrid.hf_dir, hybrid.config)
     jax.tree.map(np.testing.assert_array_equal, fused, separate)
+
+
+@pytest.mark.parametrize("name", ["hybrid_rope_gqa", "olmo3_sliding"])
+def test_greedy_generation_matches_transformers(name, hybrid, tmp_path):
+    """64 greedy tokens from our cached generation (loaded from the workdir) equal transformers' `generate` on the
+    exported directory, both stopping at the eos id."""
+    export = hybrid if name == "hybrid_rope_gqa" else _export(tmp_path, name)
+    prompts = _tokens(export.config.vocab_size, seed=np.random.SeedSequence().entropy % 2**31)[:, :5]
+    ours = api.load_model(export.workdir).generate(prompts.tolist(), 64, stop_tokens=[TOKENS.eos])
+    model = transformers.AutoModelForCausalLM.from_pretrained(export.hf_dir, attn_implementation="eager")
+    with torch.no_grad():
+        theirs = model.generate(
+            torch.from_numpy(prompts.astype(np.int64)), max_new_tokens=64, do_sample=False, pad_token_id=TOKENS.pad
+        ).numpy()[:, prompts.shape[1] :]
+    for row, tokens in enumerate(ours):
+        assert tokens == theirs[row, : len(tokens)].tolist(), f"{name}: row {row}"
+        assert len(tokens) == 64 or tokens[-1] == TOKENS.eos, f"{name}: row {row} stopped early"
+
+
+def test_generate_cli_streams_the_api_text(hybrid, tmp_path, capsys):
+    """`python -m hybridlm.generate` prints what Model.generate returns for a string prompt (byte tokenizer)."""
+    workdir = pathlib.Path(shutil.copytree(hybrid.workdir, tmp_path / "workdir"))
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"]["tokenizer"] = "byte"
+    (workdir / "config.json").write_text(json.dumps(config))
+    model = api.load_model(workdir)
+    expected = model.generate(["ab"], 8, stop_tokens=[model.tokenizer().eos_id])[0]
+    if "max_new_tokens" not in flags.FLAGS:
+        generate.define_flags()
+    flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(model=str(workdir), prompt="ab", max_new_tokens=8):
+        generate.main([])
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_workdir_steps(hybrid, tmp_path):

@@ -23,6 +23,7 @@ from hybridlm.data import paths as paths_lib
 from hybridlm.data.batches import make_lm_dataset
 from hybridlm.data.sources import SOURCES, Group
 from hybridlm.data.stream import TokenStream
+from hybridlm.data.task_batches import answer_entropy, make_task_dataset
 from hybridlm.data.tokenizer import BYTE, Tokenizer, load_tokenizer
 
 ENTROPY_SAMPLE_TOKENS = 1 << 24  # per group: the unigram entropy is measured on at most this many leading tokens
@@ -114,6 +115,8 @@ def load_data(config: config_dict.ConfigDict) -> Data:
     """
     data = config.data
     tokenizer = resolve_tokenizer(data, config.model.vocab_size)
+    if SOURCES[data.source].examples:
+        return _example_data(config, tokenizer)
     eos_id = tokenizer.eos_id
     streams = [SOURCES[data.source].read(config, group) for group in _groups(data, tokenizer)]
     train_streams, heldout_streams = [train for train, _ in streams], [heldout for _, heldout in streams]
@@ -145,6 +148,25 @@ def load_data(config: config_dict.ConfigDict) -> Data:
         heldout=make_lm_dataset(heldout_streams, name="held-out split", **common),
         unigram_entropy=mixture_unigram_entropy(train_streams, weights, config.model.vocab_size),
         fingerprint=fingerprint,
+    )
+
+
+def _example_data(config: config_dict.ConfigDict, tokenizer: Tokenizer) -> Data:
+    """The batches of a source of examples (hybridlm.data.task_batches): each row one example, with its targets and
+    loss mask."""
+    data = config.data
+    train, heldout = SOURCES[data.source].read(config, _groups(data, tokenizer)[0])
+    common = dict(batch_size=data.batch_size, process_index=jax.process_index(), process_count=jax.process_count())
+    return Data(
+        train=make_task_dataset(train, **common),
+        heldout=make_task_dataset(heldout, **common),
+        unigram_entropy=answer_entropy(train),
+        fingerprint={
+            "source": data.source,
+            "batch_size": data.batch_size,
+            "train": repr(train),
+            "heldout": repr(heldout),
+        },
     )
 
 

@@ -5,8 +5,11 @@
   tokenizer their ``metadata.json`` records.
 - ``text``, ``jsonl``, ``array_record``: documents in files (``paths``), tokenized when the run starts.
 - ``tfds``: a prepared tensorflow-datasets split (``tfds_name``, ``tfds_split``, ``tfds_data_dir``).
+- ``task``: the examples of a synthetic task (``task``: a name of hybridlm.tasks.TASKS; ``task_args``), with their
+  own targets and per-token loss mask.
 
-A source reads one mixture group into its training and held-out token streams. The run config is checked against
+A source reads one mixture group into its training and held-out token streams, or, a source of examples, returns
+its training and held-out examples (hybridlm.data.task_batches). The run config is checked against
 the table (hybridlm.run_config) and the data read through it (hybridlm.data.pipeline); a new source is one more
 ``@register`` function here.
 """
@@ -23,8 +26,10 @@ from hybridlm.data import paths as paths_lib
 from hybridlm.data.builtin_corpus import load_builtin_corpus
 from hybridlm.data.document_tokens import tokenize_splits
 from hybridlm.data.stream import TokenStream
+from hybridlm.data.task_batches import task_splits
 from hybridlm.data.token_files import open_token_files, recorded_tokenizer
 from hybridlm.data.tokenizer import BYTE, ByteTokenizer, Tokenizer, TokenizerRecord
+from hybridlm.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Group:
     tokenizer: Tokenizer
 
 
-Reader = Callable[[config_dict.ConfigDict, Group], tuple[TokenStream, TokenStream]]
+Reader = Callable[[config_dict.ConfigDict, Group], tuple[TokenStream, TokenStream] | tuple[Task, Task]]
 
 
 def _tokenized_by_config(data: config_dict.ConfigDict) -> None:
@@ -60,12 +65,15 @@ class Source:
       needs: the other `config.data` keys it needs set, each with an example value for the error message.
       made_with: the tokenizer that its data, described by `config.data`, was already tokenized with (None when the
         run's tokenizer encodes it).
+      examples: whether `read` gives the training and held-out examples (hybridlm.tasks.Task) instead of token
+        streams.
     """
 
     read: Reader
     takes_paths: bool
     needs: tuple[tuple[str, str], ...]
     made_with: Callable[[config_dict.ConfigDict], TokenizerRecord | None]
+    examples: bool = False
 
 
 SOURCES: dict[str, Source] = {}
@@ -77,11 +85,12 @@ def register(
     takes_paths: bool,
     needs: tuple[tuple[str, str], ...] = (),
     made_with: Callable[[config_dict.ConfigDict], TokenizerRecord | None] = _tokenized_by_config,
+    examples: bool = False,
 ) -> Callable[[Reader], Reader]:
     """Decorator: registers its function as the reader of the source `name` (see `Source` for the rest)."""
 
     def add(read: Reader) -> Reader:
-        SOURCES[name] = Source(read, takes_paths, needs, made_with)
+        SOURCES[name] = Source(read, takes_paths, needs, made_with, examples)
         return read
 
     return add
@@ -137,3 +146,10 @@ def _documents(config: config_dict.ConfigDict, group: Group) -> tuple[TokenStrea
         TokenStream([train], [f"{spec.describe()}, training split"]),
         TokenStream([heldout], [f"{spec.describe()}, held-out split"]),
     )
+
+
+@register("task", takes_paths=False, needs=(("task", "'parity'"),), examples=True)
+def _task(config: config_dict.ConfigDict, group: Group) -> tuple[Task, Task]:
+    """The training and held-out examples of the task `config.data.task` (hybridlm.data.task_batches.task_splits)."""
+    del group
+    return task_splits(config)

@@ -47,6 +47,36 @@ class Block(nnx.Module):
         h = self._residual(self.mixer, x, lambda y: mixer(y, positions, segment_ids))
         return self._residual("mlp", h, self.mlp)
 
+    def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+        """The mixer's empty decode cache for `batch` rows of up to `max_len` tokens."""
+        return getattr(self, self.mixer).init_cache(batch, max_len)
+
+    def prefill(
+        self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`__call__` on left-padded prompts that also fills the mixer's cache (see the mixer's `prefill`)."""
+        return self._cached(x, lambda mixer, y: mixer.prefill(y, positions, segment_ids, cache))
+
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One token per row, x: [B, 1, d_model], positions int [B, 1], through the mixer's cache."""
+        return self._cached(x, lambda mixer, y: mixer.decode(y, positions, cache))
+
+    def _cached(
+        self, x: jax.Array, run: Callable[[nnx.Module, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The block with `run(mixer, y) -> (out, cache)` as its mixer branch -> (out, cache)."""
+        caches = []
+
+        def branch(y: jax.Array) -> jax.Array:
+            out, cache = run(getattr(self, self.mixer), y)
+            caches.append(cache)
+            return out
+
+        h = self._residual(self.mixer, x, branch)
+        return self._residual("mlp", h, self.mlp), caches[0]
+
     def _residual(self, sublayer: str, x: jax.Array, branch: Callable[[jax.Array], jax.Array]) -> jax.Array:
         """x + branch(norm(x)) (pre) or x + norm(branch(x)) (post), with the norm of `sublayer`."""
         norm = getattr(self, self._norm_name(sublayer))
@@ -85,3 +115,27 @@ class LayerGroup(nnx.Module):
         for block in self.blocks:
             x = block(x, positions, segment_ids)
         return x
+
+    def init_cache(self, batch: int, max_len: int) -> list[dict[str, jax.Array]]:
+        """The blocks' empty decode caches, in order."""
+        return [block.init_cache(batch, max_len) for block in self.blocks]
+
+    def prefill(
+        self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """`__call__` on left-padded prompts that also fills the blocks' caches."""
+        caches = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block.prefill(x, positions, segment_ids, block_cache)
+            caches.append(block_cache)
+        return x, caches
+
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """One token per row, x: [B, 1, d_model], through the blocks' caches."""
+        caches = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block.decode(x, positions, block_cache)
+            caches.append(block_cache)
+        return x, caches

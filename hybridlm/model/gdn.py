@@ -11,7 +11,7 @@ from flax import nnx
 from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
 from hybridlm.model.layers import linear, normalize_rms, truncated_normal
-from pallas_kernels import gated_delta_rule
+from pallas_kernels import gated_delta_rule, gated_delta_rule_step
 
 _A_RANGE = (0.0, 16.0)  # A ~ U(0, 16), stored as A_log = log(A)
 _DT_RANGE = (1e-3, 1e-1)  # dt ~ exp(U(log 1e-3, log 1e-1)), floored, stored as dt_bias = softplus^-1(dt)
@@ -68,6 +68,19 @@ class CausalConv(nnx.Module):
             out = out + shifted * weight[-1 - shift]
         return jax.nn.silu(out)
 
+    def taps(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """The decode state after a left-padded prompt. x: [B, T, C] (this conv's input); segment_ids: int [B, T]
+        -> the last kernel - 1 inputs [B, kernel - 1, C] in the compute dtype, zero where not in the last document."""
+        width = self.weight.shape[0] - 1
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (width, 0), (0, 0)))[:, -width:]
+        segments = jnp.pad(segment_ids, ((0, 0), (width, 0)), constant_values=-1)[:, -width:]
+        return jnp.where((segments == segment_ids[:, -1:])[..., None], x, 0)
+
+    def step(self, x: jax.Array, taps: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One token. x: [B, C]; taps: [B, kernel - 1, C], the previous inputs -> (output [B, C], taps)."""
+        window = jnp.concatenate([taps, x.astype(self.dtype)[:, None]], axis=1)  # [B, kernel, C], oldest first
+        return jax.nn.silu(jnp.sum(window * self.weight[...].astype(self.dtype), axis=1)), window[:, 1:]
+
 
 class GatedDeltaNet(nnx.Module):
     """Olmo Hybrid's Gated DeltaNet mixer: [B, T, d_model] -> [B, T, d_model].
@@ -108,12 +121,42 @@ class GatedDeltaNet(nnx.Module):
             return self._mix(x, segment_ids)
 
     def _mix(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        q, k, v = self._project(x)
+        return self._gated_rule(x, *self._convolve(x, q, k, v, segment_ids), segment_ids)[0]
+
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x: [B, T, d_model] -> the convolutions' inputs q, k [B, T, key_width], v [B, T, value_width]."""
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def _convolve(
+        self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The short convolutions over [B, T, width] inputs, as heads: q, k [B, T, H_k, K], v [B, T, H_v, V]."""
+        return self._heads(x, self.q_conv(q, segment_ids), self.k_conv(k, segment_ids), self.v_conv(v, segment_ids))
+
+    def _heads(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q, k [B, T, key_width], v [B, T, value_width] (T from x) -> q, k [B, T, H_k, K], v [B, T, H_v, V]."""
+        gdn = self.config.gdn
+        b, t, _ = x.shape
+        q = q.reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
+        k = k.reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
+        return q, k, v.reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
+
+    def _gated_rule(
+        self,
+        x: jax.Array,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        segment_ids: jax.Array | None,
+        state: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """The gates from x [B, T, d_model], the rule on the convolved q, k [B, T, H_k, K] and v [B, T, H_v, V]
+        (the chunked form, or the one-token recurrence from `state` [B, H_v, K, V] when given, T = 1), and the
+        gated output norm -> (out [B, T, d_model], final state float32 [B, H_v, K, V])."""
         gdn = self.config.gdn
         b, t, _ = x.shape
         heads_per_key = gdn.num_value_heads // gdn.num_key_heads
-        q = self.q_conv(self.q_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
-        k = self.k_conv(self.k_proj(x), segment_ids).reshape(b, t, gdn.num_key_heads, gdn.key_head_dim)
-        v = self.v_conv(self.v_proj(x), segment_ids).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
         q = jnp.repeat(_l2_normalize(q), heads_per_key, axis=2).astype(v.dtype)
         k = jnp.repeat(_l2_normalize(k), heads_per_key, axis=2).astype(v.dtype)
         beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
@@ -122,26 +165,71 @@ class GatedDeltaNet(nnx.Module):
         a = self.a_proj(x).astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
         g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(a)
         with jax.named_scope("gdn_rule"):
-            o = self._rule(q, k, v, g, beta, segment_ids)
+            if state is None:
+                o, state = self._rule(q, k, v, g, beta, segment_ids)
+            else:
+                q, k, v_t = (y[:, 0].astype(jnp.float32) for y in (q, k, v))
+                state, o = gated_delta_rule_step(state, q, k, v_t, g[:, 0], beta[:, 0], gdn.key_head_dim**-0.5)
+                o = o[:, None].astype(v.dtype)
         gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
         normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
         o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)
-        return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim))
+        return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim)), state
+
+    def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+        """The decode state: the recurrent state float32 [B, H_v, K, V] and each convolution's last kernel - 1
+        inputs, q_taps, k_taps [B, kernel - 1, key_width] and v_taps [B, kernel - 1, value_width] (max_len unused)."""
+        del max_len
+        gdn, dtype = self.config.gdn, self.config.compute_dtype
+        taps = lambda conv: jnp.zeros((batch, gdn.conv_kernel - 1, conv.weight.shape[1]), dtype)
+        return {
+            "state": jnp.zeros((batch, gdn.num_value_heads, gdn.key_head_dim, gdn.value_head_dim), jnp.float32),
+            "q_taps": taps(self.q_conv),
+            "k_taps": taps(self.k_conv),
+            "v_taps": taps(self.v_conv),
+        }
+
+    def prefill(
+        self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The forward of left-padded prompts (the prompt is each row's last document) that also returns the decode
+        state. x: [B, T, d_model]; positions unused; segment_ids: int [B, T] -> ([B, T, d_model], cache)."""
+        del positions
+        q, k, v = self._project(x)
+        out, state = self._gated_rule(x, *self._convolve(x, q, k, v, segment_ids), segment_ids)
+        taps = {f"{n}_taps": getattr(self, f"{n}_conv").taps(y, segment_ids) for n, y in zip("qkv", (q, k, v))}
+        return out, {"state": state.astype(cache["state"].dtype), **taps}
+
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One new token per row from the cached state. x: [B, 1, d_model]; positions unused -> ([B, 1, d_model],
+        cache)."""
+        del positions
+        new_cache, convolved = {}, []
+        for name, y in zip("qkv", self._project(x)):
+            y, new_cache[f"{name}_taps"] = getattr(self, f"{name}_conv").step(y[:, 0], cache[f"{name}_taps"])
+            convolved.append(y[:, None])
+        out, new_cache["state"] = self._gated_rule(x, *self._heads(x, *convolved), None, cache["state"])
+        return out, new_cache
 
     def _rule(
         self, q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array, segment_ids: jax.Array | None
-    ) -> jax.Array:
+    ) -> list[jax.Array]:
         """The gated delta rule on each device's rows and value heads. q, k: [B, T, H_v, K]; v: [B, T, H_v, V];
-        g, beta: [B, T, H_v]; segment_ids: int [B, T] or None -> o [B, T, H_v, V]."""
+        g, beta: [B, T, H_v]; segment_ids: int [B, T] or None -> (o [B, T, H_v, V], final state float32
+        [B, H_v, K, V])."""
         gdn = self.config.gdn
 
         def rule(q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array, *segments: jax.Array):
             segment_ids = segments[0] if segments else None
-            return gated_delta_rule(
+            o, state = gated_delta_rule(
                 q, k, v, g, beta, segment_ids=segment_ids, chunk_size=gdn.chunk_size, impl=gdn.impl
-            )[0]
+            )
+            return [o, state]  # a list: shard_map's out_axes read a tuple as one leaf
 
         heads, gates = ("batch", None, "gdn_value_heads", None), ("batch", None, "gdn_value_heads")
         args = (q, k, v, g, beta) if segment_ids is None else (q, k, v, g, beta, segment_ids)
         in_axes = (heads, heads, heads, gates, gates, ("batch", None))[: len(args)]
-        return partitioning.shard_map(rule, in_axes, heads)(*args)
+        state = ("batch", "gdn_value_heads", None, None)
+        return partitioning.shard_map(rule, in_axes, [heads, state])(*args)

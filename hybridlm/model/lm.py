@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -75,6 +76,51 @@ class HybridLM(nnx.Module):
             run_group = jax.checkpoint(run_group, prevent_cse=False, policy=REMAT_POLICIES[self.config.remat])
         x, _ = jax.lax.scan(run_group, x, stacked, unroll=not self.config.scan_layers)
         return self.final_norm(x)
+
+    def init_cache(self, batch: int, max_len: int) -> list[dict[str, jax.Array]]:
+        """An empty decode cache for `batch` rows of up to `max_len` tokens (prompt and generated): per block of the
+        layer group a dict of arrays with the leading axis num_groups, like the params (see each mixer's
+        `init_cache`: K/V ring buffers for attention, recurrent state and conv taps for GDN)."""
+        self.config.check_seq_len(max_len)
+        graphdef, stacked = nnx.split(self.groups)
+        return jax.vmap(lambda group_state: nnx.merge(graphdef, group_state).init_cache(batch, max_len))(stacked)
+
+    def prefill(
+        self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """Runs left-padded prompts and fills the empty `cache` for `decode`.
+
+        tokens: int [B, T], each row's prompt at its end after padding; positions: int [B, T], -1 on the padding and
+        0, 1, .. on the prompt; segment_ids: int [B, T], one id for the padding and another for the prompt (so
+        neither attention, GDN state nor conv taps reach from padding into the prompt). Returns the float32 logits
+        of each row's last token [B, vocab_size] and the cache.
+        """
+        x, cache = self._scan_cached(tokens, lambda group, x, c: group.prefill(x, positions, segment_ids, c), cache)
+        return head_logits(x[:, -1:], self.lm_head.kernel[...])[:, 0], cache
+
+    def decode(
+        self, tokens: jax.Array, positions: jax.Array, cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """One token per row after `prefill`. tokens, positions: int [B] (absolute positions) -> (float32 logits
+        [B, vocab_size], cache)."""
+        x, cache = self._scan_cached(tokens[:, None], lambda group, x, c: group.decode(x, positions[:, None], c), cache)
+        return head_logits(x, self.lm_head.kernel[...])[:, 0], cache
+
+    def _scan_cached(
+        self, tokens: jax.Array, run: Callable[..., tuple[jax.Array, Any]], cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """Scans `run(group, x, group_cache) -> (x, group_cache)` over the layer groups and their caches; returns
+        the final-normed hidden states [B, T, d_model] and the new cache."""
+        graphdef, stacked = nnx.split(self.groups)
+
+        def run_group(x: jax.Array, group: tuple[nnx.State, Any]) -> tuple[jax.Array, Any]:
+            group_state, group_cache = group
+            x, group_cache = run(nnx.merge(graphdef, group_state), x, group_cache)
+            return partitioning.constrain(x, ACTIVATIONS), group_cache
+
+        x = partitioning.constrain(self._embed(tokens), ACTIVATIONS)
+        x, cache = jax.lax.scan(run_group, x, (stacked, cache), unroll=not self.config.scan_layers)
+        return self.final_norm(x), cache
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [B, T] -> their embeddings [B, T, d_model] in the compute dtype. The table is gathered whole

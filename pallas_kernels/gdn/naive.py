@@ -19,16 +19,23 @@ from pallas_kernels.gdn.spec import Backend
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def gated_delta_rule_step(
+    state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, g: jax.Array, beta: jax.Array, scale: float | jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One token of the recurrence (the decode step). state: [B, H, K, V]; q, k: [B, H, K]; v: [B, H, V];
+    g, beta: [B, H], all in the accumulation dtype -> (state [B, H, K, V], o [B, H, V])."""
+    state = state * jnp.exp(g)[..., None, None]
+    predicted = jnp.einsum("bhk,bhkv->bhv", k, state, precision=_HIGHEST)
+    correction = beta[..., None] * (v - predicted)
+    state = state + k[..., :, None] * correction[..., None, :]
+    return state, jnp.einsum("bhk,bhkv->bhv", scale * q, state, precision=_HIGHEST)
+
+
 def _time_step(state: jax.Array, step: tuple[jax.Array, ...], scale: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Advances the state [B, H, K, V] by one token and returns (state, o_t [B, H, V])."""
+    """Advances the state [B, H, K, V] by one token, zeroed first where a document starts; returns (state, o_t)."""
     q_t, k_t, v_t, g_t, beta_t, reset_t = step
     state = jnp.where(reset_t[:, None, None, None], 0.0, state)
-    state = state * jnp.exp(g_t)[..., None, None]
-    predicted = jnp.einsum("bhk,bhkv->bhv", k_t, state, precision=_HIGHEST)
-    correction = beta_t[..., None] * (v_t - predicted)
-    state = state + k_t[..., :, None] * correction[..., None, :]
-    o_t = jnp.einsum("bhk,bhkv->bhv", scale * q_t, state, precision=_HIGHEST)
-    return state, o_t
+    return gated_delta_rule_step(state, q_t, k_t, v_t, g_t, beta_t, scale)
 
 
 @jax.jit

@@ -1,0 +1,116 @@
+"""Cached generation (hybridlm/generate.py, HybridLM.prefill/decode) against the model's full forward, and its input
+errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import small_config
+from hybridlm import generate
+from hybridlm.api import Model
+from hybridlm.model import HybridLM, ModelConfig
+from hybridlm.sampling import Sampling, SamplingError
+
+PROMPT_LENGTHS = (9, 2, 11)  # one batch of prompts of different lengths, two padded; 9 and 11 > the sliding window (8)
+TOTAL = 20  # prompt + generated tokens of every row
+
+
+def _model(layer_pattern: tuple[str, ...], seed: int) -> HybridLM:
+    """Two float32 layer groups of `layer_pattern` at conftest's tiny widths, GDN on its chunked form."""
+    config = small_config(layer_pattern)
+    config.model.update(dtype="float32", num_layers=2 * len(layer_pattern))
+    config.model.gdn.impl = "chunked"
+    return HybridLM(ModelConfig.from_config(config.model), nnx.Rngs(seed))
+
+
+@pytest.mark.parametrize("layer_pattern", [("gdn", "attn"), ("swa", "attn"), ("gdn",)])
+def test_cached_decode_matches_full_forward(layer_pattern):
+    seed = np.random.SeedSequence().entropy % 2**31
+    model = _model(layer_pattern, seed)
+    rng = np.random.default_rng(seed)
+    batch, width = len(PROMPT_LENGTHS), max(PROMPT_LENGTHS)
+    sequences = rng.integers(0, model.config.vocab_size, (batch, TOTAL)).astype(np.int32)
+    graphdef, state = nnx.split(model)
+    full = np.asarray(jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, sequences))  # [B, TOTAL, V]
+    tokens = np.zeros((batch, width), np.int32)
+    positions = np.full((batch, width), -1, np.int32)
+    for row, n in enumerate(PROMPT_LENGTHS):
+        tokens[row, width - n :], positions[row, width - n :] = sequences[row, :n], np.arange(n)
+    prefill = jax.jit(lambda s, t, p, c: nnx.merge(graphdef, s).prefill(t, p, (p >= 0).astype(jnp.int32), c))
+    decode = jax.jit(lambda s, t, p, c: nnx.merge(graphdef, s).decode(t, p, c))
+    logits, cache = prefill(state, tokens, positions, model.init_cache(batch, TOTAL))
+    lengths, rows = np.array(PROMPT_LENGTHS), np.arange(batch)
+    steps = [(lengths - 1, logits)]
+    for step in range(TOTAL - width):
+        at = lengths + step
+        logits, cache = decode(state, sequences[rows, at], jnp.asarray(at, jnp.int32), cache)
+        steps.append((at, logits))
+    for at, logits in steps:
+        expected = full[rows, at]
+        error = np.abs(np.asarray(logits) - expected).max() / np.abs(expected).max()
+        assert error < 1e-5, f"{layer_pattern}: positions {at}: relative error {error:.2e}"
+
+
+def test_greedy_generate_matches_argmax_of_full_forward():
+    """Greedy generation equals growing each sequence by the argmax of the full forward's last logits (run on the
+    sequence right-padded to TOTAL tokens, which a causal model does not see, so it compiles once)."""
+    model = _model(("gdn", "swa"), seed=1)
+    prompts = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7, 9]]
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))
+    expected = []
+    for prompt in prompts:
+        sequence = list(prompt)
+        for _ in range(10):
+            padded = jnp.asarray([sequence + [0] * (TOTAL - len(sequence))])
+            sequence.append(int(np.argmax(forward(state, padded)[0, len(sequence) - 1])))
+        expected.append(sequence[len(prompt) :])
+    assert generate.generate(model, prompts, 10) == expected
+    stop = expected[0][3]
+    stopped = generate.generate(model, prompts, 10, stop_tokens=[stop])
+    assert stopped[0] == expected[0][: expected[0].index(stop) + 1]
+
+
+@pytest.fixture(scope="module")
+def api_model() -> Model:
+    """A tiny float32 model (max_seq_len 32, the byte tokenizer) behind the `load_model` API."""
+    config = small_config()
+    config.model.update(dtype="float32", max_seq_len=32)
+    config.data.tokenizer = "byte"
+    model_config = ModelConfig.from_config(config.model)
+    params = nnx.to_pure_dict(nnx.state(HybridLM(model_config, nnx.Rngs(0)), nnx.Param))
+    return Model(model_config, params, config)
+
+
+def test_string_prompts_use_the_run_tokenizer(api_model):
+    tokens = api_model.generate([list(b"ab"), list(b"xyz")], 4)
+    assert api_model.generate(["ab", "xyz"], 4) == [api_model.tokenizer().decode(t) for t in tokens]
+
+
+@pytest.mark.parametrize(
+    "prompts, max_new_tokens, match",
+    [
+        ([[1, 2], []], 4, "prompt 1 is empty"),
+        ([list(range(33))], 1, "prompt 0 has 33 tokens but the model takes at most 32"),
+        ([list(range(30))], 4, "lower max_new_tokens to at most 2"),
+        ([[1, 2]], 0, "max_new_tokens=0 must be >= 1"),
+        ([], 4, "prompts is empty"),
+    ],
+)
+def test_bad_generation_arguments(api_model, prompts, max_new_tokens, match):
+    with pytest.raises(generate.GenerateError, match=match):
+        api_model.generate(prompts, max_new_tokens)
+
+
+def test_bad_top_p():
+    with pytest.raises(SamplingError, match=r"top_p=1.5 must be in \(0, 1\]"):
+        Sampling(temperature=1.0, top_p=1.5)
+
+
+def test_string_prompts_need_a_tokenizer(api_model):
+    config = api_model.run_config.copy_and_resolve_references()
+    config.data.tokenizer = ""
+    with pytest.raises(ValueError, match="this checkpoint names no tokenizer"):
+        Model(api_model.config, api_model.params, config).generate(["hello"], 4)
