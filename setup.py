@@ -34,5 +34,7 @@ setuptools.setup(
         "test": ["pytest>=8", *_SCALING],
         "scaling": _SCALING,
         "hf": ["torch>=2.4", "transformers>=5.24,<6"],
+        # hybridlm/lm_eval_model.py; [hf] brings accelerate for lm_eval's own hf backend (tests/test_lm_eval.py)
+        "eval": ["lm_eval[hf]>=0.4.13,<0.5"],
     },
 )

@@ -12,6 +12,8 @@ __all__ = ["UnknownExperimentError", "get_config", "names", "path"]
 
 
 def get_config(name: str) -> config_dict.ConfigDict:
-    """The full run config of experiment `name`."""
-    path(name)
-    return importlib.import_module(f"{__name__}.{name}").get_config()
+    """The full run config of experiment `name`: `NAME`, or `NAME:ARG` for the module's `get_config(ARG)`."""
+    module, colon, arg = name.partition(":")
+    path(module)
+    get = importlib.import_module(f"{__name__}.{module}").get_config
+    return get(arg) if colon else get()

@@ -32,8 +32,9 @@ def _fail(message: str) -> None:
 
 
 def _with_config_file(argv: list[str]) -> list[str]:
-    """Adds `--config=<file of NAME>` right after `--show=NAME` (or `--show NAME`), so that config_flags loads the
-    experiment and the `--config.<key>` overrides after it apply; a config file's path is checked first."""
+    """Adds `--config=<file of NAME>[:ARG]` right after `--show=NAME[:ARG]` (or `--show NAME[:ARG]`), so that
+    config_flags loads the experiment and the `--config.<key>` overrides after it apply; a config file's path is
+    checked first."""
     argv = list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--show="):
@@ -42,12 +43,7 @@ def _with_config_file(argv: list[str]) -> list[str]:
             name, at = argv[i + 1], i + 2
         else:
             continue
-        if name.endswith(".py"):
-            named_configs.check_file(name)
-            file = name
-        else:
-            file = str(experiments.path(name))
-        return [*argv[:at], f"--config={file}", *argv[at:]]
+        return [*argv[:at], f"--config={named_configs.resolve(name)}", *argv[at:]]
     return argv
 
 

@@ -255,7 +255,8 @@ def _check_writable(directory: pathlib.Path) -> None:
 
 
 class Checkpointer:
-    """Saves the train state and the data iterator's state every N steps (keeping the newest few) in `directory`
+    """Saves the train state and the data iterator's state every N steps (keeping the newest few, and any step of
+    `keep_steps`, e.g. the branch points of a ladder's decays) in `directory`
     (`checkpoints_dir(workdir)`), checksums each save, and restores the newest intact one. It holds the run's
     workdir lock, if given one, until `close`.
 
@@ -264,7 +265,9 @@ class Checkpointer:
     calls it every step; it does not block), `save` or `close`.
     """
 
-    def __init__(self, workdir: pathlib.Path, keep: int, lock: WorkdirLock | None = None):
+    def __init__(
+        self, workdir: pathlib.Path, keep: int, lock: WorkdirLock | None = None, keep_steps: tuple[int, ...] = ()
+    ):
         self._lock = lock
         self.directory = checkpoints_dir(workdir)
         try:
@@ -272,7 +275,7 @@ class Checkpointer:
         except CheckpointError:
             self._release_lock()
             raise
-        self._keep = keep
+        self._keep, self._keep_steps = keep, tuple(keep_steps)
         self._orbax: ocp.CheckpointManager | None = None
         self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-finish")
         self._pending: concurrent.futures.Future | None = None  # the last save's wait and checksums
@@ -288,7 +291,9 @@ class Checkpointer:
         """Orbax's manager of the directory, made on first use: after `newest_intact_step` has moved damaged steps
         aside, so that orbax does not read them."""
         if self._orbax is None:
-            options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True)
+            keep = ocp.checkpoint_managers.preservation_policy  # the newest `keep`, and every step of keep_steps
+            policy = keep.AnyPreservationPolicy([keep.LatestN(self._keep), keep.CustomSteps(self._keep_steps)])
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
             self._orbax = ocp.CheckpointManager(self.directory.absolute(), options=options)
         return self._orbax
 
@@ -498,6 +503,25 @@ def _intact_step(directory: pathlib.Path, step: int | None) -> int:
     if problem:
         raise ValueError(f"the checkpoint at step {step} in {directory} is not intact ({problem}); pick another step")
     return step
+
+
+def restore_state(
+    workdir: pathlib.Path, abstract_state: Any, step: int | None = None
+) -> tuple[Any, dict[str, Any], int]:
+    """The train state (laid out as `abstract_state`) and data state saved at `step` (default: the newest intact
+    checkpoint) in another run's `workdir`, read without writing there, and that step; raises ValueError as
+    `restore_params`."""
+    directory = checkpoints_dir(workdir).absolute()
+    if not directory.is_dir():
+        raise ValueError(f"{workdir} has no checkpoints directory; train that run first")
+    step = _intact_step(directory, step)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+        restored = manager.restore(step, args=args)
+    finally:
+        manager.close()
+    return restored.state, restored.data, step
 
 
 def restore_params(

@@ -1,12 +1,15 @@
 """Named runs: each public module of a registry package (`experiments` in this repository) defines one run config
 with `get_config()`. The library finds the modules by the package's name, without importing it, so the CLI takes
-`--config=NAME` while the registry stays a layer above the library."""
+`--config=NAME` while the registry stays a layer above the library. `NAME:ARG` (or `FILE.py:ARG`) names the config
+that the module's `get_config(ARG)` returns, as in big_vision (e.g. `ladder:hybrid-30M`)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import pathlib
+import sys
+from types import ModuleType
 
 REGISTRY = "experiments"
 
@@ -41,6 +44,41 @@ def path(name: str, package: str = REGISTRY) -> pathlib.Path:
     if name not in known:
         raise UnknownExperimentError(f"unknown experiment {name!r}; known experiments: {', '.join(known)}")
     return directory(package) / f"{name}.py"
+
+
+def resolve(value: str, package: str = REGISTRY) -> str:
+    """`--config`'s value as config_flags loads it: `FILE.py[:ARG]` for an experiment `NAME[:ARG]` or a config file
+    `FILE.py[:ARG]`; raises ConfigFileError naming an unknown experiment, a bad file, or an ARG its `get_config`
+    refuses (ValueError)."""
+    base, colon, arg = value.partition(":")
+    if base.endswith(".py"):
+        check_file(base)
+        file = base
+    else:
+        file = str(path(base, package))
+    if colon:
+        _check_arg(file, arg, value)
+    return f"{file}{colon}{arg}"
+
+
+def _check_arg(file: str, arg: str, value: str) -> None:
+    """Runs the module's `get_config(arg)` once, so that an ARG it refuses is one line here instead of config_flags'
+    traceback."""
+    try:
+        load_module(file).get_config(arg)
+    except (TypeError, ValueError) as e:
+        raise ConfigFileError(f"--config={value}: {e}") from None
+
+
+def load_module(file: str) -> ModuleType:
+    """The module of the config file `file`, run once and registered in sys.modules under a name of its own."""
+    name = f"_config_{pathlib.Path(file).stem}_{abs(hash(str(pathlib.Path(file).absolute())))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before it runs: dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def check_file(file: str) -> None:

@@ -22,8 +22,10 @@ def _linear(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule
 
 
 def _wsd(optim: Any, peak: float, final: float, steps: int) -> optax.Schedule:
-    """Constant, then linear over the last `optim.decay_fraction` of the steps."""
-    stable = steps - max(int(round(steps * optim.decay_fraction)), 1)
+    """Constant, then linear over the last `optim.decay_steps` steps (when the config has it and it is set: a decay
+    that branches from a stable run's checkpoint at step `schedule_end - decay_steps`, experiments/ladder.py), else
+    over the last `optim.decay_fraction` of the steps."""
+    stable = steps - (optim.get("decay_steps") or max(int(round(steps * optim.decay_fraction)), 1))
     return optax.join_schedules(
         [optax.constant_schedule(peak), optax.linear_schedule(peak, final, steps - stable)], [stable]
     )
@@ -64,6 +66,12 @@ def check_schedule(optim: Any, num_steps: int) -> None:
         raise ConfigError(
             f"config.optim.schedule_steps={end} must be above config.optim.warmup_steps={warmup} (None: the run's "
             "num_steps)"
+        )
+    decay = optim.get("decay_steps")
+    if optim.schedule == "wsd" and decay is not None and not 0 < decay <= end - warmup:
+        raise ConfigError(
+            f"config.optim.decay_steps={decay} must be in [1, {end - warmup}]: the steps between the warmup's end, "
+            f"step {warmup}, and the schedule's end, step {end} (None: config.optim.decay_fraction of them)"
         )
     midpoint = optim.get("midpoint_step")
     if optim.schedule == "split_cosine" and not (midpoint is not None and warmup < midpoint < end):

@@ -41,8 +41,8 @@ def _fail(message: str) -> None:
 
 
 def _resolve_experiment(argv: list[str]) -> list[str]:
-    """Replaces the experiment name in `--config=NAME` (or `--config NAME`) with its file, which config_flags loads;
-    a config file's path is checked first (named_configs.check_file)."""
+    """Replaces the experiment name in `--config=NAME[:ARG]` (or `--config NAME[:ARG]`) with its file, which
+    config_flags loads; a config file's path is checked first (named_configs.resolve)."""
     argv = list(argv)
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
@@ -51,10 +51,7 @@ def _resolve_experiment(argv: list[str]) -> list[str]:
             value, prefix, index = argv[i + 1], "", i + 1
         else:
             continue
-        if value.endswith(".py"):
-            named_configs.check_file(value)
-        else:
-            argv[index] = f"{prefix}{named_configs.path(value)}"
+        argv[index] = f"{prefix}{named_configs.resolve(value)}"
     return argv
 
 

@@ -185,7 +185,10 @@ class Trainer:
         self.workdir = pathlib.Path(workdir)
         self._is_lead = jax.process_index() == 0  # process 0: the one that reports
         self.data = load_data(config)
-        self.checkpointer = checkpoint.Checkpointer(self.workdir, config.train.keep_checkpoints, self._lock_workdir())
+        self.keep_steps = tuple(config.train.get("keep_steps", ()))  # saved and kept, e.g. a ladder's branch points
+        self.checkpointer = checkpoint.Checkpointer(
+            self.workdir, config.train.keep_checkpoints, self._lock_workdir(), keep_steps=self.keep_steps
+        )
         self._refuse_steps_below_checkpoint()
         self._record_config()
         self.program = TrainProgram(config, self.model_config)
@@ -222,7 +225,8 @@ class Trainer:
 
     def initial_state(self) -> TrainState:
         """The newest intact checkpoint in the workdir if there is one, else the Hugging Face weights named by
-        `config.init_from_hf`, else freshly initialised parameters."""
+        `config.init_from_hf`, else another run's checkpoint named by `config.init_from`, else freshly initialised
+        parameters."""
         return self._start()[0]
 
     def _say(self, message: str) -> None:
@@ -239,17 +243,44 @@ class Trainer:
             self._say(f"starting from the Hugging Face checkpoint {self.config.init_from_hf}")
             params = hf_load.load_hf_params(self.config.init_from_hf, self.model_config)
             return self.program.init_state(params), {}
+        if step is None and self.config.get("init_from"):
+            return self._start_from_other_run()
         if step is None:
             return self.program.init_state(), {}
         state, data_state = self.checkpointer.restore(step, self.program.abstract_state())
+        self._check_same_batches(data_state, step, self.checkpointer.directory)
+        self._say(f"resumed from the checkpoint at step {step} in {self.checkpointer.directory}")
+        return state, data_state["iterator"]
+
+    def _start_from_other_run(self) -> tuple[TrainState, IteratorState]:
+        """The whole train state and data position that the run in the workdir `config.init_from` saved at step
+        `config.init_from_step` (None: its newest intact checkpoint): this run continues from there as that run would
+        have, under its own schedule (a ladder's decay branching from its stable run, experiments/ladder.py)."""
+        other = pathlib.Path(self.config.init_from)
+        try:
+            state, data_state, step = checkpoint.restore_state(
+                other, self.program.abstract_state(), self.config.get("init_from_step")
+            )
+        except ValueError as e:
+            raise ConfigError(f"config.init_from={str(other)!r}: {e}") from None
+        if step > self.config.train.num_steps:
+            raise ConfigError(
+                f"config.init_from_step={step} is past config.train.num_steps={self.config.train.num_steps}; "
+                "branch from an earlier step or train longer"
+            )
+        self._check_same_batches(data_state, step, checkpoint.checkpoints_dir(other))
+        self._say(f"starting from the checkpoint at step {step} of the run in {other}")
+        return state, data_state["iterator"]
+
+    def _check_same_batches(self, data_state: dict[str, Any], step: int, directory: pathlib.Path) -> None:
+        """Raises ConfigError when the checkpoint at `step` in `directory` was trained on data that gives other
+        batches than this run's."""
         changed = first_difference(data_state["fingerprint"], self.data.fingerprint)
         if changed:
             raise ConfigError(
-                f"the checkpoint at step {step} in {self.checkpointer.directory} was trained on data that gives "
+                f"the checkpoint at step {step} in {directory} was trained on data that gives "
                 f"different batches ({changed}); use a new --workdir or the data config it was trained with"
             )
-        self._say(f"resumed from the checkpoint at step {step} in {self.checkpointer.directory}")
-        return state, data_state["iterator"]
 
     def _data_state(self, iterator: grain.DatasetIterator) -> dict[str, Any]:
         """What a checkpoint records of the data: the iterator's position and the fingerprint of the batches."""
@@ -336,7 +367,8 @@ class Trainer:
                     )
                 timed = done % train.log_every == 0 and timer.due()  # log steps: the host waits for the step there
                 stopping = done < train.num_steps and preemption.requested(done)
-                if done % train.checkpoint_every == 0 or done == train.num_steps or timed or stopping:
+                kept = done in self.keep_steps
+                if done % train.checkpoint_every == 0 or done == train.num_steps or timed or stopping or kept:
                     streak.settle()
                     self.program.check_savable(done, state)  # never a non-finite checkpoint
                     self.checkpointer.save(done, state, self._data_state(iterator))

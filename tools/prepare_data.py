@@ -3,8 +3,11 @@
     python tools/prepare_data.py --input DIR --out OUT_DIR [--tokenizer byte|TOKENIZER_JSON] [--workers N]
     python tools/prepare_data.py --tfds NAME [--split train] [--data_dir DIR] --out OUT_DIR [...]
     python tools/prepare_data.py --index TOKEN_DIR --dtype uint32 --tokenizer TOKENIZER_JSON
+    python tools/prepare_data.py --corpus=python_code --out OUT_DIR [--vocab_size 8192]
 
 `--index` writes the metadata.json of token files made elsewhere (such as Olmo's), so training need not scan them.
+`--corpus=python_code` prepares the scaling ladders' corpus from this machine's Python source, with a BPE tokenizer
+it trains and saves beside the files, and prints its fingerprint (hybridlm.data.code_corpus).
 
 In DIR, `*.jsonl` and `*.ndjson` files hold one JSON document per line (its `--text_field`); every other file is one
 text document. OUT_DIR gets `part-00000.npy`, ... (headerless uint16 or uint32 token ids, eos after each document)
@@ -16,6 +19,7 @@ tiny_hybrid experiment with the tokenizer's vocab size padded to a multiple of 1
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import shlex
@@ -33,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--input", help="a directory of text and JSONL files")
     source.add_argument("--tfds", help="a prepared tensorflow-datasets dataset name (read with tfds.data_source)")
     source.add_argument("--index", help="a directory of existing token files to write metadata.json for")
+    source.add_argument("--corpus", choices=("python_code",), help="a corpus built here (hybridlm.data.code_corpus)")
+    parser.add_argument("--vocab_size", type=int, default=8192, help="--corpus: the BPE tokenizer's vocab size")
     parser.add_argument("--dtype", choices=("uint16", "uint32"), help="the --index files' token dtype")
     parser.add_argument("--split", default="train", help="the tfds split")
     parser.add_argument("--data_dir", default=None, help="where the tfds dataset lives (default: tfds' own)")
@@ -44,9 +50,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--part_mb", type=float, default=256, help="text files are grouped into parts of this many MB")
     args = parser.parse_args(argv)
     if (args.index is None) == (args.out is None):
-        parser.error("give --out with --input or --tfds, and not with --index")
+        parser.error("give --out with --input, --tfds or --corpus, and not with --index")
     if args.index is not None and args.dtype is None:
         parser.error("--index needs --dtype")
+    if args.out is not None and os.path.isfile(args.out):
+        parser.error(f"--out {args.out} is a file, not a directory; give a new directory")
+    if args.workers < 1 or args.part_mb <= 0:
+        parser.error(f"--workers={args.workers} and --part_mb={args.part_mb} must be positive")
     return args
 
 
@@ -71,7 +81,7 @@ def train_command(out: str, metadata: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from hybridlm.data import prepare
+    from hybridlm.data import code_corpus, prepare
     from hybridlm.data.documents import DocumentSpec
 
     try:
@@ -80,6 +90,15 @@ def main(argv: list[str]) -> int:
             print(
                 f"indexed {metadata['num_tokens']} tokens in {len(metadata['files'])} files of {args.index}\n"
                 f"train on them with: {train_command(args.index, metadata)}"
+            )
+            return 0
+        if args.corpus is not None:
+            metadata = code_corpus.prepare_code_corpus(args.out, args.vocab_size)
+            print(
+                f"wrote {metadata['num_tokens']} tokens of {metadata['num_documents']} files to {args.out}, with "
+                f"its tokenizer; fingerprint {json.dumps(metadata['fingerprint'], sort_keys=True)}\n"
+                f"run the ladder on them with: python -m hybridlm.sweep --ladder=ladder --workdir=runs/ladder "
+                f"--config.data.paths={os.path.join(os.path.abspath(args.out), '*.npy')}"
             )
             return 0
         if args.input is not None:
