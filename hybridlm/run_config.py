@@ -29,6 +29,7 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     model.check_seq_len(data.seq_len)
     _check_data(data, model.vocab_size)
     _check(data.batch_size > 0, f"config.data.batch_size={data.batch_size} must be positive")
+    _check(config.seed >= 0, f"config.seed={config.seed} must be 0 or more, e.g. 0")
     _check_mesh(config, model)
     _check_optim(optim)
     _check(0.0 <= optim.final_lr_ratio <= 1.0, f"config.optim.final_lr_ratio={optim.final_lr_ratio} must be in [0, 1]")
@@ -122,6 +123,10 @@ def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
     _check(
         data.dtype is None or data.dtype in TOKEN_DTYPES,
         f"config.data.dtype={data.dtype!r} is not one of {TOKEN_DTYPES} (or None: from the files' metadata)",
+    )
+    _check(
+        data.max_bytes is None or data.max_bytes > 0,
+        f"config.data.max_bytes={data.max_bytes} must be positive, e.g. 400000 (None: the whole built-in corpus)",
     )
     for key, example in source.needs:
         _check(bool(data[key]), f"config.data.source={name!r} needs config.data.{key}, e.g. {example}")

@@ -28,7 +28,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--dtype", choices=sorted(_DTYPES), default=None, help="weight dtype in the files (default: the run's)"
     )
     parser.add_argument("--max_shard_gb", type=float, default=5.0, help="largest safetensors file, in GB (1e9 bytes)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.max_shard_gb > 0:
+        parser.error(f"--max_shard_gb={args.max_shard_gb} must be positive, e.g. 5")
+    return args
 
 
 def main(argv: list[str]) -> int:

@@ -137,7 +137,10 @@ def _configured_eos_token(path: pathlib.Path) -> str | None:
     config = path.parent / HF_TOKENIZER_CONFIG
     if not config.is_file():
         return None
-    eos = json.loads(config.read_text()).get("eos_token")
+    try:
+        eos = json.loads(config.read_text()).get("eos_token")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config} is not valid JSON ({e}); fix or delete it, or set config.data.eos_token") from None
     return eos.get("content") if isinstance(eos, dict) else eos
 
 
