@@ -132,7 +132,7 @@ def test_cudnn_refuses_documents_with_the_fix():
     """cuDNN's fused attention has no document masking; the message names the implementations that have."""
     q = jnp.ones((1, 16, 2, 8), jnp.bfloat16)
     with pytest.raises(ValueError, match=r"impl='cudnn' has no document masking; use impl='pallas_gpu'"):
-        ops.IMPLEMENTATIONS["cudnn"](q, q, q, jnp.zeros((1, 16), jnp.int32), None, 0.3)
+        ops.BACKENDS["cudnn"].run(q, q, q, jnp.zeros((1, 16), jnp.int32), None, 0.3)
 
 
 @pytest.mark.parametrize("documents", [False, True])

@@ -61,15 +61,11 @@ def _fwd_bwd(impl: str, segment_ids, window: int | None) -> Callable:
     """(q, k, v, d_out) -> (o, dq, dk, dv) through ``impl``, jitted."""
 
     def run(q, k, v, d_out):
-        fn = lambda q, k, v: ops.IMPLEMENTATIONS[impl](q, k, v, segment_ids, window, q.shape[-1] ** -0.5)  # noqa: E731
+        fn = lambda q, k, v: ops.BACKENDS[impl].run(q, k, v, segment_ids, window, q.shape[-1] ** -0.5)  # noqa: E731
         out, pullback = jax.vjp(fn, q, k, v)
         return (out, *pullback(d_out))
 
     return jax.jit(run)
-
-
-def _supported(impl: str, dtype, documents: bool) -> bool:
-    return impl != "cudnn" or (not documents and jnp.dtype(dtype).name in ("bfloat16", "float16"))
 
 
 def check(impls: list[str]) -> bool:
@@ -90,7 +86,7 @@ def _check_case(impls: list[str], dtype, bound: float, documents: bool, window: 
     q, k, v, d_out, segment_ids = _inputs(CHECK_SHAPE, documents, 100, dtype, seed=window or 1)
     upcast = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
     reference = _fwd_bwd("xla", segment_ids, window)(*upcast)
-    for impl in (i for i in impls if _supported(i, dtype, documents)):
+    for impl in (i for i in impls if ops.BACKENDS[i].supports(dtype, CHECK_SHAPE[-1], documents)):
         outputs = _fwd_bwd(impl, segment_ids, window)(q, k, v, d_out)
         worst = max(_rel(x, y) for x, y in zip(outputs, reference))
         ok &= worst <= bound
@@ -105,8 +101,8 @@ def time_masks(shape: tuple[int, ...], impls: list[str], runs: int) -> list[str]
     for mask, (window, documents) in MASKS.items():
         q, k, v, d_out, segment_ids = _inputs(shape, documents, 1000, jnp.bfloat16, seed=0)
         calls = {}
-        for impl in (i for i in impls if _supported(i, jnp.bfloat16, documents)):
-            fn = functools.partial(ops.IMPLEMENTATIONS[impl], segment_ids=segment_ids, window=window, scale=scale)
+        for impl in (i for i in impls if ops.BACKENDS[i].supports(jnp.bfloat16, shape[-1], documents)):
+            fn = functools.partial(ops.BACKENDS[impl].run, segment_ids=segment_ids, window=window, scale=scale)
             forward = jax.jit(fn)
             both = _fwd_bwd(impl, segment_ids, window)
             calls[impl] = (lambda f=forward: f(q, k, v), lambda f=both: f(q, k, v, d_out))

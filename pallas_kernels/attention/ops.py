@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -16,14 +17,31 @@ from pallas_kernels.platform import current_platform
 
 Implementation = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None, int | None, float], jax.Array]
 
-# Every implementation takes (q, k, v, segment_ids, window, scale) as checked by `attention` and returns O.
-IMPLEMENTATIONS: dict[str, Implementation] = {
-    "xla": xla_attention,
-    "cudnn": cudnn_attention,
-    "pallas_gpu": pallas_gpu_attention,
-    "pallas_tpu": pallas_tpu_attention,
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation: ``run(q, k, v, segment_ids, window, scale)`` as checked by `attention`, returning O; the
+    platform it needs (None: any); ``supports(dtype, head_dim, documents)``, the calls "auto" may give it (an impl
+    named explicitly is called whatever it says, and raises where it cannot apply a mask)."""
+
+    run: Implementation
+    platform: str | None = None
+    supports: Callable[[jnp.dtype, int, bool], bool] = lambda dtype, head_dim, documents: True
+
+
+def _cudnn_supports(dtype: jnp.dtype, head_dim: int, documents: bool) -> bool:
+    """cuDNN's fused attention: float16 or bfloat16, head dim a multiple of 8 up to 256, no documents."""
+    return jnp.dtype(dtype).name in ("float16", "bfloat16") and head_dim % 8 == 0 and head_dim <= 256 and not documents
+
+
+# The implementations by impl name, in the order "auto" tries those of the current platform.
+BACKENDS: dict[str, Backend] = {
+    "xla": Backend(xla_attention),
+    "cudnn": Backend(cudnn_attention, "gpu", _cudnn_supports),
+    "pallas_gpu": Backend(pallas_gpu_attention, "gpu"),
+    "pallas_tpu": Backend(pallas_tpu_attention, "tpu"),
 }
-_PLATFORMS = {"cudnn": "gpu", "pallas_gpu": "gpu", "pallas_tpu": "tpu"}
+_PORTABLE = "xla"  # what "auto" picks where the platform has no kernel
 
 
 def _fail(message: str) -> NoReturn:
@@ -31,15 +49,15 @@ def _fail(message: str) -> NoReturn:
 
 
 def resolve_impl(impl: str, dtype: jnp.dtype, head_dim: int, documents: bool) -> str:
-    """Maps "auto" to the platform's fused kernel: on GPUs cuDNN where it applies (float16/bfloat16, head dim a
-    multiple of 8 up to 256, no documents), else the Pallas kernel; splash attention on TPUs; XLA on the CPU."""
+    """Maps "auto" to the first backend of this platform that supports the call: on GPUs cuDNN where it applies,
+    else the Pallas kernel; splash attention on TPUs; XLA elsewhere. Any other impl is returned as given."""
     if impl != "auto":
         return impl
     platform = current_platform()
-    if platform == "gpu":
-        cudnn_fits = jnp.dtype(dtype).name in ("float16", "bfloat16") and head_dim % 8 == 0 and head_dim <= 256
-        return "cudnn" if cudnn_fits and not documents else "pallas_gpu"
-    return "pallas_tpu" if platform == "tpu" else "xla"
+    for name, backend in BACKENDS.items():
+        if backend.platform == platform and backend.supports(dtype, head_dim, documents):
+            return name
+    return _PORTABLE
 
 
 def attention(
@@ -71,9 +89,9 @@ def attention(
       ValueError: on an unknown impl or one for another platform, a mask it cannot apply, or inconsistent shapes
         or dtypes, before any computation.
     """
-    if impl != "auto" and impl not in IMPLEMENTATIONS:
-        _fail(f"unknown impl {impl!r}; expected one of {['auto', *IMPLEMENTATIONS]}")
-    platform = _PLATFORMS.get(impl)
+    if impl != "auto" and impl not in BACKENDS:
+        _fail(f"unknown impl {impl!r}; expected one of {['auto', *BACKENDS]}")
+    platform = BACKENDS[impl].platform if impl != "auto" else None
     if platform is not None and current_platform() != platform:
         _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
     if q.ndim != 4:
@@ -102,4 +120,4 @@ def attention(
         _fail("scale must be a Python number, not a traced value")
     scale = head_dim**-0.5 if scale is None else float(scale)
     impl = resolve_impl(impl, q.dtype, head_dim, segment_ids is not None)
-    return IMPLEMENTATIONS[impl](q, k, v, segment_ids, window, scale)
+    return BACKENDS[impl].run(q, k, v, segment_ids, window, scale)
