@@ -4,7 +4,7 @@
 lm_eval (0.4.x) finds models only in its own registry (no entry points), so importing this module registers the class.
 The command line registers it, then runs lm_eval's own command line with the same arguments:
 
-  python -m hybridlm.lm_eval_model --model hybridlm --model_args path=DIR[,batch_size=8,max_length=2048] \\
+  python -m hybridlm.lm_eval_model --model hybridlm --model_args path=DIR[,max_length=2048] --batch_size 8 \\
       --tasks hellaswag
 
 From Python: `import hybridlm.lm_eval_model` and then `lm_eval.simple_evaluate(model="hybridlm", ...)`.
@@ -41,9 +41,9 @@ class HybridLMEval(TemplateLM):
     """lm_eval's `LM` over a hybridlm model.
 
     Arguments (`--model_args`): path (workdir or Hugging Face directory), step (workdir checkpoint; default the
-    latest), dtype (compute dtype), tokenizer (default the run's), batch_size (rows per forward), max_length (tokens
-    per row; default config.model.max_seq_len), max_gen_toks (default 256), seed (sampling). lm_eval's device and
-    max_batch_size are accepted and ignored.
+    latest), dtype (compute dtype), tokenizer (default the run's), max_length (tokens per row; default
+    config.model.max_seq_len), max_gen_toks (default 256), seed (sampling). batch_size (rows per forward) comes from
+    lm_eval's --batch_size; its device and max_batch_size are accepted and ignored.
     """
 
     def __init__(

@@ -113,3 +113,24 @@ def test_generate_until_cuts_at_the_first_stop_string(models):
     requests = [Instance("generate_until", {}, (p, {"until": until, "max_gen_toks": 8}), 0) for p in prompts]
     assert ours.generate_until(requests) == [texts[0][: texts[0].index(until[0])], texts[1]]
     assert lm_eval_model.cut_at_stop("abcXdefYX", ["Y", "X"]) == "abc"
+
+
+def test_command_line_gives_the_task_metrics_of_the_hf_backend(models, hf_dir, tmp_path):
+    """`python -m hybridlm.lm_eval_model` (lm_eval's own command line, our model registered) on the local task: its
+    results equal lm_eval's with the `hf` backend on the exported checkpoint."""
+    import json
+    import subprocess
+    import sys
+
+    _, theirs = models
+    manager = _task_manager(tmp_path)
+    expected = lm_eval.simple_evaluate(model=theirs, tasks=["tiny_mc"], task_manager=manager)["results"]["tiny_mc"]
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hybridlm.lm_eval_model", "--model", "hybridlm", "--model_args", f"path={hf_dir}",
+               "--batch_size", "4", "--tasks", "tiny_mc", "--include_path", str(tmp_path), "--output_path", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (written,) = out.rglob("results_*.json")
+    got = json.loads(written.read_text())["results"]["tiny_mc"]
+    for metric in ("acc,none", "acc_stderr,none"):
+        assert got[metric] == pytest.approx(expected[metric], rel=1e-6), metric
