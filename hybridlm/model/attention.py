@@ -67,17 +67,15 @@ class Attention(nnx.Module):
         self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The forward of left-padded prompts that also fills the empty `cache`. x: [B, T, d_model]; positions: int
-        [B, T] (-1 on padding, 0.. on each row's prompt, so the last column is each row's last token); segment_ids:
-        int [B, T] keeping padding out of the prompts. Returns ([B, T, d_model], cache)."""
+        [B, T] (-1 on the padding, then 0, 1, .. on each row's prompt, so the last column is each row's last token);
+        segment_ids: int [B, T] keeping padding out of the prompts. Returns ([B, T, d_model], cache)."""
         q, k, v = self._project(x, positions)
         out = self._output(self._kernel(q, k, v, segment_ids))
-        length = cache["positions"].shape[1]
-        # A token goes to slot position % L when it is among the row's last L tokens; the slots are then distinct.
-        kept = (positions >= 0) & (positions > positions[:, -1:] - length)
-        slots = jnp.where(kept[..., None], positions[..., None] % length == jnp.arange(length), False)  # [B, T, L]
-        place = lambda y: jnp.einsum("btl,bthd->blhd", slots.astype(y.dtype), y, precision=jax.lax.Precision.HIGHEST)
-        held = jnp.where(jnp.any(slots, axis=1), jnp.sum(jnp.where(slots, positions[..., None], 0), axis=1), -1)
-        return out, {"k": place(k).astype(cache["k"].dtype), "v": place(v).astype(cache["v"].dtype), "positions": held}
+        columns, held = _prefill_slots(positions, cache["positions"].shape[1])
+        place = lambda y, empty: jnp.where(
+            held[..., None, None] >= 0, jnp.take_along_axis(y, columns[..., None, None], axis=1), 0
+        ).astype(empty.dtype)
+        return out, {"k": place(k, cache["k"]), "v": place(v, cache["v"]), "positions": held}
 
     def decode(
         self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
@@ -86,21 +84,26 @@ class Attention(nnx.Module):
         k, v into the cache, attends over the cache and returns ([B, 1, d_model], cache)."""
         config = self.config
         q, k, v = self._project(x, positions)
-        length = cache["positions"].shape[1]
-        slot = (positions % length == jnp.arange(length))  # [B, L]
+        b, length = x.shape[0], cache["positions"].shape[1]
+        rows, slots = jnp.arange(b), positions[:, 0] % length  # position p lives in slot p % L
+        write = lambda y, old: old.at[rows, slots].set(y[:, 0].astype(old.dtype), unique_indices=True)
         cache = {
-            "k": jnp.where(slot[..., None, None], k.astype(cache["k"].dtype), cache["k"]),
-            "v": jnp.where(slot[..., None, None], v.astype(cache["v"].dtype), cache["v"]),
-            "positions": jnp.where(slot, positions, cache["positions"]),
+            "k": write(k, cache["k"]),
+            "v": write(v, cache["v"]),
+            "positions": cache["positions"].at[rows, slots].set(positions[:, 0], unique_indices=True),
         }
         held = cache["positions"]  # the last L positions up to this one: exactly the window when sliding
         visible = (held >= 0) & (held <= positions)
-        b, groups = x.shape[0], config.num_heads // config.num_kv_heads
-        q = q.reshape(b, config.num_kv_heads, groups, config.head_dim).astype(jnp.float32)
-        scores = jnp.einsum("bhgd,blhd->bhgl", q, cache["k"].astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+        # The cache is read in its own dtype (bf16 on a GPU: half the bytes of a float32 copy), products summed in
+        # float32; float32 caches run at full precision (XLA's default on a GPU would round them to TF32).
+        highest = jax.lax.Precision.HIGHEST if cache["k"].dtype == jnp.float32 else None
+        dot = lambda spec, a, b: jnp.einsum(
+            spec, a.astype(b.dtype), b, precision=highest, preferred_element_type=jnp.float32
+        )
+        q = q.reshape(b, config.num_kv_heads, config.num_heads // config.num_kv_heads, config.head_dim)
+        scores = dot("bhgd,blhd->bhgl", q, cache["k"])
         scores = jnp.where(visible[:, None, None, :], scores * config.head_dim**-0.5, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bhgl,blhd->bhgd", probs, cache["v"].astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+        out = dot("bhgl,blhd->bhgd", jax.nn.softmax(scores, axis=-1), cache["v"])
         return self._output(out.reshape(b, 1, config.num_heads, config.head_dim).astype(v.dtype)), cache
 
     def _kernel(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -114,3 +117,15 @@ class Attention(nnx.Module):
         args = (q, k, v) if segment_ids is None else (q, k, v, segment_ids)
         in_axes = (heads, kv_heads, kv_heads, ("batch", None))[: len(args)]
         return partitioning.shard_map(attend, in_axes, heads)(*args)
+
+
+def _prefill_slots(positions: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+    """Where left-padded prompts land in a ring buffer of `length` slots: position p in slot p % length, for the
+    last `length` positions of each row. positions: int [B, T], -1 on the padding, then 0, 1, .., last. Returns
+    (columns, held), int32 [B, length] each: the column of `positions` whose token fills each slot (any column where
+    the slot stays empty) and the position the slot holds (-1: empty). O(B x length), whatever T."""
+    t = positions.shape[1]
+    last = positions[:, -1:]  # [B, 1]
+    back = (last - jnp.arange(length)) % length  # slot s holds position last - back: the latest p with p % L == s
+    held = jnp.where(back <= last, last - back, -1)
+    return jnp.clip(t - 1 - back, 0, t - 1).astype(jnp.int32), held.astype(jnp.int32)
