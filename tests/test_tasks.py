@@ -9,7 +9,7 @@ import grain
 import numpy as np
 import pytest
 
-from hybridlm.tasks import TASKS, accuracy, accuracy_by_length, length_buckets, make_task, s5
+from hybridlm.tasks import LENGTHS, TASKS, Lengths, accuracy, accuracy_by_length, length_buckets, make_task, s5
 from hybridlm.tasks import mqar as mqar_lib
 
 # Each task at training lengths and at longer test lengths, small enough to check quickly.
@@ -233,6 +233,25 @@ def test_bad_configurations_are_refused():
     with pytest.raises(IndexError):
         make_task("parity", seq_len=40, min_len=3, max_len=40, num_examples=10)[10]
     assert sorted(TASKS) == ["code", "modular", "modular_brackets", "mqar", "parity", "s5"]
+
+
+def test_suite_lengths_are_the_issues_and_build_every_task():
+    assert sorted(LENGTHS) == sorted(TASKS)
+    for name in ("parity", "modular", "modular_brackets", "s5"):
+        assert LENGTHS[name] == Lengths(3, 40, 256) and LENGTHS[name].buckets() == [40, 64, 128, 256]
+    mqar = make_task("mqar", seq_len=1024, min_len=LENGTHS["mqar"].train_min, max_len=LENGTHS["mqar"].test_max)
+    trained = range(LENGTHS["mqar"].train_min, LENGTHS["mqar"].train_max + 1)
+    assert {(n, mqar.pairs(n)) for n in (64, 128, 256)} <= {(n, mqar.pairs(n)) for n in trained}
+    assert mqar.pairs(LENGTHS["mqar"].test_max) == 64 and LENGTHS["code"].buckets() == [16, 32, 64]
+    assert Lengths(2, 5, 5).buckets() == [5] and Lengths(2, 5, 9).buckets() == [5, 8, 9]
+    with pytest.raises(ValueError, match="train_max <= test_max"):
+        Lengths(3, 40, 39)
+
+
+def test_settings_are_a_tasks_own_fields():
+    assert make_task("parity", seq_len=8, min_len=1, max_len=8).settings() == {}
+    brackets = make_task("modular_brackets", seq_len=8, min_len=1, max_len=8, max_depth=2)
+    assert brackets.settings() == {"operators": "+-*", "max_depth": 2}
 
 
 def test_grain_batches_examples():

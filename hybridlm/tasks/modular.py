@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from hybridlm.tasks.registry import register
+from hybridlm.tasks.registry import Lengths, register
 from hybridlm.tasks.task import Task, Unpadded
 
 MODULUS = 5
@@ -64,8 +64,8 @@ class _Level:
         return (self.total + self.term) % MODULUS
 
 
-@register("modular_brackets", operators="+-*", max_depth=8)
-@register("modular")
+@register("modular_brackets", lengths=Lengths(3, 40, 256), operators="+-*", max_depth=8)
+@register("modular", lengths=Lengths(3, 40, 256))
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Modular(Task):
     """An expression mod 5 with running answers; length = number of tokens.

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from hybridlm.tasks.registry import register
+from hybridlm.tasks.registry import Lengths, register
 from hybridlm.tasks.task import Task, Unpadded
 
 VOCAB_SIZE = 8192
@@ -37,7 +37,7 @@ CONFIGS: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16), (256, 32),
 fixed length 256, up to its limit of length // 4."""
 
 
-@register("mqar")
+@register("mqar", lengths=Lengths(64, 256, 1024))
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Mqar(Task):
     """Multi-query associative recall; length = number of tokens.

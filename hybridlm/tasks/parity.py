@@ -16,13 +16,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from hybridlm.tasks.registry import register
+from hybridlm.tasks.registry import Lengths, register
 from hybridlm.tasks.task import Task, Unpadded
 
 BIT0 = 1
 
 
-@register("parity")
+@register("parity", lengths=Lengths(3, 40, 256))
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Parity(Task):
     """Running parity; length = number of bits."""

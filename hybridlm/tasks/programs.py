@@ -34,7 +34,7 @@ import dataclasses
 
 import numpy as np
 
-from hybridlm.tasks.registry import register
+from hybridlm.tasks.registry import Lengths, register
 from hybridlm.tasks.task import Task, Unpadded
 
 EQUALS, SWAP, PRINT, END = 1, 2, 3, 4
@@ -48,7 +48,7 @@ _DEFINE, _COPY, _SWAP = range(3)
 _WEIGHTS = np.array([1.0, 1.0, 2.0])  # of define, copy, swap
 
 
-@register("code")
+@register("code", lengths=Lengths(2, 16, 64))
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Code(Task):
     """Straight-line program execution; length = number of statements.

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from hybridlm.tasks.registry import register
+from hybridlm.tasks.registry import Lengths, register
 from hybridlm.tasks.task import Task, Unpadded
 
 ELEMENTS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(5)))
@@ -32,7 +32,7 @@ _PRODUCT = np.array([[_INDEX[tuple(p[i] for i in q)] for q in ELEMENTS] for p in
 """int [120, 120]: _PRODUCT[a, b] is the index of ELEMENTS[a] o ELEMENTS[b]."""
 
 
-@register("s5")
+@register("s5", lengths=Lengths(3, 40, 256))
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class S5(Task):
     """The S5 word problem; length = number of permutations."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import operator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -68,6 +68,11 @@ class Task(abc.ABC):
     def generate(self, rng: np.random.Generator, length: int) -> Unpadded:
         """One example of `length`, drawn with `rng` alone: tokens, targets (read at answer positions only) and
         answer positions, each of at most `max_tokens(length)` entries."""
+
+    def settings(self) -> dict[str, Any]:
+        """The task's own settings: its fields beyond those of every task (lengths, seq_len, seed, size)."""
+        common = {field.name for field in dataclasses.fields(Task)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in common}
 
     def __len__(self) -> int:
         return self.num_examples
