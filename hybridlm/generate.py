@@ -179,12 +179,17 @@ def main(argv: list[str]) -> None:
     args = flags.FLAGS
     if args.model is None:
         raise app.UsageError("--model is required: a training workdir or a Hugging Face directory")
-    prompts = _read_prompts()
-    model = load_model(args.model)
-    tokenizer = model.tokenizer()
-    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    try:
+        prompts = _read_prompts()
+        model = load_model(args.model)
+        tokenizer = model.tokenizer()
+        sampling = Sampling(args.temperature, args.top_k, args.top_p)
+        ids = [p.tolist() for p in tokenizer.encode_batch(prompts)]
+        check_prompts(ids, args.max_new_tokens, model.config.max_seq_len, model.config.vocab_size)
+    except (OSError, ValueError) as e:  # a bad model directory, prompt file, tokenizer or sampling setting
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     stop_tokens = [tokenizer.eos_id] if args.stop_at_eos else []
-    ids = [p.tolist() for p in tokenizer.encode_batch(prompts)]
     outputs: list[list[int]] = [[] for _ in prompts]
     shown = ""
     for step in stream(model.module(), ids, args.max_new_tokens, sampling, args.seed, stop_tokens):

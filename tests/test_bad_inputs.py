@@ -92,6 +92,7 @@ SUBPROCESS_CASES = [
     ("show missing file", ["experiments", "--show=/nope.py"], "config file /nope.py does not exist"),
     ("plan without show", ["experiments", "--plan"], "--plan needs --show=NAME: the experiment to plan, e.g."),
     ("plan on 0 devices", ["experiments", "--show=tiny_hybrid", "--plan", "--devices=0"], "--devices=0 must be"),
+    ("generate from no model", ["hybridlm.generate", "--model={tmp}/none", "--prompt=hi"], "is not a Hugging Face"),
 ]
 
 
