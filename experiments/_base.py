@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from hybridlm.config_defaults import model_config, run_config
+from hybridlm.config_defaults import model_config, default_run_config
 
 OLMO_VOCAB = 100_352  # dolma2 tokenizer, 100,278 tokens padded to a multiple of 128
 BYTE_VOCAB = 320  # the built-in byte tokenizer's 258 ids, padded to a multiple of 64
@@ -17,7 +17,7 @@ def olmo_pretraining(model: config_dict.ConfigDict, description: str, lr: float)
     the end of one epoch of its data, step 1,414,078 (~5.93T tokens; OLMo-hybrid-0326-7B.csv's last stage-1 step).
     Documents are packed without masking between them, as in the official stage-1 runs (they mask only in
     long-context and SFT stages)."""
-    config = run_config(
+    config = default_run_config(
         model, description=description, seq_len=8192, batch_size=512, lr=lr, warmup_steps=2000, num_steps=1_414_078
     )
     config.data.document_mask = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ml_collections import config_dict
 
 from experiments import _base
-from hybridlm.config_defaults import gdn_config, model_config, run_config
+from hybridlm.config_defaults import gdn_config, model_config, default_run_config
 
 
 def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict.ConfigDict:
@@ -24,7 +24,7 @@ def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict
     model.sliding_window = 128
     model.remat = "none"
     model.gdn.chunk_size = 16
-    config = run_config(
+    config = default_run_config(
         model, description=description, seq_len=128, batch_size=8, lr=3e-3, warmup_steps=50, num_steps=500
     )
     config.data.max_bytes = 4_000_000

@@ -50,7 +50,7 @@ import re
 
 from ml_collections import config_dict
 
-from hybridlm.config_defaults import model_config, run_config
+from hybridlm.config_defaults import model_config, default_run_config
 from hybridlm.data import code_corpus
 from hybridlm.model import ModelConfig, count_params
 
@@ -177,7 +177,7 @@ class Ladder:
         end = ends[multiple if multiple is not None else last]
         num_steps = end if multiple is not None else branches[last]
         what = f"the {multiple:g}x budget's decay" if multiple is not None else "the stable run"
-        config = run_config(
+        config = default_run_config(
             model,
             description=f"ladder {arg}: {arch} d_model {model.d_model} x {model.num_layers} layers, {what}",
             seq_len=self.seq_len,

@@ -1,7 +1,7 @@
 """The fields of a run config and their defaults.
 
-`run_config` is a whole run: the model (`model_config`, whose `gdn` field is a `gdn_config`) plus data, optimizer and
-loop settings. Experiments and the Hugging Face importer build their configs with these and then set what differs.
+`default_run_config` builds a whole run's config: the model (`model_config`, whose `gdn` field is a `gdn_config`) plus
+data, optimizer and loop settings. Experiments and the Hugging Face importer build their configs with these and then set what differs.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def model_config(
     return model
 
 
-def run_config(
+def default_run_config(
     model: config_dict.ConfigDict,
     *,
     description: str,

@@ -15,7 +15,7 @@ import tqdm
 from flax import nnx
 from ml_collections import config_dict
 
-from hybridlm import checkpoint, flops, partitioning, preemption, run_config, skip_step, summary, train_state
+from hybridlm import checkpoint, flops, partitioning, preemption, config_checks, skip_step, summary, train_state
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
@@ -181,7 +181,7 @@ class Trainer:
             config = hf_load.with_hf_architecture(config, config.init_from_hf)
         self.config = config
         self.name = name
-        self.model_config: ModelConfig = run_config.validate(config)
+        self.model_config: ModelConfig = config_checks.validate(config)
         self.workdir = pathlib.Path(workdir)
         self._is_lead = jax.process_index() == 0  # process 0: the one that reports
         self.data = load_data(config)

@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
-from hybridlm import checkpoint, run_config  # noqa: E402
+from hybridlm import checkpoint, config_checks  # noqa: E402
 from hybridlm.trainer import Trainer, TrainProgram  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def synthetic_batch(config: config_dict.ConfigDict, seed: int) -> dict[str, np.n
 def losses_and_shards(config: config_dict.ConfigDict, steps: int) -> dict[str, object]:
     """The losses of `steps` train steps from the seed's initial state on fixed synthetic batches, and the shard
     shapes of the initial state."""
-    program = TrainProgram(config, run_config.validate(config))
+    program = TrainProgram(config, config_checks.validate(config))
     state = program.init_state()
     shards = shard_shapes(state)
     found = []
@@ -76,7 +76,7 @@ def _name(path: tuple) -> str:
 
 def restored_digests(config: config_dict.ConfigDict, workdir: str, step: int) -> dict[str, str]:
     """{path: sha1 of the bytes} of the params saved at `step`, restored onto this config's mesh."""
-    program = TrainProgram(config, run_config.validate(config))
+    program = TrainProgram(config, config_checks.validate(config))
     checkpointer = checkpoint.Checkpointer(pathlib.Path(workdir), keep=10)
     state, _ = checkpointer.restore(step, program.abstract_state())
     checkpointer.close()

@@ -2,7 +2,7 @@
 silently (issue 16, item 6).
 
 Every row is one bad input: (description, how to produce it, words of the expected message). Most run in-process:
-config values through run_config.validate, data files, Hugging Face checkpoints and the Python API through the
+config values through config_checks.validate, data files, Hugging Face checkpoints and the Python API through the
 function that reads them (each raises the ValueError that the CLI prints as its one line), and the command lines of
 hybridlm.train, tools/export_hf.py and tools/prepare_data.py through their own parse and main functions. Only
 `python -m experiments`, whose flags cannot share a process with hybridlm.train's, and one real `python -m
@@ -22,7 +22,7 @@ import pytest
 from absl import flags
 
 from conftest import load_tool, small_config
-from hybridlm import api, checkpoint, run_config, train
+from hybridlm import api, checkpoint, config_checks, train
 from hybridlm.data.pipeline import load_data
 from hybridlm.data.token_files import write_metadata
 from hybridlm.hf import convert
@@ -223,7 +223,7 @@ def test_tool_refuses_with_one_error_line(case, tool, args, expected, tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
-# Config values: refused by run_config.validate, before any data is read or anything compiled.
+# Config values: refused by config_checks.validate, before any data is read or anything compiled.
 
 CONFIG_CASES = [
     ("lr inf", "optim.lr", math.inf, "config.optim.lr=inf must be positive and finite, e.g. 3e-4"),
@@ -344,7 +344,7 @@ def test_config_value_is_refused(case, key, value, expected, tmp_path):
         node = node[section]
     node[field] = value
     with pytest.raises(ConfigError) as error:
-        run_config.validate(config)
+        config_checks.validate(config)
     assert expected in _one_line(error)
 
 

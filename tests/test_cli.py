@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import experiments
-from hybridlm import run_config
+from hybridlm import config_checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_every_experiment_validates(name):
     config = experiments.get_config(name)
     if name == "ladder":  # its corpus exists once prepared (tools/prepare_data.py --corpus=python_code)
         config.data.update(source="builtin", paths=())
-    run_config.validate(config)
+    config_checks.validate(config)
 
 
 def test_listing_names_every_experiment():

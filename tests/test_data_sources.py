@@ -9,7 +9,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_helpers import EOT, TEXTS, TFDS_NAME, build_tfds_dataset, data_config, train_bpe, write_raw
-from hybridlm import run_config
+from hybridlm import config_checks
 from hybridlm.data import ByteTokenizer, TokenStream, load_tokenizer, make_lm_dataset
 from hybridlm.data.builtin_corpus import is_heldout
 from hybridlm.data.documents import DocumentSpec, open_documents
@@ -228,11 +228,11 @@ def test_a_registered_source_is_validated_and_read(monkeypatch):
 
     monkeypatch.setitem(SOURCES, "constant", Source(constant, takes_paths=False, needs=(), made_with=lambda d: None))
     config = data_config(source="constant", seq_len=8)
-    run_config.validate(config)
+    config_checks.validate(config)
     assert set(load_data(config).train[0]["inputs"].ravel().tolist()) <= {1, 2, 3, EOS}
     config.data.source = "nope"
     with pytest.raises(ConfigError, match=r"config.data.source='nope' is not one of \('builtin', .*'constant'\)"):
-        run_config.validate(config)
+        config_checks.validate(config)
 
 
 # Tokenizers and document sources.

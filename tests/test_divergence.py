@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import small_config
-from hybridlm import checkpoint, optim, run_config, skip_step
+from hybridlm import checkpoint, optim, config_checks, skip_step
 from hybridlm.model.config import ConfigError
 from hybridlm.trainer import TrainProgram
 
@@ -134,7 +134,7 @@ def program() -> TrainProgram:
     """The small run with attention layers only (skipping does not depend on the layers; these compile fastest)."""
     config = small_config(ATTENTION_ONLY)
     config.train.num_steps = 100
-    return TrainProgram(config, run_config.validate(config))
+    return TrainProgram(config, config_checks.validate(config))
 
 
 def _batch(program: TrainProgram, seed: int, poisoned: bool = False) -> dict[str, np.ndarray]:
@@ -192,7 +192,7 @@ def test_max_consecutive_skips_must_be_positive():
     config = small_config()
     config.train.max_consecutive_skips = 0
     with pytest.raises(ConfigError, match=r"config.train.max_consecutive_skips=0 must be positive"):
-        run_config.validate(config)
+        config_checks.validate(config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import types
 import pytest
 
 from conftest import load_tool, small_config
-from hybridlm import flops, run_config
+from hybridlm import flops, config_checks
 from hybridlm.model import ModelConfig
 from hybridlm.trainer import TrainProgram
 
@@ -54,9 +54,9 @@ def test_flops_per_token_agrees_with_xla_cost_analysis_of_the_step():
     model.gdn.num_key_heads = model.gdn.num_value_heads = 4
     model.gdn.key_head_dim, model.gdn.value_head_dim, model.gdn.chunk_size = 32, 64, 16
     config.data.seq_len = model.max_seq_len = 256
-    program = TrainProgram(config, run_config.validate(config))
+    program = TrainProgram(config, config_checks.validate(config))
     batch = program.put_batch(train_setup.synthetic_batch(config))
     cost = program.train_step.lower(program.abstract_state(), batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    counted = flops.flops_per_token(run_config.validate(config), 256) * program.tokens_per_step
+    counted = flops.flops_per_token(config_checks.validate(config), 256) * program.tokens_per_step
     assert cost["flops"] == pytest.approx(counted, rel=0.03)

@@ -9,13 +9,13 @@ from flax import nnx
 from ml_collections import config_dict
 
 from conftest import small_config
-from hybridlm import run_config
+from hybridlm import config_checks
 from hybridlm.model import ModelConfig, abstract_params
 from hybridlm.optim import make_optimizer, weight_decay_mask
 from hybridlm.trainer import TrainProgram
 
 NUM_STEPS = 4
-# Every number differs from run_config's defaults; b1 and b2 lie far apart and eps is near the clipped gradients'
+# Every number differs from default_run_config's defaults; b1 and b2 lie far apart and eps is near the clipped gradients'
 # size, so swapping the betas or dropping eps or the clipping changes the update.
 OPTIM = dict(
     lr=0.1,
@@ -116,7 +116,7 @@ def test_train_step_applies_the_configured_loss_and_optimizer():
     config = small_config(("attn",))
     config.optim.update(OPTIM)
     config.train.num_steps = NUM_STEPS
-    program = TrainProgram(config, run_config.validate(config))
+    program = TrainProgram(config, config_checks.validate(config))
     state = program.init_state()
     params = jax.device_get(state["params"])  # the step donates the state
     rng = np.random.default_rng(2)

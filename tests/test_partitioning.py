@@ -16,7 +16,7 @@ import jax
 import pytest
 
 from conftest import small_config
-from hybridlm import partitioning, run_config
+from hybridlm import partitioning, config_checks
 from hybridlm.api import load_workdir
 from hybridlm.model.config import ConfigError
 
@@ -155,9 +155,9 @@ def test_a_checkpoint_restores_onto_other_meshes_and_one_device(tmp_path):
 
 
 def _checked(config, devices: int = 8, monkeypatch=None) -> str:
-    monkeypatch.setattr(run_config.jax, "device_count", lambda: devices)
+    monkeypatch.setattr(config_checks.jax, "device_count", lambda: devices)
     with pytest.raises(ConfigError) as error:
-        run_config.validate(config)
+        config_checks.validate(config)
     return str(error.value)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import load_tool, small_config, write_config_file
-from hybridlm import preemption, run_config as run_config_checks
+from hybridlm import preemption, config_checks
 from hybridlm.model.config import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def test_checkpoint_timer(monkeypatch):
     config = run_config()
     config.train.checkpoint_minutes = 0.0
     with pytest.raises(ConfigError, match=r"config.train.checkpoint_minutes=0.0 must be positive"):
-        run_config_checks.validate(config)
+        config_checks.validate(config)
 
 
 def test_checkpoint_minutes_saves_at_log_steps(env, config_file, tmp_path):

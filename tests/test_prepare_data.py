@@ -13,7 +13,7 @@ import pytest
 
 from conftest import load_tool
 from data_helpers import EOT, TEXTS, TFDS_NAME, build_tfds_dataset, data_config, train_bpe, write_raw
-from hybridlm import run_config
+from hybridlm import config_checks
 from hybridlm.data import ByteTokenizer, load_tokenizer, prepare
 from hybridlm.data.pipeline import load_data
 from hybridlm.data.token_files import read_metadata, write_metadata
@@ -200,9 +200,9 @@ def test_tokenizer_from_metadata_is_checked(case, change, expected, tmp_path):
     tokens = _hf_token_files(tmp_path)
     config = data_config(source="token_files", paths=(str(tokens / "*.npy"),))
     config.model.vocab_size = 384
-    run_config.validate(config.copy_and_resolve_references())  # as made, the metadata's tokenizer is taken
+    config_checks.validate(config.copy_and_resolve_references())  # as made, the metadata's tokenizer is taken
     change(config, tokens)
     with pytest.raises(ConfigError) as error:
-        run_config.validate(config)
+        config_checks.validate(config)
     message = str(error.value)
     assert expected.format(tmp=tmp_path) in message and "\n" not in message, message

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import experiments
-from hybridlm import run_config, trainer
+from hybridlm import config_checks, trainer
 from hybridlm.data.pipeline import load_data
 from hybridlm.loss import lm_loss
 
@@ -85,7 +85,7 @@ def test_the_train_step_sees_the_loss_mask():
     """Through the trainer's loss: changing a masked position's target changes neither the loss nor the gradient;
     changing an unmasked one's changes both."""
     config = _tiny_task_config()
-    program = trainer.TrainProgram(config, run_config.validate(config))
+    program = trainer.TrainProgram(config, config_checks.validate(config))
     params = program.init_state()["params"]
     batch = {k: jnp.asarray(v) for k, v in load_data(config).train[0].items()}
     grad_fn = jax.jit(jax.value_and_grad(lambda p, b: trainer._forward_loss(program.graphdef, p, b, 1e-4, True)[0]))

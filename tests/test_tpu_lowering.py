@@ -79,7 +79,7 @@ def _write_artifacts(out: pathlib.Path) -> None:
 
     import experiments
     import pallas_kernels
-    from hybridlm import run_config, trainer
+    from hybridlm import config_checks, trainer
 
     assert jax.device_count() == DEVICES, f"expected {DEVICES} CPU devices, got {jax.devices()}"
 
@@ -87,7 +87,7 @@ def _write_artifacts(out: pathlib.Path) -> None:
         config = experiments.get_config("tiny_hybrid")
         config.model.gdn.impl, config.model.attention_impl = gdn_impl, attention_impl
         config.mesh.update(**MESH)
-        program = trainer.TrainProgram(config, run_config.validate(config))
+        program = trainer.TrainProgram(config, config_checks.validate(config))
         shape = (config.data.batch_size, config.data.seq_len)
         batch = {
             key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=program.batch_sharding)

@@ -183,7 +183,7 @@ def _seq_len(task: Task, length: int) -> int:
 def cell_config(task: str, arch: str, seed: int, args: dict[str, Any]) -> config_dict.ConfigDict:
     """The run config of one cell: the architecture at the flags' shape and its matched MLP width, trained on `task`
     with `args` (training examples of train_min to train_max; the model takes test_max)."""
-    from hybridlm.config_defaults import run_config
+    from hybridlm.config_defaults import default_run_config
 
     lengths, settings = split_args(args)
     longest = build(task, args, 1 << 30, lengths.train_min, lengths.test_max)
@@ -192,7 +192,7 @@ def cell_config(task: str, arch: str, seed: int, args: dict[str, Any]) -> config
     model = model_shape(
         arch, mlp_hidden=matched_mlp_hidden(**shape)[arch], max_seq_len=_seq_len(longest, lengths.test_max), **shape
     )
-    config = run_config(
+    config = default_run_config(
         model,
         description=f"expressivity: {task}, {arch}, seed {seed}",
         seq_len=_seq_len(longest, lengths.train_max),

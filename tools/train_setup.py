@@ -25,7 +25,7 @@ from ml_collections import config_dict, config_flags  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, for uninstalled checkouts
 
-from hybridlm import run_config  # noqa: E402
+from hybridlm import config_checks  # noqa: E402
 from hybridlm.train import parse_flags  # noqa: E402, F401  (the tools' flag parser; defines --config)
 from hybridlm.trainer import TrainProgram  # noqa: E402
 
@@ -102,7 +102,7 @@ class StepRunner:
     """
 
     def __init__(self, config: config_dict.ConfigDict, compiler_options: dict[str, str] | None = None):
-        self.program = TrainProgram(config, run_config.validate(config))
+        self.program = TrainProgram(config, config_checks.validate(config))
         self.state = self.program.init_state()
         self.batch = self.program.put_batch(synthetic_batch(config))
         start = time.perf_counter()

@@ -10,7 +10,7 @@
 
 A source reads one mixture group into its training and held-out token streams, or, a source of examples, returns
 its training and held-out examples (hybridlm.data.task_batches). The run config is checked against
-the table (hybridlm.run_config) and the data read through it (hybridlm.data.pipeline); a new source is one more
+the table (hybridlm.config_checks) and the data read through it (hybridlm.data.pipeline); a new source is one more
 ``@register`` function here.
 """
 

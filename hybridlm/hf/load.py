@@ -83,7 +83,7 @@ def run_config_from_hf(hf_dir: str | pathlib.Path) -> config_dict.ConfigDict:
     )
     set_architecture(model, fields)
     seq_len = min(_CONTINUE_SEQ_LEN, fields["max_seq_len"])
-    config = config_defaults.run_config(
+    config = config_defaults.default_run_config(
         model,
         description=f"continued training of the Hugging Face checkpoint {hf_dir}",
         seq_len=seq_len,
