@@ -31,7 +31,7 @@ setuptools.setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8", *_SCALING],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", *_SCALING],
         "scaling": _SCALING,
         "hf": ["torch>=2.4", "transformers>=5.24,<6"],
         # hybridlm/lm_eval_model.py; [hf] brings accelerate for lm_eval's own hf backend (tests/test_lm_eval.py)
