@@ -20,7 +20,8 @@ def validate(config: config_dict.ConfigDict) -> ModelConfig:
     """Returns the model config, or raises ConfigError naming the first field that cannot work and the fix.
 
     Fills in `config.data.tokenizer` and `config.data.eos_token` where unset, from the data (token files' metadata.json)
-    or as the byte tokenizer, so that the run config recorded in the workdir names the tokenizer."""
+    or as the byte tokenizer, so that the run config recorded in the workdir names the tokenizer (a synthetic task's
+    run has none)."""
     try:
         model = ModelConfig.from_config(config.model)
     except TypeError as e:
@@ -97,8 +98,9 @@ def _check_mesh(config: config_dict.ConfigDict, model: ModelConfig) -> None:
 
 
 def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
-    """The data source (hybridlm.data.sources) and what it needs: paths, weights, dtype; then the tokenizer, filled
-    in where unset (hybridlm.data.pipeline.resolve_tokenizer), against the data and the model's vocab size."""
+    """The data source (hybridlm.data.sources) and what it needs: paths, weights, dtype; then, for sources of text or
+    tokens, the tokenizer, filled in where unset (hybridlm.data.pipeline.resolve_tokenizer), against the data and the
+    model's vocab size."""
     _check(data.source in SOURCES, f"config.data.source={data.source!r} is not one of {tuple(SOURCES)}")
     source, name = SOURCES[data.source], data.source
     _check(
@@ -130,6 +132,8 @@ def _check_data(data: config_dict.ConfigDict, vocab_size: int) -> None:
     )
     for key, example in source.needs:
         _check(bool(data[key]), f"config.data.source={name!r} needs config.data.{key}, e.g. {example}")
+    if source.examples:  # a task's token ids are its own (its vocab is checked where it is built, before compile)
+        return
     try:
         resolve_tokenizer(data, vocab_size)
     except ValueError as e:

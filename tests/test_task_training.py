@@ -118,6 +118,18 @@ def test_task_batches_hold_the_task_examples_in_order():
     assert not np.array_equal(data.heldout[0]["inputs"], data.train[0]["inputs"])
 
 
+def test_a_task_run_needs_no_tokenizer_and_only_the_tasks_vocab():
+    """Parity's 3 token ids fit a model of 8 (below any text tokenizer's): the config checks and the data load."""
+    config = _tiny_task_config()
+    config.model.vocab_size = 8
+    config_checks.validate(config)
+    assert config.data.tokenizer is None
+    assert int(load_data(config).train[0]["inputs"].max()) < 8
+    config.model.vocab_size = 2
+    with pytest.raises(ValueError, match="config.model.vocab_size=2 is below the 3 token ids of the task 'parity'"):
+        load_data(config)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -114,9 +114,9 @@ def load_data(config: config_dict.ConfigDict) -> Data:
         `config.model.vocab_size`, an empty source, or a split too short for one batch.
     """
     data = config.data
+    if SOURCES[data.source].examples:  # examples carry their own token ids: no tokenizer
+        return _example_data(config)
     tokenizer = resolve_tokenizer(data, config.model.vocab_size)
-    if SOURCES[data.source].examples:
-        return _example_data(config, tokenizer)
     eos_id = tokenizer.eos_id
     streams = [SOURCES[data.source].read(config, group) for group in _groups(data, tokenizer)]
     train_streams, heldout_streams = [train for train, _ in streams], [heldout for _, heldout in streams]
@@ -151,11 +151,11 @@ def load_data(config: config_dict.ConfigDict) -> Data:
     )
 
 
-def _example_data(config: config_dict.ConfigDict, tokenizer: Tokenizer) -> Data:
+def _example_data(config: config_dict.ConfigDict) -> Data:
     """The batches of a source of examples (hybridlm.data.task_batches): each row one example, with its targets and
     loss mask."""
     data = config.data
-    train, heldout = SOURCES[data.source].read(config, _groups(data, tokenizer)[0])
+    train, heldout = SOURCES[data.source].read(config, Group(f"config.data.source={data.source!r}", [], None))
     common = dict(batch_size=data.batch_size, process_index=jax.process_index(), process_count=jax.process_count())
     return Data(
         train=make_task_dataset(train, **common),

@@ -39,12 +39,12 @@ class Group:
     Attributes:
       key: how messages name it, e.g. "config.data.paths[1]".
       files: its files, expanded from paths and globs (none for the sources that take no paths).
-      tokenizer: the run's tokenizer.
+      tokenizer: the run's tokenizer (None for the sources of examples, whose token ids are their own).
     """
 
     key: str
     files: list[str]
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
 
 
 Reader = Callable[[config_dict.ConfigDict, Group], tuple[TokenStream, TokenStream] | tuple[Task, Task]]
