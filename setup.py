@@ -12,8 +12,10 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["hybridlm", "hybridlm.*", "pallas_kernels", "pallas_kernels.*",
-                                               "experiments", "experiments.*"]),
+    # The experiment registry, the folder experiments/, installs as hybridlm_experiments: a name no other project uses.
+    packages=[*setuptools.find_packages(include=["hybridlm", "hybridlm.*", "pallas_kernels", "pallas_kernels.*"]),
+              "hybridlm_experiments"],
+    package_dir={"hybridlm_experiments": "experiments"},
     install_requires=[
         "jax>=0.10.2,<0.12",
         "flax>=0.12,<0.13",

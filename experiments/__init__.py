@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import importlib
+import pathlib
 
 from ml_collections import config_dict
 
-from hybridlm.named_configs import UnknownExperimentError, names, path
+from hybridlm import named_configs
+from hybridlm.named_configs import UnknownExperimentError
 
 __all__ = ["UnknownExperimentError", "get_config", "names", "path"]
+
+
+def names() -> list[str]:
+    """The registered experiment names, sorted."""
+    return named_configs.names(__name__)
+
+
+def path(name: str) -> pathlib.Path:
+    """The file that defines experiment `name`."""
+    return named_configs.path(name, __name__)
 
 
 def get_config(name: str) -> config_dict.ConfigDict:

@@ -11,9 +11,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-import experiments
 from hybridlm import named_configs
 from hybridlm.model import ModelConfig, count_params
+
+from . import get_config, names
 
 _SHOW = flags.DEFINE_string("show", None, "Print this experiment's full config instead of the list.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -83,8 +84,8 @@ def main(argv: list[str]) -> None:
         _show(_CONFIG.value)
         return
     print(f"{'experiment':<18} {'params':>8}  description")
-    for name in experiments.names():
-        config = experiments.get_config(name)
+    for name in names():
+        config = get_config(name)
         params = count_params(ModelConfig.from_config(config.model))
         print(f"{name:<18} {_human(params):>8}  {config.description}")
 

@@ -1,13 +1,13 @@
 """Olmo 3 7B: the transformer baseline (3 sliding-window layers then 1 full-attention layer), stage-1 pretraining
 as OLMo-core's src/scripts/official/OLMo3/OLMo-3-1025-7B-pretrain-1.py and -2.py ran it."""
 
-from experiments import _base
+from hybridlm import recipes
 from hybridlm.config_defaults import model_config
 
 
 def get_config():
     model = model_config(
-        vocab_size=_base.OLMO_VOCAB,
+        vocab_size=recipes.OLMO_VOCAB,
         d_model=4096,
         num_layers=32,
         layer_pattern=("swa", "swa", "swa", "attn"),
@@ -15,7 +15,7 @@ def get_config():
         mlp_hidden=11008,
         max_seq_len=8192,
     )
-    config = _base.olmo_7b(model, __doc__.strip())
+    config = recipes.olmo_7b(model, __doc__.strip())
     # OLMo-core's src/scripts/official/OLMo3/OLMo-3-1025-7B-pretrain-1.py ran CosWithWarmup (warmup 2000, to lr / 10)
     # planned over 5T tokens (1,192,093 steps) up to its midpoint, step 597,046; OLMo-3-1025-7B-pretrain-2.py went on
     # with HalfCosWithWarmup: the second half of that cosine, stretched to reach lr / 10 at 7T tokens (step 1,668,931).

@@ -1,7 +1,7 @@
 """Tiny pure Gated DeltaNet model (every layer GDN) for CPU debugging."""
 
-from experiments import _tiny
+from hybridlm import recipes
 
 
 def get_config():
-    return _tiny.tiny_config(("gdn",), __doc__.strip())
+    return recipes.tiny_config(("gdn",), __doc__.strip())

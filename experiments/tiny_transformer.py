@@ -1,7 +1,7 @@
 """Tiny Olmo-3-style transformer (3 sliding-window layers, 1 full-attention layer) for CPU debugging."""
 
-from experiments import _tiny
+from hybridlm import recipes
 
 
 def get_config():
-    return _tiny.tiny_config(("swa", "swa", "swa", "attn"), __doc__.strip())
+    return recipes.tiny_config(("swa", "swa", "swa", "attn"), __doc__.strip())

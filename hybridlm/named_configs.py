@@ -1,5 +1,5 @@
-"""Named runs: each public module of a registry package (`experiments` in this repository) defines one run config
-with `get_config()`. The library finds the modules by the package's name, without importing it, so the CLI takes
+"""Named runs: each public module of a registry package (the folder `experiments/`) defines one run config with
+`get_config()`. The library finds the modules by the package's name, without importing it, so the CLI takes
 `--config=NAME` while the registry stays a layer above the library. `NAME:ARG` (or `FILE.py:ARG`) names the config
 that the module's `get_config(ARG)` returns, as in big_vision (e.g. `ladder:hybrid-30M`)."""
 
@@ -11,7 +11,9 @@ import pathlib
 import sys
 from types import ModuleType
 
-REGISTRY = "experiments"
+# The registry package's names, in the order they are looked for: as pip installs the folder (setup.py names it so
+# that it cannot clash with another project's `experiments`), then as a checkout's root holds it.
+REGISTRY = ("hybridlm_experiments", "experiments")
 
 
 class ConfigFileError(ValueError):
@@ -22,23 +24,26 @@ class UnknownExperimentError(ConfigFileError):
     """The name matches no module of the registry."""
 
 
-def directory(package: str = REGISTRY) -> pathlib.Path:
-    """The folder of the registry package; raises UnknownExperimentError when it cannot be found."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise UnknownExperimentError(
-            f"no package {package!r} of named experiments can be found; run from the repository root, "
-            "pip install it, or pass --config=path/to/config.py"
-        )
-    return pathlib.Path(list(spec.submodule_search_locations)[0])
+def directory(package: str | tuple[str, ...] = REGISTRY) -> pathlib.Path:
+    """The folder of the registry package (the first of `package`'s names that is found); raises
+    UnknownExperimentError when none can be found."""
+    candidates = (package,) if isinstance(package, str) else package
+    for name in candidates:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            return pathlib.Path(list(spec.submodule_search_locations)[0])
+    raise UnknownExperimentError(
+        f"no package {' or '.join(map(repr, candidates))} of named experiments can be found; run from the repository "
+        "root, pip install it, or pass --config=path/to/config.py"
+    )
 
 
-def names(package: str = REGISTRY) -> list[str]:
+def names(package: str | tuple[str, ...] = REGISTRY) -> list[str]:
     """The registered experiment names, sorted."""
     return sorted(p.stem for p in directory(package).glob("*.py") if not p.stem.startswith("_"))
 
 
-def path(name: str, package: str = REGISTRY) -> pathlib.Path:
+def path(name: str, package: str | tuple[str, ...] = REGISTRY) -> pathlib.Path:
     """The file that defines experiment `name`."""
     known = names(package)
     if name not in known:
@@ -46,7 +51,7 @@ def path(name: str, package: str = REGISTRY) -> pathlib.Path:
     return directory(package) / f"{name}.py"
 
 
-def resolve(value: str, package: str = REGISTRY) -> str:
+def resolve(value: str, package: str | tuple[str, ...] = REGISTRY) -> str:
     """`--config`'s value as config_flags loads it: `FILE.py[:ARG]` for an experiment `NAME[:ARG]` or a config file
     `FILE.py[:ARG]`; raises ConfigFileError naming an unknown experiment, a bad file, or an ARG its `get_config`
     refuses (ValueError)."""

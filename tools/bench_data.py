@@ -99,7 +99,7 @@ def update_benchmarks(path: pathlib.Path, command: str, tokens_per_sec: float, a
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from experiments._base import OLMO_VOCAB
+    from hybridlm.recipes import OLMO_VOCAB
     from hybridlm.data.tokenizer import ByteTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,10 +1,11 @@
-"""Recipes experiments share: the vocabulary sizes and the Olmo 3 / Olmo Hybrid pretraining stage at a given size."""
+"""Recipes the experiments share (experiments/ imports them; the library does not): the vocabulary sizes, the Olmo 3 /
+Olmo Hybrid pretraining stage at a given size, and the tiny debug models."""
 
 from __future__ import annotations
 
 from ml_collections import config_dict
 
-from hybridlm.config_defaults import model_config, default_run_config
+from hybridlm.config_defaults import default_run_config, gdn_config, model_config
 
 OLMO_VOCAB = 100_352  # dolma2 tokenizer, 100,278 tokens padded to a multiple of 128
 BYTE_VOCAB = 320  # the built-in byte tokenizer's 258 ids, padded to a multiple of 64
@@ -49,3 +50,28 @@ def olmo_1b(layer_pattern: tuple[str, ...], description: str) -> config_dict.Con
     model.remat = "dots_and_kernels"
     model.scan_layers = False
     return olmo_pretraining(model, description, lr=4e-4)
+
+
+def tiny_config(layer_pattern: tuple[str, ...], description: str) -> config_dict.ConfigDict:
+    """4 layers of width 128 over the byte-level built-in corpus; float32 compute and GDN chunks of 16 (fast on CPUs)."""
+    model = model_config(
+        vocab_size=BYTE_VOCAB,
+        d_model=128,
+        num_layers=4,
+        layer_pattern=layer_pattern,
+        num_heads=4,
+        mlp_hidden=384,
+        max_seq_len=1024,
+        gdn=gdn_config(key_head_dim=32),
+    )
+    model.dtype = "float32"
+    model.sliding_window = 128
+    model.remat = "none"
+    model.gdn.chunk_size = 16
+    config = default_run_config(
+        model, description=description, seq_len=128, batch_size=8, lr=3e-3, warmup_steps=50, num_steps=500
+    )
+    config.data.max_bytes = 4_000_000
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 100
+    return config
