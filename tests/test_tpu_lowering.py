@@ -374,4 +374,5 @@ def test_gdn_q_k_v_are_never_gathered_over_heads_when_partitioned(artifacts):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # the experiment registry, as a checkout holds it
     _write_artifacts(pathlib.Path(sys.argv[1]))
