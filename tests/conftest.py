@@ -6,14 +6,17 @@ The Hugging Face tests (tests/test_hf.py) need the hf extra, torch and transform
 install cannot pass as a green run. To run the suite without them on purpose, set HYBRIDLM_SKIP_HF=1: they are then
 skipped, installed or not."""
 
+import contextlib
 import importlib.util
 import os
 import pathlib
 import sys
 import types
+from collections.abc import Callable, Iterator
 
 import jax
 import pytest
+from absl import flags
 from ml_collections import config_dict
 
 import experiments
@@ -101,3 +104,17 @@ def small_config(layer_pattern=("gdn", "attn")) -> config_dict.ConfigDict:
 @pytest.fixture
 def small_run_config() -> config_dict.ConfigDict:
     return small_config()
+
+
+@contextlib.contextmanager
+def cli_flags(define: Callable[[], None]) -> Iterator[None]:
+    """The absl flags a command's `define` adds, marked parsed, for the block; removed after it, so that another
+    command tested in the same process (pytest-xdist runs several files in one) can define flags of the same names."""
+    before = set(flags.FLAGS)
+    define()
+    flags.FLAGS.mark_as_parsed()
+    try:
+        yield
+    finally:
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)

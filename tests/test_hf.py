@@ -8,10 +8,9 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 
-from conftest import import_hf_extra, load_tool, small_config
+from conftest import cli_flags, import_hf_extra, load_tool, small_config
 
 torch, transformers = import_hf_extra()  # fails here without the hf extra (HYBRIDLM_SKIP_HF=1: skips; conftest)
 
@@ -282,10 +281,7 @@ def test_generate_cli_streams_the_api_text(hybrid, tmp_path, capsys):
     (workdir / "config.json").write_text(json.dumps(config))
     model = api.load_model(workdir)
     expected = model.generate(["ab"], 8, stop_tokens=[model.tokenizer().eos_id])[0]
-    if "max_new_tokens" not in flags.FLAGS:
-        generate.define_flags()
-    flags.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(model=str(workdir), prompt="ab", max_new_tokens=8):
+    with cli_flags(generate.define_flags), flagsaver.flagsaver(model=str(workdir), prompt="ab", max_new_tokens=8):
         generate.main([])
     assert capsys.readouterr().out == expected + "\n"
 

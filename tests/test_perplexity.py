@@ -9,11 +9,10 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from absl.testing import flagsaver
 from flax import nnx
 
-from conftest import small_config
+from conftest import cli_flags, small_config
 from hybridlm import api, perplexity
 from hybridlm.data.tokenizer import ByteTokenizer
 from hybridlm.hf.convert import SpecialTokens
@@ -84,10 +83,7 @@ def test_windows_score_every_token_once(size, stride):
 
 
 def _run_cli(capsys, **flag_values) -> list[str]:
-    if "text_field" not in flags.FLAGS:
-        perplexity.define_flags()
-    flags.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(**flag_values):
+    with cli_flags(perplexity.define_flags), flagsaver.flagsaver(**flag_values):
         perplexity.main([])
     return capsys.readouterr().out.split()
 
