@@ -505,22 +505,28 @@ def _intact_step(directory: pathlib.Path, step: int | None) -> int:
     return step
 
 
-def restore_state(
-    workdir: pathlib.Path, abstract_state: Any, step: int | None = None
-) -> tuple[Any, dict[str, Any], int]:
-    """The train state (laid out as `abstract_state`) and data state saved at `step` (default: the newest intact
-    checkpoint) in another run's `workdir`, read without writing there, and that step; raises ValueError as
-    `restore_params`."""
+def _read(workdir: pathlib.Path, step: int | None, args: ocp.args.Composite) -> tuple[Any, int]:
+    """`args` restored from the checkpoint at `step` (default: the newest intact one) in `workdir`, read without
+    writing there, and that step. Raises ValueError if `workdir` has no checkpoints, none at `step`, or that one is
+    not intact."""
     directory = checkpoints_dir(workdir).absolute()
     if not directory.is_dir():
         raise ValueError(f"{workdir} has no checkpoints directory; train that run first")
     step = _intact_step(directory, step)
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-        restored = manager.restore(step, args=args)
+        return manager.restore(step, args=args), step
     finally:
         manager.close()
+
+
+def restore_state(
+    workdir: pathlib.Path, abstract_state: Any, step: int | None = None
+) -> tuple[Any, dict[str, Any], int]:
+    """The train state (laid out as `abstract_state`) and data state saved at `step` (default: the newest intact
+    checkpoint) in another run's `workdir`, and that step; raises ValueError as `_read`."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    restored, step = _read(workdir, step, args)
     return restored.state, restored.data, step
 
 
@@ -531,18 +537,10 @@ def restore_params(
 
     Reads only the params subtree of the train state (no optimizer state) into numpy arrays on the host, laid out as
     `abstract_params` (a nested dict of jax.ShapeDtypeStruct: `hybridlm.model.abstract_params(config)`). Raises
-    ValueError if `workdir` has no checkpoints, none at `step`, or that one is not intact.
+    ValueError as `_read`.
     """
-    directory = checkpoints_dir(workdir).absolute()
-    if not directory.is_dir():
-        raise ValueError(f"{workdir} has no checkpoints directory; train it first")
-    step = _intact_step(directory, step)
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        target = {"params": abstract_params}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-        restored = manager.restore(step, args=ocp.args.Composite(state=state))
-    finally:
-        manager.close()
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    restored, step = _read(workdir, step, ocp.args.Composite(state=state))
     return restored.state["params"], step
