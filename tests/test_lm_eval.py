@@ -117,20 +117,27 @@ def test_generate_until_cuts_at_the_first_stop_string(models):
 
 def test_command_line_gives_the_task_metrics_of_the_hf_backend(models, hf_dir, tmp_path):
     """`python -m hybridlm.lm_eval_model` (lm_eval's own command line, our model registered) on the local task: its
-    results equal lm_eval's with the `hf` backend on the exported checkpoint."""
+    metrics and every logged log-likelihood equal lm_eval's with the `hf` backend on the exported checkpoint."""
     import json
     import subprocess
     import sys
 
     _, theirs = models
     manager = _task_manager(tmp_path)
-    expected = lm_eval.simple_evaluate(model=theirs, tasks=["tiny_mc"], task_manager=manager)["results"]["tiny_mc"]
+    expected = lm_eval.simple_evaluate(model=theirs, tasks=["tiny_mc"], task_manager=manager, log_samples=True)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "hybridlm.lm_eval_model", "--model", "hybridlm", "--model_args", f"path={hf_dir}",
-               "--batch_size", "4", "--tasks", "tiny_mc", "--include_path", str(tmp_path), "--output_path", str(out)]
+               "--batch_size", "4", "--tasks", "tiny_mc", "--include_path", str(tmp_path), "--output_path", str(out),
+               "--log_samples"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     (written,) = out.rglob("results_*.json")
     got = json.loads(written.read_text())["results"]["tiny_mc"]
     for metric in ("acc,none", "acc_stderr,none"):
-        assert got[metric] == pytest.approx(expected[metric], rel=1e-6), metric
+        assert got[metric] == pytest.approx(expected["results"]["tiny_mc"][metric], rel=1e-6), metric
+    (samples,) = out.rglob("samples_tiny_mc_*.jsonl")
+    logged = {json.loads(line)["doc_id"]: json.loads(line)["resps"] for line in samples.read_text().splitlines()}
+    reference = {sample["doc_id"]: sample["resps"] for sample in expected["samples"]["tiny_mc"]}
+    ours = np.array([float(r[0][0]) for doc in sorted(reference) for r in logged[doc]])
+    hf = np.array([float(r[0][0]) for doc in sorted(reference) for r in reference[doc]])
+    assert ours.size == 3 * len(QUESTIONS) and np.abs(ours - hf).max() / np.abs(hf).max() <= MAX_REL_ERR
