@@ -69,6 +69,12 @@ def _decode(
     return next_tokens(logits, key, sampling), cache
 
 
+@jax.jit
+def _as_two_rows(tokens: jax.Array, cache: list[dict[str, jax.Array]]) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """One row's new tokens int32 [1] and cache -> the same as two equal rows (the batch is axis 1 of the leaves)."""
+    return jnp.concatenate([tokens, tokens]), jax.tree.map(lambda a: jnp.concatenate([a, a], axis=1), cache)
+
+
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, max_seq_len: int, vocab_size: int) -> None:
     """Raises GenerateError for no prompts, an empty prompt, a token id outside the vocab, max_new_tokens < 1, or a
     prompt that with max_new_tokens does not fit in max_seq_len tokens."""
@@ -118,9 +124,15 @@ def stream(
     key = jax.random.key(seed)
     cache = _init_cache(graphdef, state, batch, width + max_new_tokens)
     new, cache = _prefill(graphdef, state, tokens, positions, cache, jax.random.fold_in(key, 0), sampling)
+    if batch == 1:
+        # One prompt decodes as two equal rows, the second's tokens dropped: XLA's GPU compiler lowers some one-row
+        # projections as slow reductions (the 1B hybrid's decode step took 2.11 ms at one row, 1.28 ms at two, on an
+        # H200; BENCHMARKS.md, 2026-12-02).
+        new, cache = _as_two_rows(new, cache)
+        lengths = np.concatenate([lengths, lengths])
     stopped, stops = np.zeros(batch, bool), np.asarray(list(stop_tokens), np.int64)
     for step in range(max_new_tokens):
-        host = np.asarray(new)
+        host = np.asarray(new)[:batch]
         yield [None if done else int(t) for t, done in zip(host, stopped)]
         stopped |= np.isin(host, stops)
         if stopped.all() or step + 1 == max_new_tokens:

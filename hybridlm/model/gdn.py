@@ -79,7 +79,13 @@ class CausalConv(nnx.Module):
     def step(self, x: jax.Array, taps: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One token. x: [B, C]; taps: [B, kernel - 1, C], the previous inputs -> (output [B, C], taps)."""
         window = jnp.concatenate([taps, x.astype(self.dtype)[:, None]], axis=1)  # [B, kernel, C], oldest first
-        return jax.nn.silu(jnp.sum(window * self.weight[...].astype(self.dtype), axis=1)), window[:, 1:]
+        weight = self.weight[...].astype(self.dtype)
+        # A sum of products rather than a reduction over the taps: XLA's GPU reduction of [1, kernel, C] over its
+        # middle axis took ~0.2 ms a call at batch 1 on an H200 (BENCHMARKS.md, 2026-12-02).
+        out = window[:, -1] * weight[-1]
+        for shift in range(1, window.shape[1]):
+            out = out + window[:, -1 - shift] * weight[-1 - shift]
+        return jax.nn.silu(out), window[:, 1:]
 
 
 class GatedDeltaNet(nnx.Module):

@@ -95,7 +95,8 @@ class HybridLM(nnx.Module):
         neither attention, GDN state nor conv taps reach from padding into the prompt). Returns the float32 logits
         of each row's last token [B, vocab_size] and the cache.
         """
-        x, cache = self._scan_cached(tokens, lambda group, x, c: group.prefill(x, positions, segment_ids, c), cache)
+        prefill = lambda group, x, c: group.prefill(x, positions, segment_ids, c)
+        x, cache = self._scan_cached(tokens, prefill, cache, unroll=not self.config.scan_layers)
         return head_logits(x[:, -1:], self.lm_head.kernel[...])[:, 0], cache
 
     def decode(
@@ -103,14 +104,21 @@ class HybridLM(nnx.Module):
     ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
         """One token per row after `prefill`. tokens, positions: int [B] (absolute positions) -> (float32 logits
         [B, vocab_size], cache)."""
-        x, cache = self._scan_cached(tokens[:, None], lambda group, x, c: group.decode(x, positions[:, None], c), cache)
+        # The layer groups unrolled whatever scan_layers says: scanned, the 1B hybrid's decode step took 2.97 ms at 8
+        # rows on an H200, 1.28 ms of it in copies, against 1.46 ms unrolled (BENCHMARKS.md, 2026-12-02).
+        decode = lambda group, x, c: group.decode(x, positions[:, None], c)
+        x, cache = self._scan_cached(tokens[:, None], decode, cache, unroll=True)
         return head_logits(x, self.lm_head.kernel[...])[:, 0], cache
 
     def _scan_cached(
-        self, tokens: jax.Array, run: Callable[..., tuple[jax.Array, Any]], cache: list[dict[str, jax.Array]]
+        self,
+        tokens: jax.Array,
+        run: Callable[..., tuple[jax.Array, Any]],
+        cache: list[dict[str, jax.Array]],
+        unroll: bool,
     ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-        """Scans `run(group, x, group_cache) -> (x, group_cache)` over the layer groups and their caches; returns
-        the final-normed hidden states [B, T, d_model] and the new cache."""
+        """Scans `run(group, x, group_cache) -> (x, group_cache)` over the layer groups and their caches (unrolled or
+        not); returns the final-normed hidden states [B, T, d_model] and the new cache."""
         graphdef, stacked = nnx.split(self.groups)
 
         def run_group(x: jax.Array, group: tuple[nnx.State, Any]) -> tuple[jax.Array, Any]:
@@ -119,7 +127,7 @@ class HybridLM(nnx.Module):
             return partitioning.constrain(x, ACTIVATIONS), group_cache
 
         x = partitioning.constrain(self._embed(tokens), ACTIVATIONS)
-        x, cache = jax.lax.scan(run_group, x, (stacked, cache), unroll=not self.config.scan_layers)
+        x, cache = jax.lax.scan(run_group, x, (stacked, cache), unroll=unroll)
         return self.final_norm(x), cache
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
