@@ -1,10 +1,11 @@
-"""Cached generation: prompts of different lengths in one batch, prefilled once, then one jitted decode step per token.
+"""Cached generation: prompts of different lengths in one batch, prefilled once, then jitted runs of decode steps.
 
 The prompts are left-padded to the longest: row b holds its n_b prompt tokens at the end, positions -1 on the padding
 and 0..n_b-1 on the prompt, and segment id 0 on the padding, 1 on the prompt, so neither attention, the GDN state nor
-the conv taps reach from padding into the prompt. Token t of the generation sits at position n_b + t. Every decode
-step has the same shapes and donates the cache, so a generation compiles prefill once per longest-prompt length and
-the decode step once per (batch, cache length, sampling).
+the conv taps reach from padding into the prompt. Token t of the generation sits at position n_b + t. The decode
+steps run STEPS_PER_SYNC at a time in one program (a scan) that donates the cache, so a generation compiles prefill
+once per longest-prompt length and the decode program at most twice per (batch, cache length, sampling): a full run
+and the last, shorter one.
 
 Command line, streaming each prompt's text as its tokens come (one prompt) or printing each completion (several):
 
@@ -27,6 +28,10 @@ from flax import nnx
 
 from hybridlm.model import HybridLM
 from hybridlm.sampling import Sampling, next_tokens
+
+# Decode steps the device runs between two reads of the host: fewer reads (each one a sync and a dispatch) against
+# finer streaming and fewer steps wasted past the last row's stop token.
+STEPS_PER_SYNC = 16
 
 
 class GenerateError(ValueError):
@@ -54,7 +59,7 @@ def _prefill(
     return next_tokens(logits, key, sampling), cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps"), donate_argnames=("cache",))
 def _decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -62,11 +67,25 @@ def _decode(
     positions: jax.Array,
     cache: list[dict[str, jax.Array]],
     key: jax.Array,
+    first: jax.Array,
     sampling: Sampling,
+    steps: int,
 ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """tokens, positions: int [B], the last tokens and their positions -> (the next tokens int32 [B], cache)."""
-    logits, cache = nnx.merge(graphdef, state).decode(tokens, positions, cache)
-    return next_tokens(logits, key, sampling), cache
+    """`steps` decode steps in one program. tokens, positions: int [B], the last tokens and their positions; token
+    `first` + s of the generation (step s) is drawn with the key fold_in(key, first + s) -> (the new tokens int32
+    [B, steps], cache)."""
+    model = nnx.merge(graphdef, state)
+
+    Carry = tuple[jax.Array, jax.Array, list[dict[str, jax.Array]]]  # the last tokens, their positions, the cache
+
+    def step(carry: Carry, s: jax.Array) -> tuple[Carry, jax.Array]:
+        tokens, positions, cache = carry
+        logits, cache = model.decode(tokens, positions, cache)
+        tokens = next_tokens(logits, jax.random.fold_in(key, first + s), sampling)
+        return (tokens, positions + 1, cache), tokens
+
+    (_, _, cache), new = jax.lax.scan(step, (tokens, positions, cache), jnp.arange(steps))
+    return new.T, cache
 
 
 @jax.jit
@@ -107,12 +126,17 @@ def stream(
     sampling: Sampling = Sampling(),
     seed: int = 0,
     stop_tokens: Sequence[int] = (),
+    steps_per_sync: int = STEPS_PER_SYNC,
 ) -> Iterator[list[int | None]]:
-    """Generates from each prompt, yielding after every step the new token of each row (None for a row that has
+    """Generates from each prompt, yielding the new token of each row step by step (None for a row that has
     stopped). A row stops after a stop token (which it keeps) or max_new_tokens tokens; the stream ends when every
-    row has stopped. Token t is drawn with the key fold_in(PRNGKey(seed), t)."""
+    row has stopped. Token t is drawn with the key fold_in(PRNGKey(seed), t). The device runs `steps_per_sync` decode
+    steps between two reads of the host, so the steps come in bursts of that many, and up to steps_per_sync - 1
+    steps are computed past the point where every row stopped."""
     config = model.config
     check_prompts(prompts, max_new_tokens, config.max_seq_len, config.vocab_size)
+    if steps_per_sync < 1:
+        raise GenerateError(f"steps_per_sync={steps_per_sync}: give 1 or more decode steps per read of the host")
     lengths = np.array([len(p) for p in prompts])
     batch, width = len(prompts), int(lengths.max())
     tokens = np.zeros((batch, width), np.int32)
@@ -123,22 +147,25 @@ def stream(
     graphdef, state = nnx.split(model)
     key = jax.random.key(seed)
     cache = _init_cache(graphdef, state, batch, width + max_new_tokens)
-    new, cache = _prefill(graphdef, state, tokens, positions, cache, jax.random.fold_in(key, 0), sampling)
+    last, cache = _prefill(graphdef, state, tokens, positions, cache, jax.random.fold_in(key, 0), sampling)
     if batch == 1:
         # One prompt decodes as two equal rows, the second's tokens dropped: XLA's GPU compiler lowers some one-row
         # projections as slow reductions (the 1B hybrid's decode step took 2.11 ms at one row, 1.28 ms at two, on an
         # H200; BENCHMARKS.md, 2026-12-02).
-        new, cache = _as_two_rows(new, cache)
+        last, cache = _as_two_rows(last, cache)
         lengths = np.concatenate([lengths, lengths])
     stopped, stops = np.zeros(batch, bool), np.asarray(list(stop_tokens), np.int64)
-    for step in range(max_new_tokens):
-        host = np.asarray(new)[:batch]
-        yield [None if done else int(t) for t, done in zip(host, stopped)]
-        stopped |= np.isin(host, stops)
-        if stopped.all() or step + 1 == max_new_tokens:
+    drawn, new = 1, np.asarray(last)[:batch, None]  # tokens drawn per row; those not yet yielded [batch, n]
+    while True:
+        for column in new.T:
+            yield [None if done else int(t) for t, done in zip(column, stopped)]
+            stopped |= np.isin(column, stops)
+        if stopped.all() or drawn == max_new_tokens:
             return
-        step_key = jax.random.fold_in(key, step + 1)
-        new, cache = _decode(graphdef, state, new, jnp.asarray(lengths + step, jnp.int32), cache, step_key, sampling)
+        steps = min(steps_per_sync, max_new_tokens - drawn)
+        positions = jnp.asarray(lengths + drawn - 1, jnp.int32)
+        drawn_tokens, cache = _decode(graphdef, state, last, positions, cache, key, drawn, sampling, steps)
+        drawn, last, new = drawn + steps, drawn_tokens[:, -1], np.asarray(drawn_tokens)[:batch]
 
 
 def generate(
@@ -148,10 +175,11 @@ def generate(
     sampling: Sampling = Sampling(),
     seed: int = 0,
     stop_tokens: Sequence[int] = (),
+    steps_per_sync: int = STEPS_PER_SYNC,
 ) -> list[list[int]]:
     """The new tokens of each prompt (without the prompt), as `stream` draws them."""
     out: list[list[int]] = [[] for _ in prompts]
-    for step in stream(model, prompts, max_new_tokens, sampling, seed, stop_tokens):
+    for step in stream(model, prompts, max_new_tokens, sampling, seed, stop_tokens, steps_per_sync):
         for row, token in zip(out, step):
             if token is not None:
                 row.append(token)

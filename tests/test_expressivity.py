@@ -52,6 +52,20 @@ def test_a_tiny_grid_writes_results_table_and_plot_and_a_rerun_skips_finished_ce
     assert (tmp_path / "results.jsonl").read_text().count("\n") == 2
 
 
+def test_jobs_split_the_grid_over_processes_and_the_parent_writes_the_table(tmp_path):
+    result = _run(tmp_path, *GRID, "--jobs=2")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["arch"] for r in lines) == ["gdn_beta02", "transformer"]  # each cell once, by one of the two
+    assert result.stdout.count("seed 0: training") == 2 and "| gdn_beta02 |" in (tmp_path / "code.md").read_text()
+    for bad, message in [
+        (["--jobs=2", "--shard=0/2"], "error: --jobs=2: give 1 or more processes, and no --shard with more than 1"),
+        (["--shard=2/2"], "error: --shard=2/2 is not i/n with 0 <= i < n"),
+    ]:
+        failed = _run(tmp_path, *GRID, *bad)
+        assert failed.returncode == 2 and failed.stderr.startswith(message), failed.stderr
+
+
 def test_the_five_architectures_match_in_parameter_count_at_the_default_shape():
     script = (
         "import json, sys; sys.path.insert(0, 'tools'); import expressivity as e\n"

@@ -73,6 +73,27 @@ def test_greedy_generate_matches_argmax_of_full_forward():
     assert stopped[0] == expected[0][: expected[0].index(stop) + 1]
 
 
+def test_decode_runs_of_any_length_draw_the_same_tokens():
+    """Sampled generation is the same whether the device runs 1, 5 or 16 decode steps between reads of the host (the
+    keys are per token), with stop tokens met inside a run; one prompt (decoded as two rows) draws what it draws as
+    the first of two equal prompts; greedy alone equals greedy in a batch."""
+    model = _model(("gdn", "attn"), seed=2)
+    prompts, sampling = [[5, 3, 8], [7, 1, 2, 9, 4, 4]], Sampling(temperature=1.0, top_k=20)
+    runs = {n: generate.generate(model, prompts, 12, sampling, seed=3, steps_per_sync=n) for n in (1, 5, 16)}
+    assert runs[1] == runs[5] == runs[16]
+    assert len(set(runs[1][0])) > 3, runs[1]  # sampled, not stuck on one token
+    stop = runs[1][0][6]
+    expected = [row[: row.index(stop) + 1] if stop in row else row for row in runs[1]]
+    for n in (1, 5, 16):
+        assert generate.generate(model, prompts, 12, sampling, seed=3, stop_tokens=[stop], steps_per_sync=n) == expected
+    twice = generate.generate(model, [prompts[1], prompts[1]], 12, sampling, seed=3)
+    assert generate.generate(model, [prompts[1]], 12, sampling, seed=3) == twice[:1]
+    greedy = generate.generate(model, prompts, 12)
+    assert generate.generate(model, [prompts[1]], 12) == greedy[1:]
+    with pytest.raises(generate.GenerateError, match="steps_per_sync=0: give 1 or more"):
+        generate.generate(model, prompts, 4, steps_per_sync=0)
+
+
 @pytest.fixture(scope="module")
 def api_model() -> Model:
     """A tiny float32 model (max_seq_len 32, the byte tokenizer) behind the `load_model` API."""

@@ -264,9 +264,10 @@ def test_greedy_generation_matches_transformers(name, hybrid, tmp_path):
     prompts = _tokens(export.config.vocab_size, seed=np.random.SeedSequence().entropy % 2**31)[:, :5]
     ours = api.load_model(export.workdir).generate(prompts.tolist(), 64, stop_tokens=[TOKENS.eos])
     model = transformers.AutoModelForCausalLM.from_pretrained(export.hf_dir, attn_implementation="eager")
-    with torch.no_grad():
+    inputs = torch.from_numpy(prompts.astype(np.int64))
+    with torch.no_grad():  # the mask given: left to itself, generate masks every prompt token equal to the pad id
         theirs = model.generate(
-            torch.from_numpy(prompts.astype(np.int64)), max_new_tokens=64, do_sample=False, pad_token_id=TOKENS.pad
+            inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=64, do_sample=False, pad_token_id=TOKENS.pad
         ).numpy()[:, prompts.shape[1] :]
     for row, tokens in enumerate(ours):
         assert tokens == theirs[row, : len(tokens)].tolist(), f"{name}: row {row}"

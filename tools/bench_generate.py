@@ -14,7 +14,8 @@ bfloat16 and raises model.max_seq_len to fit the prompts. Rows:
   filled, the first token drawn); tokens/s counts prompt tokens. transformers: one forward of the prompt with
   use_cache=True and logits_to_keep=1.
 - decode, per --batch size: `generate` of --new_tokens greedy tokens after prompts of --decode_prompt random tokens;
-  tokens/s is batch x new tokens over the whole call (its prompt prefill included, the host sync of every token too).
+  tokens/s is batch x new tokens over the whole call (its prompt prefill included, and the host's reads of the tokens
+  after each run of decode steps).
   transformers: `model.generate` with the same prompts, greedy, min_new_tokens = max_new_tokens, use_cache=True.
 
 Each figure is the median of --runs timed calls after --warmup calls (at least 1: the first call compiles). compile s is

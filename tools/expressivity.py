@@ -24,20 +24,27 @@ teacher-forced next tokens, so no generation) and buckets them by length (`Lengt
 of two up to test_max; hybridlm.tasks.accuracy_by_length). Each finished cell appends one JSON line to
 --out/results.jsonl; a rerun skips the cells already there (and a cell's interrupted training resumes from its
 checkpoint). Then, for each task, --out/TASK.md holds the token accuracy per architecture and length bucket (mean +-
-std over seeds) and --out/TASK.png plots it against test length. Seeds run one after another, each its own program.
+std over seeds) and --out/TASK.png plots it against test length.
+
+Cells run one after another, each its own program, unless --jobs=N runs them in N processes at once that share the
+local accelerator (process i takes cells i, i+N, ..., as --shard=i/N would); the command then writes the tables when
+all have finished. Several hosts split a grid with --shard=i/n each, and one run without --shard writes the tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import subprocess
 import sys
 from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_dict
 
+from hybridlm.sweep import parse_shard
 from hybridlm.tasks import LENGTHS, TASKS, Lengths, Task, make_task
 
 TASK = flags.DEFINE_list("task", [], "Tasks to run (names of hybridlm.tasks.TASKS), e.g. parity,s5.")
@@ -58,6 +65,18 @@ TASK_ARGS = flags.DEFINE_multi_string(
     "parity:train_max=40,test_max=256 (repeatable).",
 )
 EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 512, "Test examples scored per cell.")
+SHARD = flags.DEFINE_string(
+    "shard",
+    None,
+    "i/n: run only the grid's cells i, i+n, i+2n, ... (in task, architecture, seed order) and write no tables; run "
+    "the command without it afterwards to write them.",
+)
+JOBS = flags.DEFINE_integer(
+    "jobs",
+    1,
+    "Processes that share the local accelerator, each running one shard (--shard=i/jobs) of the grid at once; a small "
+    "cell leaves a GPU mostly idle, so several fill it.",
+)
 
 # name -> (layer pattern, GDN beta in [0, 2]): every model is otherwise the same shape but for its MLP width.
 ARCHITECTURES = {
@@ -301,6 +320,17 @@ def write_report(
     (out / f"{task}.md").write_text("\n".join(lines) + "\n")
 
 
+def run_workers(jobs: int) -> None:
+    """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (device memory allocated as
+    needed, not preallocated, so they share the accelerator), and waits for them; exits naming any that failed."""
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), *sys.argv[1:], "--jobs=1"]
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    workers = [subprocess.Popen([*command, f"--shard={i}/{jobs}"], env=env) for i in range(jobs)]
+    failed = [f"{i}/{jobs} (exit {code})" for i, code in enumerate(w.wait() for w in workers) if code]
+    if failed:
+        _fail(f"shards {', '.join(failed)} failed (their errors are above); rerun the command to finish their cells")
+
+
 def _key(line: dict[str, Any]) -> tuple[str, str, int, str]:
     """A results line's cell: task, architecture, seed and the task's arguments."""
     return line["task"], line["arch"], line["seed"], json.dumps(line.get("task_args"), sort_keys=True)
@@ -323,6 +353,12 @@ def main(argv: list[str]) -> None:
         _fail(f"--depth={DEPTH.value}: give a multiple of 4 (the hybrid's gdn,gdn,gdn,attn pattern)")
     seeds = _ints(SEEDS)
     try:
+        shard = (0, 1) if SHARD.value is None else parse_shard(SHARD.value)
+    except ValueError as e:
+        _fail(str(e))
+    if JOBS.value < 1 or (JOBS.value > 1 and SHARD.value is not None):
+        _fail(f"--jobs={JOBS.value}: give 1 or more processes, and no --shard with more than 1")
+    try:
         overrides = parse_task_args(TASK_ARGS.value)
         args = {task: task_args(task, overrides.get(task, {})) for task in tasks}
     except ValueError as e:
@@ -330,20 +366,24 @@ def main(argv: list[str]) -> None:
     out = pathlib.Path(OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
+    if JOBS.value > 1:
+        run_workers(JOBS.value)
+    cells = [(task, arch, seed) for task in tasks for arch in archs for seed in seeds]
     done = {_key(r) for r in read_results(path)}
+    for task, arch, seed in cells[shard[0] :: shard[1]]:
+        if _key(dict(task=task, arch=arch, seed=seed, task_args=args[task])) in done:
+            print(f"{task} {arch} seed {seed}: done, skipped", flush=True)
+            continue
+        print(f"{task} {arch} seed {seed}: training", flush=True)
+        try:
+            line = run_cell(task, arch, seed, args[task], out)
+        except ValueError as e:  # ConfigError and data errors, before anything trains
+            _fail(str(e))
+        with path.open("a") as f:  # one write of one line: shards appending at once do not interleave
+            f.write(json.dumps(line) + "\n")
+    if SHARD.value is not None:
+        return
     for task in tasks:
-        for arch in archs:
-            for seed in seeds:
-                if _key(dict(task=task, arch=arch, seed=seed, task_args=args[task])) in done:
-                    print(f"{task} {arch} seed {seed}: done, skipped", flush=True)
-                    continue
-                print(f"{task} {arch} seed {seed}: training", flush=True)
-                try:
-                    line = run_cell(task, arch, seed, args[task], out)
-                except ValueError as e:  # ConfigError and data errors, before anything trains
-                    _fail(str(e))
-                with path.open("a") as f:
-                    f.write(json.dumps(line) + "\n")
         write_report(task, args[task], read_results(path), archs, out)
         print(f"{task}: {out / f'{task}.md'}, {out / f'{task}.png'}", flush=True)
 
