@@ -1,14 +1,15 @@
 """Scaling ladders: `--config=ladder:ARCH-SIZE` (a stable run) and `--config=ladder:ARCH-SIZE/decayMx` (its decays).
 
-Every rung is an ordinary run config (`python -m experiments --show=ladder:hybrid-33M`); `python -m hybridlm.sweep
+Every rung is an ordinary run config (`python -m experiments --show=ladder:hybrid-6.9M`); `python -m hybridlm.sweep
 --ladder=ladder --workdir=DIR` trains them all and records one result per decay (hybridlm/sweep.py).
 
-Sizes. One rule from d_model and depth, both growing with the rung k = 1..4: d_model = 64 (k + 4) and 4k layers,
-heads of 64 (5 to 8 of them), SwiGLU width 8/3 d_model rounded up to a multiple of 64, as OLMo-core's ladder grows
-d_model and depth together (its 60M: d_model 384, 8 layers). The names are the transformer's parameters without
-the embedding table (LM head included; vocab 8192) in millions: 8M (320 x 4), 17M (384 x 8), 33M (448 x 12) and
-56M (512 x 16); the hybrid and GDN models are 8-15% larger (`python -m experiments --show=ladder:gdn-56M` prints
-each count).
+Sizes. One rule from d_model and depth, both growing with the rung k = 1..4: d_model = 64k and 4k layers, heads of
+64 (1 to 4 of them), SwiGLU width 8/3 d_model rounded up to a multiple of 64, as OLMo-core's ladder grows d_model
+and depth together. The names are the transformer's parameters without the embedding table (LM head included; vocab
+8192) in millions: 0.74M (64 x 4), 2.8M (128 x 8), 6.9M (192 x 12) and 15M (256 x 16), a span of 20x (61x without
+the LM head); the hybrid and GDN models are 4-15% larger (`python -m experiments --show=ladder:gdn-15M` prints each
+count). The data sets the top: the 15M's 2x budget is 600M tokens, so a larger rung would repeat the local corpus
+(below) still more often.
 
 Architectures, at the same d_model and depth: `transformer`, Olmo 3's pattern (3 sliding-window layers, window
 seq_len / 2 as Olmo 3's 4096 of 8192, then 1 full-attention layer); `hybrid`, Olmo Hybrid's (3 GDN layers then 1
@@ -18,7 +19,7 @@ OlmoHybridConfig's default shape (key heads as attention heads, key width 3/4 d_
 Batch and learning rate follow OLMo-core's ladder rules in N, the run's parameters without the embedding table:
 batch = 2048 x 160 x (N / 108M)^(2/3) tokens and lr = 0.0047 x (N / 108M)^(-1/3) / 2 (AdamW as the Olmo recipe,
 hybridlm.config_defaults). The batch is rounded to whole sequences of 1024 tokens, in multiples of 8 (it splits
-over 1, 2, 4 or 8 devices), and held to at least 16 sequences: the rule gives 56 sequences at 8M, and a batch far
+over 1, 2, 4 or 8 devices), and held to at least 16 sequences: the rule gives 11 sequences at 0.74M, and a batch far
 below that makes the gradient noise, not the model, set the loss of the smallest rungs.
 
 Token budgets and the schedule (WSD: warmup, stable, decay). A rung's budgets are the `MULTIPLES` 0.5, 1 and 2 of
@@ -35,8 +36,10 @@ plus 1.6 x 20 N stable, instead of 3.5 x 20 N for three separate runs. Each run 
 
 Data: the Python source corpus that `python tools/prepare_data.py --corpus=python_code --out=data/python_code`
 prepares (hybridlm.data.code_corpus: 8192-id BPE, the held-out files exactly the last 5% of its tokens); any token
-files work instead (`--config.data.paths=...`, and `--config.model.vocab_size` for another tokenizer). That corpus
-holds about 30M tokens: every rung sees it several times over (the 8M's 2x budget, 308M tokens, 10 times).
+files work instead (`--config.data.paths=...`, and `--config.model.vocab_size` for another tokenizer). With the test
+extra's packages the corpus holds about 28M tokens, which the top rung's 2x budget passes over 21 times; where more
+packages are installed, `--packages` takes them in and cuts the repeats (EXPERIMENTS.md gives the command and the
+corpus of the committed results).
 
 `Ladder` holds the rules' constants; a smaller one (e.g. tests' micro ladder) is another instance with its own
 `get_config` and `runs`.
@@ -66,11 +69,11 @@ _DECAY = re.compile(r"decay([0-9.]+)x")
 
 
 def size_rule(k: int) -> tuple[int, int]:
-    """(d_model, num_layers) of rung `k` (1, 2, ...): d_model 64 (k + 4), 4k layers."""
-    return 64 * (k + 4), 4 * k
+    """(d_model, num_layers) of rung `k` (1, 2, ...): d_model 64k, 4k layers."""
+    return 64 * k, 4 * k
 
 
-SIZES = {name: size_rule(k) for k, name in enumerate(("8M", "17M", "33M", "56M"), start=1)}
+SIZES = {name: size_rule(k) for k, name in enumerate(("0.74M", "2.8M", "6.9M", "15M"), start=1)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +124,7 @@ class Ladder:
             raise ValueError(
                 f"ladder rung {arg!r} is not ARCH-SIZE[/decayMx] with ARCH in {', '.join(ARCHS)}, SIZE in "
                 f"{', '.join(self.sizes)} and M in {', '.join(f'{m:g}' for m in self.multiples)}, "
-                "e.g. hybrid-33M/decay1x"
+                "e.g. hybrid-6.9M/decay1x"
             )
         return arch, size, multiple
 
@@ -216,8 +219,8 @@ class Ladder:
 LADDER = Ladder()
 
 
-def get_config(arg: str = "hybrid-33M") -> config_dict.ConfigDict:
-    """The run `arg` of the default ladder (module docstring), e.g. "hybrid-33M" or "hybrid-33M/decay1x"."""
+def get_config(arg: str = "hybrid-6.9M") -> config_dict.ConfigDict:
+    """The run `arg` of the default ladder (module docstring), e.g. "hybrid-6.9M" or "hybrid-6.9M/decay1x"."""
     return LADDER.config(arg)
 
 

@@ -1,5 +1,5 @@
-"""Runs a scaling ladder: `python -m hybridlm.sweep --ladder=NAME --workdir=DIR [--shard=i/n] [--archs=a,b]
-[--sizes=x,y] [--stop_after=K] [--config.<key>=<value> ...]`.
+"""Runs a scaling ladder: `python -m hybridlm.sweep --ladder=NAME --workdir=DIR [--shard=i/n | --jobs=N]
+[--archs=a,b] [--sizes=x,y] [--stop_after=K] [--config.<key>=<value> ...]`.
 
 NAME is a registry module (`ladder`: experiments/ladder.py) or a file that, like it, defines `get_config(arg)` and
 `runs(archs, sizes)`: the run args in the order to train them, each a stable run `ARCH-SIZE` followed by its decays
@@ -14,7 +14,8 @@ decay that is recorded is skipped. Each decay that finishes appends one JSON lin
 hybridlm.scaling.records reads it: arch, run, params (non-embedding N), params_total, tokens (D, the decay's end
 step x batch tokens), flops (hybridlm.flops per token x D), loss (the final held-out loss), tokens_per_sec (the
 median of the logged steps'), steps. `--shard=i/n` keeps the families (a stable run and its decays, which need its
-checkpoints) whose index in the run order is i modulo n. Before each run a line says which run, its steps, the
+checkpoints) whose index in the run order is i modulo n; `--jobs=N` runs N such shards at once on this host (N = 3:
+one architecture each, as the run order interleaves them). Before each run a line says which run, its steps, the
 FLOPs done and left, and the ETA at the FLOP rate this sweep has reached. SIGINT and SIGTERM are passed to the
 running trainer, which saves a checkpoint; the sweep then stops with its exit code.
 """
@@ -77,6 +78,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--archs", default=None, help="comma-separated architectures (default: all)")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes (default: all)")
     parser.add_argument("--stop_after", type=int, default=None, help="stop after training this many runs")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="sweeps run at once on this host, process i as --shard=i/jobs (small rungs leave a GPU mostly idle)",
+    )
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
@@ -194,9 +201,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def progress_line(
-    position: int, total: int, run: Run, done_flops: float, left_flops: float, rate: float | None
-) -> str:
+def progress_line(position: int, total: int, run: Run, done_flops: float, left_flops: float, rate: float | None) -> str:
     """Which run, how far it and the sweep are, and the ETA at `rate` FLOP/s (None: not measured yet)."""
     eta = _duration(left_flops / rate) if rate else "after the first run"
     share = done_flops / (done_flops + left_flops) if done_flops + left_flops else 1.0
@@ -254,8 +259,35 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def run_jobs(argv: list[str], jobs: int) -> int:
+    """Runs this sweep (`argv`) as `jobs` processes at once, process i with --shard=i/jobs and device memory
+    allocated as needed rather than preallocated, so that they share the host's accelerators. SIGINT and SIGTERM go
+    to every process. Returns the first nonzero exit code, or 0."""
+    command = [sys.executable, "-m", "hybridlm.sweep", *argv, "--jobs=1"]
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    children = [subprocess.Popen([*command, f"--shard={i}/{jobs}"], env=env) for i in range(jobs)]
+    forward = lambda signum, frame: [child.send_signal(signum) for child in children]  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    failed = [f"{i}/{jobs} (exit {code})" for i, code in enumerate(codes) if code]
+    if failed:
+        print(f"sweep: shards {', '.join(failed)} failed; rerun the sweep to resume them", file=sys.stderr)
+    return next((code for code in codes if code), 0)
+
+
 def main(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
+    if args.jobs != 1:
+        if args.jobs < 1 or args.shard != "0/1":
+            print(
+                f"error: --jobs={args.jobs}: give 1 or more processes, and no --shard with more than 1", file=sys.stderr
+            )
+            return 2
+        return run_jobs(argv, args.jobs)
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # this process only counts parameters: the GPU stays the trainer's

@@ -207,6 +207,12 @@ TOOL_CASES = [
     ("prepare: no input dir", "prepare_data", ["--input={tmp}/nope", "--out={tmp}/o"], "nope: no such directory"),
     ("prepare: index of no files", "prepare_data", ["--index={tmp}", "--dtype=uint16"], "no *.npy token files there"),
     ("prepare: corpus vocab 10", "prepare_data", ["--corpus=python_code", "--out={tmp}/o", "--vocab_size=10"], "(256,"),
+    (
+        "prepare: corpus package missing",
+        "prepare_data",
+        ["--corpus=python_code", "--out={tmp}/o", "--packages=numpy,no_such_package"],
+        "the corpus package 'no_such_package' is not installed; install it",
+    ),
 ]
 
 

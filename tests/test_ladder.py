@@ -38,8 +38,11 @@ def test_sizes_grow_together_and_architectures_share_each_shape():
         assert len(shapes) == 1, shapes
         (d_model, num_layers, _, head_dim), = shapes
         assert head_dim == 64 and num_layers % 4 == 0
-    assert [ladder.SIZES[s] for s in ladder.SIZES] == [(320, 4), (384, 8), (448, 12), (512, 16)]
-    assert 5e6 < experiments.get_config("ladder:transformer-8M").ladder.params < 60e6
+    assert [ladder.SIZES[s] for s in ladder.SIZES] == [(64, 4), (128, 8), (192, 12), (256, 16)]
+    counts = {size: experiments.get_config(f"ladder:transformer-{size}").ladder.params for size in ladder.SIZES}
+    for size, params in counts.items():  # each name is the transformer's parameters in millions, to two digits
+        assert abs(params / 1e6 - float(size.removesuffix("M"))) < 0.05 * params / 1e6, (size, params)
+    assert max(counts.values()) >= 15 * min(counts.values())  # the span the scaling fit needs
 
 
 def test_batch_and_lr_rules():
@@ -50,7 +53,7 @@ def test_batch_and_lr_rules():
     assert rules.batch_seqs(108e6 / 8) == 80  # N^(2/3): a quarter
     assert rules.batch_seqs(1e5) == 16  # held to the minimum
     assert all(rules.batch_seqs(n) % 8 == 0 for n in (7e6, 2e7, 5e7))
-    config = experiments.get_config("ladder:hybrid-17M")
+    config = experiments.get_config("ladder:hybrid-2.8M")
     params = config.ladder.params
     assert config.data.batch_size == rules.batch_seqs(params)
     assert config.optim.lr == pytest.approx(rules.lr(params))
@@ -61,11 +64,11 @@ def _lr(config: config_dict.ConfigDict, step: int) -> float:
 
 
 def test_wsd_decays_branch_from_the_stable_runs_kept_checkpoints():
-    stable = experiments.get_config("ladder:gdn-8M")
+    stable = experiments.get_config("ladder:gdn-0.74M")
     tokens_per_step = stable.data.batch_size * stable.data.seq_len
     branches = []
     for multiple in ladder.MULTIPLES:
-        decay = experiments.get_config(f"ladder:gdn-8M/decay{multiple:g}x")
+        decay = experiments.get_config(f"ladder:gdn-0.74M/decay{multiple:g}x")
         end, branch, peak = decay.train.num_steps, decay.init_from_step, decay.optim.lr
         assert end == round(multiple * 20 * decay.ladder.params / tokens_per_step)
         assert end - branch == round(0.2 * end)
@@ -84,12 +87,12 @@ def test_wsd_decays_branch_from_the_stable_runs_kept_checkpoints():
 
 
 def test_experiment_names_take_an_arg():
-    assert experiments.get_config("ladder:transformer-17M").model.layer_pattern == ("swa", "swa", "swa", "attn")
-    assert named_configs.resolve("ladder:hybrid-8M").endswith("experiments/ladder.py:hybrid-8M")
+    assert experiments.get_config("ladder:transformer-2.8M").model.layer_pattern == ("swa", "swa", "swa", "attn")
+    assert named_configs.resolve("ladder:hybrid-0.74M").endswith("experiments/ladder.py:hybrid-0.74M")
     with pytest.raises(named_configs.ConfigFileError, match="hybrid-3M.*is not ARCH-SIZE"):
         named_configs.resolve("ladder:hybrid-3M")
     shown = subprocess.run(
-        [sys.executable, "-m", "experiments", "--show=ladder:hybrid-8M/decay1x", "--config.train.log_every=7"],
+        [sys.executable, "-m", "experiments", "--show=ladder:hybrid-0.74M/decay1x", "--config.train.log_every=7"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
     assert "init_from_step: " in shown and "log_every: 7" in shown and "# parameters:" in shown

@@ -79,3 +79,14 @@ def test_shards_split_families_deterministically():
     assert sweep.parse_shard("1/3") == (1, 3)
     with pytest.raises(ValueError, match="--shard=3/3 is not i/n"):
         sweep.parse_shard("3/3")
+
+
+def test_jobs_run_the_shards_at_once_and_record_every_decay(tmp_path, capsys):
+    """--jobs=2 trains the two families in two processes (each a --shard); every decay is recorded once."""
+    ladder, workdir = tmp_path / "micro_ladder.py", tmp_path / "sweep"
+    ladder.write_text(MICRO_LADDER)
+    _sweep(capsys, ladder, workdir, "--archs=transformer,hybrid", "--jobs=2")
+    runs = sorted(json.loads(line)["run"] for line in (workdir / sweep.RESULTS_FILE).read_text().splitlines())
+    assert runs == ["hybrid-micro/decay1x", "transformer-micro/decay1x"]
+    assert sweep.main([f"--ladder={ladder}", f"--workdir={workdir}", "--jobs=2", "--shard=0/2"]) == 2
+    assert "--jobs=2: give 1 or more processes, and no --shard" in capsys.readouterr().err

@@ -3,7 +3,7 @@
     python tools/prepare_data.py --input DIR --out OUT_DIR [--tokenizer byte|TOKENIZER_JSON] [--workers N]
     python tools/prepare_data.py --tfds NAME [--split train] [--data_dir DIR] --out OUT_DIR [...]
     python tools/prepare_data.py --index TOKEN_DIR --dtype uint32 --tokenizer TOKENIZER_JSON
-    python tools/prepare_data.py --corpus=python_code --out OUT_DIR [--vocab_size 8192]
+    python tools/prepare_data.py --corpus=python_code --out OUT_DIR [--vocab_size 8192] [--packages numpy,torch,...]
 
 `--index` writes the metadata.json of token files made elsewhere (such as Olmo's), so training need not scan them.
 `--corpus=python_code` prepares the scaling ladders' corpus from this machine's Python source, with a BPE tokenizer
@@ -39,6 +39,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--index", help="a directory of existing token files to write metadata.json for")
     source.add_argument("--corpus", choices=("python_code",), help="a corpus built here (hybridlm.data.code_corpus)")
     parser.add_argument("--vocab_size", type=int, default=8192, help="--corpus: the BPE tokenizer's vocab size")
+    parser.add_argument(
+        "--packages",
+        default=None,
+        help="--corpus: the installed packages whose source joins the standard library's, comma-separated "
+        "(default: hybridlm.data.code_corpus.PACKAGES, the test extra's)",
+    )
     parser.add_argument("--dtype", choices=("uint16", "uint32"), help="the --index files' token dtype")
     parser.add_argument("--split", default="train", help="the tfds split")
     parser.add_argument("--data_dir", default=None, help="where the tfds dataset lives (default: tfds' own)")
@@ -93,7 +99,8 @@ def main(argv: list[str]) -> int:
             )
             return 0
         if args.corpus is not None:
-            metadata = code_corpus.prepare_code_corpus(args.out, args.vocab_size)
+            packages = code_corpus.PACKAGES if args.packages is None else args.packages.split(",")
+            metadata = code_corpus.prepare_code_corpus(args.out, args.vocab_size, code_corpus.source_roots(packages))
             print(
                 f"wrote {metadata['num_tokens']} tokens of {metadata['num_documents']} files to {args.out}, with "
                 f"its tokenizer; fingerprint {json.dumps(metadata['fingerprint'], sort_keys=True)}\n"

@@ -73,7 +73,10 @@ def source_roots(packages: Sequence[str] = PACKAGES) -> list[tuple[str, str]]:
     for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"the corpus package {package!r} is not installed; install it: pip install -e '.[test]'")
+            raise ValueError(
+                f"the corpus package {package!r} is not installed; install it (the default packages come with "
+                "pip install -e '.[test]') or leave it out of --packages"
+            )
         roots.append((package, list(spec.submodule_search_locations)[0]))
     return roots
 
