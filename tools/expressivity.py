@@ -37,6 +37,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -322,10 +323,13 @@ def write_report(
 
 def run_workers(jobs: int) -> None:
     """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (device memory allocated as
-    needed, not preallocated, so they share the accelerator), and waits for them; exits naming any that failed."""
+    needed, not preallocated, so they share the accelerator), and waits for them, passing SIGINT and SIGTERM on to
+    them; exits naming any that failed."""
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), *sys.argv[1:], "--jobs=1"]
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     workers = [subprocess.Popen([*command, f"--shard={i}/{jobs}"], env=env) for i in range(jobs)]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: [worker.send_signal(signum) for worker in workers])
     failed = [f"{i}/{jobs} (exit {code})" for i, code in enumerate(w.wait() for w in workers) if code]
     if failed:
         _fail(f"shards {', '.join(failed)} failed (their errors are above); rerun the command to finish their cells")
