@@ -33,6 +33,13 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "How many processes the run has (see --coordinator_address)."
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1.")
+_PEER_TIMEOUT = flags.DEFINE_float(
+    "peer_timeout_s",
+    30.0,
+    "A run of several processes: seconds without a heartbeat from another process before this one stops with exit "
+    "code 75, rather than wait in a collective for good (hybridlm/cluster_watch.py).",
+    lower_bound=1.0,
+)
 
 
 def _fail(message: str) -> None:
@@ -170,6 +177,10 @@ def main(argv: list[str]) -> None:
     _join_cluster(_cluster_flags())
     import jax  # Imported late, like the trainer: flag errors come back before jax starts up.
 
+    from hybridlm import cluster_watch
+
+    watch = cluster_watch.start(_WORKDIR.value, _PEER_TIMEOUT.value)  # stop soon after another process dies
+
     from hybridlm.checkpoint import CheckpointError
     from hybridlm.model.config import ConfigError
     from hybridlm.skip_step import DivergenceError
@@ -193,8 +204,12 @@ def main(argv: list[str]) -> None:
             raise
         _fail(out_of_memory_message(str(e), sys.argv[1:]))
     except preemption.Stopped as e:  # SIGTERM or SIGINT: the step reached is saved (or none was trained).
+        if watch is not None:
+            watch.finish()  # every process stops at this step
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
+    if watch is not None:
+        watch.finish()
 
 
 if __name__ == "__main__":

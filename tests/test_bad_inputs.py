@@ -125,6 +125,7 @@ TRAIN_CASES = [
     ("int override not a number", ["--config=tiny_hybrid", "--config.data.seq_len=1.5"], "--config.data.seq_len=1.5"),
     ("bool override not a bool", ["--config=tiny_hybrid", "--config.model.use_rope=maybe"], "Non-boolean argument"),
     ("num_processes not a number", ["--config=tiny_hybrid", "--num_processes=abc"], "--num_processes=abc: invalid"),
+    ("peer timeout below 1 s", ["--config=tiny_hybrid", "--peer_timeout_s=0.5"], "--peer_timeout_s=0.5: 0.5 is not"),
     (
         "cluster flag alone",
         ["--config=tiny_hybrid", "--coordinator_address=h:1"],

@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -101,6 +102,41 @@ def test_only_process_0_writes_and_reports(runs):
     (stdout_0, stderr_0), (stdout_1, stderr_1) = runs["outputs"][:2]
     assert "unigram entropy" in stdout_0 and f"step {STEPS}: held-out loss" in stdout_0 and "train:" in stderr_0
     assert "unigram entropy" not in stdout_1 and "held-out loss" not in stdout_1 and "train:" not in stderr_1
+
+
+def test_a_killed_process_stops_the_other_and_a_rerun_resumes(tmp_path, config_file):
+    """kill -9 of process 1 mid-run: process 0 stops within a minute with exit 75 and a line saying what happened and
+    how to resume, rather than wait in a collective; the same command on both processes then resumes from the last
+    checkpoint and finishes the run."""
+    workdir, steps = tmp_path / "run", 60
+    args = ("--num_processes=2", "--peer_timeout_s=5", f"--config.train.num_steps={steps}")
+    args += ("--config.train.checkpoint_every=5", f"--config.train.eval_every={steps}")
+    launch = lambda port: [  # noqa: E731
+        _launch(config_file, workdir, 4, f"--coordinator_address=localhost:{port}", *args, f"--process_id={i}")
+        for i in range(2)
+    ]
+    processes = launch(_free_port())
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while max(checkpoint.saved_steps(checkpoint.checkpoints_dir(workdir)), default=0) < 10:
+            assert time.monotonic() < deadline and processes[0].poll() is None, processes[0].communicate()[1][-2000:]
+            time.sleep(0.2)
+        processes[1].kill()
+        killed = time.monotonic()
+        _, stderr = processes[0].communicate(timeout=60)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert processes[0].returncode == 75 and time.monotonic() - killed < 60, stderr[-2000:]
+    assert "error: process 1 of 2 has sent no heartbeat for 5 s: it has stopped, so process 0 stops too" in stderr
+    assert f"it resumes from the last checkpoint in {workdir}" in stderr
+    saved = max(checkpoint.saved_steps(checkpoint.checkpoints_dir(workdir)))
+    assert saved < steps
+    outputs = [_finish(process) for process in launch(_free_port())]
+    assert f"resumed from the checkpoint at step {saved}" in outputs[0][0] + outputs[0][1]
+    assert max(_losses(workdir)) == steps and checkpoint.Checkpointer(workdir, keep=1).latest_step() == steps
 
 
 def test_other_processes_check_the_config_but_write_nothing(tmp_path, monkeypatch):
