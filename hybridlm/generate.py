@@ -160,7 +160,9 @@ def stream(
         for column in new.T:
             yield [None if done else int(t) for t, done in zip(column, stopped)]
             stopped |= np.isin(column, stops)
-        if stopped.all() or drawn == max_new_tokens:
+            if stopped.all():
+                return
+        if drawn == max_new_tokens:
             return
         steps = min(steps_per_sync, max_new_tokens - drawn)
         positions = jnp.asarray(lengths + drawn - 1, jnp.int32)

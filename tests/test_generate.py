@@ -90,6 +90,8 @@ def test_decode_runs_of_any_length_draw_the_same_tokens():
     assert generate.generate(model, [prompts[1]], 12, sampling, seed=3) == twice[:1]
     greedy = generate.generate(model, prompts, 12)
     assert generate.generate(model, [prompts[1]], 12) == greedy[1:]
+    end = greedy[1][4]  # the stream ends at a stop token inside a run of 16 steps, without steps of no tokens
+    assert len(list(generate.stream(model, [prompts[1]], 12, stop_tokens=[end]))) == greedy[1].index(end) + 1
     with pytest.raises(generate.GenerateError, match="steps_per_sync=0: give 1 or more"):
         generate.generate(model, prompts, 4, steps_per_sync=0)
 
