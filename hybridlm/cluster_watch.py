@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 INTERVAL_S = 5.0
-TIMEOUT_S = 30.0
+TIMEOUT_S = 45.0  # a dead peer is seen within 50 s; a live one whose heartbeat thread stalls for less is not
 EXIT_CODE = 75  # EX_TEMPFAIL: the run can go on when started again
 _DONE = "done"
 

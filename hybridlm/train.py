@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from hybridlm import named_configs, preemption
+from hybridlm import cluster_watch, named_configs, preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "An experiment name from `python -m experiments`, or the path of a config file."
@@ -35,7 +35,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1.")
 _PEER_TIMEOUT = flags.DEFINE_float(
     "peer_timeout_s",
-    30.0,
+    cluster_watch.TIMEOUT_S,
     "A run of several processes: seconds without a heartbeat from another process before this one stops with exit "
     "code 75, rather than wait in a collective for good (hybridlm/cluster_watch.py).",
     lower_bound=1.0,
@@ -176,8 +176,6 @@ def main(argv: list[str]) -> None:
     _check_workdir(_WORKDIR.value)
     _join_cluster(_cluster_flags())
     import jax  # Imported late, like the trainer: flag errors come back before jax starts up.
-
-    from hybridlm import cluster_watch
 
     watch = cluster_watch.start(_WORKDIR.value, _PEER_TIMEOUT.value)  # stop soon after another process dies
 
