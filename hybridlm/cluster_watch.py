@@ -10,7 +10,8 @@ how to resume, and the exit code `EXIT_CODE`. (When process 0 dies, the store an
 it, and jax aborts the others at once with its own line, "Terminating process because the JAX distributed service
 detected fatal errors".) A process that ends its run normally, or stops on a signal with its peers, marks itself done
 first, so that a peer still saving its last checkpoint is not taken for dead; one that fails leaves no mark, and its
-peers stop after `TIMEOUT_S`.
+peers stop after `TIMEOUT_S`. A collective whose peer vanished may fail before the watch sees it (gloo: "Connection
+closed by peer"); the command then waits for the watch's verdict (`await_verdict`) before it raises the error.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class ClusterWatch:
         except Exception:  # the store is gone too: nobody is left to read the mark
             pass
 
+    def await_verdict(self) -> None:
+        """Waits as long as the watch takes to find a dead process (timeout_s and two rounds), for a caller holding
+        an error that a dead process may have caused (a collective whose peer vanished): if one died, the watch ends
+        this process with its line meanwhile; if none did, this returns and the caller raises its error."""
+        time.sleep(self.timeout_s + 2 * self.interval_s)
+
     def _read(self, process: int) -> str | None:
         """The counter of `process`, None before its first beat."""
         try:
@@ -115,6 +122,7 @@ class ClusterWatch:
     def _lost(self, what: str) -> None:
         if self.finished.is_set():
             return
+        self.finished.set()  # one verdict: the watch stops here
         print(
             f"error: {what}: it has stopped, so process {self.process} stops too (exit {EXIT_CODE}). Start the run "
             f"again on every process with the same command: it resumes from the last checkpoint in {self.workdir}.",
