@@ -36,7 +36,8 @@ from typing import Any
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from hybridlm import checkpoint, named_configs
+from hybridlm import checkpoint, named_configs, shards
+from hybridlm.shards import parse_shard
 
 RESULTS_FILE = "results.jsonl"
 
@@ -89,14 +90,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if bad:
         parser.error(f"unknown arguments {' '.join(bad)}; only --config.<key>=<value> overrides pass to the runs")
     return args, rest
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    """(i, n) of `--shard=i/n`; ValueError unless 0 <= i < n."""
-    index, _, count = shard.partition("/")
-    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
-        raise ValueError(f"--shard={shard} is not i/n with 0 <= i < n, e.g. --shard=0/2")
-    return int(index), int(count)
 
 
 def shard_runs(runs: list[Run], index: int, count: int) -> list[Run]:
@@ -259,26 +252,6 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def run_jobs(argv: list[str], jobs: int) -> int:
-    """Runs this sweep (`argv`) as `jobs` processes at once, process i with --shard=i/jobs and device memory
-    allocated as needed rather than preallocated, so that they share the host's accelerators. SIGINT and SIGTERM go
-    to every process. Returns the first nonzero exit code, or 0."""
-    command = [sys.executable, "-m", "hybridlm.sweep", *argv, "--jobs=1"]
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    children = [subprocess.Popen([*command, f"--shard={i}/{jobs}"], env=env) for i in range(jobs)]
-    forward = lambda signum, frame: [child.send_signal(signum) for child in children]  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        codes = [child.wait() for child in children]
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    failed = [f"{i}/{jobs} (exit {code})" for i, code in enumerate(codes) if code]
-    if failed:
-        print(f"sweep: shards {', '.join(failed)} failed; rerun the sweep to resume them", file=sys.stderr)
-    return next((code for code in codes if code), 0)
-
-
 def main(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
     if args.jobs != 1:
@@ -287,7 +260,10 @@ def main(argv: list[str]) -> int:
                 f"error: --jobs={args.jobs}: give 1 or more processes, and no --shard with more than 1", file=sys.stderr
             )
             return 2
-        return run_jobs(argv, args.jobs)
+        failed = shards.run_local_shards([sys.executable, "-m", "hybridlm.sweep", *argv, "--jobs=1"], args.jobs)
+        if failed:
+            print(f"sweep: shards {', '.join(failed)} failed; rerun the sweep to resume them", file=sys.stderr)
+        return 1 if failed else 0
     import jax
 
     jax.config.update("jax_platforms", "cpu")  # this process only counts parameters: the GPU stays the trainer's

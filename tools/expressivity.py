@@ -35,17 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import signal
-import subprocess
 import sys
 from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_dict
 
-from hybridlm.sweep import parse_shard
+from hybridlm.shards import parse_shard, run_local_shards
 from hybridlm.tasks import LENGTHS, TASKS, Lengths, Task, make_task
 
 TASK = flags.DEFINE_list("task", [], "Tasks to run (names of hybridlm.tasks.TASKS), e.g. parity,s5.")
@@ -322,15 +319,10 @@ def write_report(
 
 
 def run_workers(jobs: int) -> None:
-    """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (device memory allocated as
-    needed, not preallocated, so they share the accelerator), and waits for them, passing SIGINT and SIGTERM on to
+    """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (hybridlm.shards), and waits for
     them; exits naming any that failed."""
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), *sys.argv[1:], "--jobs=1"]
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    workers = [subprocess.Popen([*command, f"--shard={i}/{jobs}"], env=env) for i in range(jobs)]
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda signum, frame: [worker.send_signal(signum) for worker in workers])
-    failed = [f"{i}/{jobs} (exit {code})" for i, code in enumerate(w.wait() for w in workers) if code]
+    failed = run_local_shards(command, jobs)
     if failed:
         _fail(f"shards {', '.join(failed)} failed (their errors are above); rerun the command to finish their cells")
 
