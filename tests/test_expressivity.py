@@ -46,6 +46,7 @@ def test_a_tiny_grid_writes_results_table_and_plot_and_a_rerun_skips_finished_ce
     assert f"| transformer | {params[0]:,} | {lines[0]['mlp_hidden']} |" in table
     assert f"| gdn_beta02 | {params[1]:,} | {lines[1]['mlp_hidden']} |" in table
     assert (tmp_path / "code.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((tmp_path / "jax_cache").iterdir())  # the compiled programs, for the next seed
     rerun = _run(tmp_path, *GRID)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.count("done, skipped") == 2 and "training" not in rerun.stdout

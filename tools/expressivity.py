@@ -23,8 +23,10 @@ examples of lengths train_min to test_max, takes the model's argmax at every pos
 teacher-forced next tokens, so no generation) and buckets them by length (`Lengths.buckets`: train_max, then powers
 of two up to test_max; hybridlm.tasks.accuracy_by_length). Each finished cell appends one JSON line to
 --out/results.jsonl; a rerun skips the cells already there (and a cell's interrupted training resumes from its
-checkpoint). Then, for each task, --out/TASK.md holds the token accuracy per architecture and length bucket (mean +-
-std over seeds) and --out/TASK.png plots it against test length.
+checkpoint). Compiled programs are kept in JAX's persistent cache in --out/jax_cache: the seeds of a task and
+architecture compile the same programs, so the grid runs seed by seed and only the first seed compiles. Then, for
+each task, --out/TASK.md holds the token accuracy per architecture and length bucket (mean +- std over seeds) and
+--out/TASK.png plots it against test length.
 
 Cells run one after another, each its own program, unless --jobs=N runs them in N processes at once that share the
 local accelerator (process i takes cells i, i+N, ..., as --shard=i/N would); the command then writes the tables when
@@ -66,7 +68,7 @@ EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 512, "Test examples scored
 SHARD = flags.DEFINE_string(
     "shard",
     None,
-    "i/n: run only the grid's cells i, i+n, i+2n, ... (in task, architecture, seed order) and write no tables; run "
+    "i/n: run only the grid's cells i, i+n, i+2n, ... (in seed, task, architecture order) and write no tables; run "
     "the command without it afterwards to write them.",
 )
 JOBS = flags.DEFINE_integer(
@@ -244,7 +246,8 @@ def run_cell(task: str, arch: str, seed: int, args: dict[str, Any], out: pathlib
     model = nnx.merge(trainer.program.graphdef, params)
     lengths = split_args(args)[0]
     test = build(task, args, config.model.max_seq_len, lengths.train_min, lengths.test_max, seed=10_000 + seed)
-    examples = {k: np.stack([test[i][k] for i in range(EVAL_EXAMPLES.value)]) for k in test[0]}
+    drawn = [test[i] for i in range(EVAL_EXAMPLES.value)]
+    examples = {k: np.stack([example[k] for example in drawn]) for k in drawn[0]}
     predict = jax.jit(lambda tokens: model(tokens).argmax(-1))
     starts = range(0, EVAL_EXAMPLES.value, BATCH.value)
     predictions = np.concatenate([np.asarray(predict(examples["inputs"][i : i + BATCH.value])) for i in starts])
@@ -318,6 +321,15 @@ def write_report(
     (out / f"{task}.md").write_text("\n".join(lines) + "\n")
 
 
+def _use_compilation_cache(path: pathlib.Path) -> None:
+    """Keeps compiled programs in JAX's persistent cache at `path`: a cell's seeds (and a resumed cell) compile
+    the same train and scoring programs, so all but the first load them."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def run_workers(jobs: int) -> None:
     """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (hybridlm.shards), and waits for
     them; exits naming any that failed."""
@@ -361,10 +373,11 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     out = pathlib.Path(OUT.value)
     out.mkdir(parents=True, exist_ok=True)
+    _use_compilation_cache(out / "jax_cache")
     path = out / "results.jsonl"
     if JOBS.value > 1:
         run_workers(JOBS.value)
-    cells = [(task, arch, seed) for task in tasks for arch in archs for seed in seeds]
+    cells = [(task, arch, seed) for seed in seeds for task in tasks for arch in archs]
     done = {_key(r) for r in read_results(path)}
     for task, arch, seed in cells[shard[0] :: shard[1]]:
         if _key(dict(task=task, arch=arch, seed=seed, task_args=args[task])) in done:
