@@ -2,10 +2,10 @@
 
 The prompts are left-padded to the longest: row b holds its n_b prompt tokens at the end, positions -1 on the padding
 and 0..n_b-1 on the prompt, and segment id 0 on the padding, 1 on the prompt, so neither attention, the GDN state nor
-the conv taps reach from padding into the prompt. Token t of the generation sits at position n_b + t. The decode
-steps run STEPS_PER_SYNC at a time in one program (a scan) that donates the cache, so a generation compiles prefill
-once per longest-prompt length and the decode program at most twice per (batch, cache length, sampling): a full run
-and the last, shorter one.
+the conv taps reach from padding into the prompt. Token t of the generation sits at position n_b + t. A decode step
+is one jitted program that donates the cache; the host queues STEPS_PER_SYNC of them before it reads their tokens, so
+the device runs them back to back. A generation compiles prefill once per longest-prompt length and the decode step
+once per (batch, cache length, sampling).
 
 Command line, streaming each prompt's text as its tokens come (one prompt) or printing each completion (several):
 
@@ -59,33 +59,23 @@ def _prefill(
     return next_tokens(logits, key, sampling), cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "steps"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
 def _decode(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     tokens: jax.Array,
-    positions: jax.Array,
+    lengths: jax.Array,
     cache: list[dict[str, jax.Array]],
     key: jax.Array,
-    first: jax.Array,
+    index: jax.Array,
     sampling: Sampling,
-    steps: int,
 ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """`steps` decode steps in one program. tokens, positions: int [B], the last tokens and their positions; token
-    `first` + s of the generation (step s) is drawn with the key fold_in(key, first + s) -> (the new tokens int32
-    [B, steps], cache)."""
-    model = nnx.merge(graphdef, state)
-
-    Carry = tuple[jax.Array, jax.Array, list[dict[str, jax.Array]]]  # the last tokens, their positions, the cache
-
-    def step(carry: Carry, s: jax.Array) -> tuple[Carry, jax.Array]:
-        tokens, positions, cache = carry
-        logits, cache = model.decode(tokens, positions, cache)
-        tokens = next_tokens(logits, jax.random.fold_in(key, first + s), sampling)
-        return (tokens, positions + 1, cache), tokens
-
-    (_, _, cache), new = jax.lax.scan(step, (tokens, positions, cache), jnp.arange(steps))
-    return new.T, cache
+    """One decode step. tokens: int [B], the last tokens; lengths: int [B], the prompts' lengths. The new token is
+    token `index` of the generation (after token index - 1, at position length + index - 1), drawn with the key
+    fold_in(key, index) -> (the new tokens int32 [B], cache)."""
+    positions = lengths + index - 1
+    logits, cache = nnx.merge(graphdef, state).decode(tokens, positions, cache)
+    return next_tokens(logits, jax.random.fold_in(key, index), sampling), cache
 
 
 @jax.jit
@@ -154,6 +144,7 @@ def stream(
         # H200; BENCHMARKS.md, 2026-12-02).
         last, cache = _as_two_rows(last, cache)
         lengths = np.concatenate([lengths, lengths])
+    prompt_lengths = jnp.asarray(lengths, jnp.int32)
     stopped, stops = np.zeros(batch, bool), np.asarray(list(stop_tokens), np.int64)
     drawn, new = 1, np.asarray(last)[:batch, None]  # tokens drawn per row; those not yet yielded [batch, n]
     while True:
@@ -164,10 +155,11 @@ def stream(
                 return
         if drawn == max_new_tokens:
             return
-        steps = min(steps_per_sync, max_new_tokens - drawn)
-        positions = jnp.asarray(lengths + drawn - 1, jnp.int32)
-        drawn_tokens, cache = _decode(graphdef, state, last, positions, cache, key, drawn, sampling, steps)
-        drawn, last, new = drawn + steps, drawn_tokens[:, -1], np.asarray(drawn_tokens)[:batch]
+        run = []  # the steps are queued on the device, one program each, before the host reads their tokens
+        for index in range(drawn, min(drawn + steps_per_sync, max_new_tokens)):
+            last, cache = _decode(graphdef, state, last, prompt_lengths, cache, key, jnp.int32(index), sampling)
+            run.append(last)
+        drawn, new = drawn + len(run), np.asarray(jnp.stack(run, axis=1))[:batch]
 
 
 def generate(
