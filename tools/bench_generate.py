@@ -199,12 +199,13 @@ def time_ours_cases(model: HybridLM, cases: list[Case], runs: int, warmup: int) 
     """Our `generate` per case: one new token for the prefill case, else new_tokens greedy tokens."""
     timings, compiled = [], 0
     for case in cases:
+        start = time.perf_counter()
         prompts = case.prompts(model.config.vocab_size).tolist()
         call = functools.partial(generate.generate, model, prompts, max(case.new_tokens, 1))
         timing, count = time_ours(call, runs, warmup)
         timings.append(timing)
         compiled += count
-        print(f"ours {case}: {rate(timing.tokens_per_s(case))} tokens/s", flush=True)
+        print(f"ours {case}: {rate(timing.tokens_per_s(case))} tokens/s{_took(start)}", flush=True)
     if not compiled:  # the first case's warm-up compiles: none seen means jax renamed the event
         raise SystemExit(f"error: jax reported no {BACKEND_COMPILE_EVENT} events in the warm-ups; update the tool")
     return timings
@@ -217,9 +218,12 @@ def time_transformers_cases(hf_dir: str, vocab_size: int, cases: list[Case], run
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16).to(device).eval()
+    print(f"transformers: model loaded{_took(start)}", flush=True)
     timings = []
     for case in cases:
+        start = time.perf_counter()
         prompts = torch.from_numpy(case.prompts(vocab_size).astype(np.int64)).to(device)
         run = _torch_prefill(model, prompts) if not case.new_tokens else _torch_generate(model, prompts, case)
         call = functools.partial(_synchronized, run, device)
@@ -227,12 +231,17 @@ def time_transformers_cases(hf_dir: str, vocab_size: int, cases: list[Case], run
             for _ in range(warmup):
                 call()
             timings.append(Timing(sorted(wall_seconds(call) for _ in range(runs))))
-        print(f"transformers {case}: {rate(timings[-1].tokens_per_s(case))} tokens/s", flush=True)
+        print(f"transformers {case}: {rate(timings[-1].tokens_per_s(case))} tokens/s{_took(start)}", flush=True)
     del model
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
     return timings
+
+
+def _took(start: float) -> str:
+    """The seconds since `start` (a perf_counter reading), for the progress lines (a case's include its warm-up)."""
+    return f" ({time.perf_counter() - start:.0f} s)"
 
 
 def _synchronized(run: Callable[[], object], device: str) -> None:
@@ -337,7 +346,9 @@ def main(argv: list[str]) -> None:
     theirs, setup = None, "no baseline (--no_baseline)"
     with tempfile.TemporaryDirectory() as tmp:
         if not NO_BASELINE.value:
+            start = time.perf_counter()
             export_params(params, model_config, tmp, dtype="bfloat16", tokens=SPECIAL_TOKENS)
+            print(f"exported the weights for transformers{_took(start)}", flush=True)
         ours = time_ours_cases(model, cases, runs, warmup)
         del model, params
         if not NO_BASELINE.value:
