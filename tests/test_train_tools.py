@@ -273,19 +273,40 @@ def test_region_is_the_innermost_named_scope(prof, op_name: str, region: str):
     assert prof.region_of(op_name) == region
 
 
-def test_profiled_step_is_compiled_without_command_buffers(prof, monkeypatch):
+def test_profiled_steps_are_compiled_without_command_buffers(prof, monkeypatch):
     """Inside XLA's command buffers (CUDA graphs) every kernel's event names the command buffer, not its instruction
-    (seen with jax 0.11.2 on an H200), so the profiled step is compiled without them."""
+    (seen with jax 0.11.2 on an H200), so the profiled train and decode steps are compiled without them."""
     options = []
 
-    def runner(config, compiler_options=None):
-        options.append(compiler_options)
+    def runner(*args):
+        options.append(args[-1])
         raise InterruptedError
 
     monkeypatch.setattr(prof.train_setup, "StepRunner", runner)
-    with pytest.raises(InterruptedError):
-        prof.profile(small_config(), steps=1, warmup=0)
-    assert options == [{"xla_gpu_enable_command_buffer": ""}]
+    monkeypatch.setattr(prof, "DecodeRunner", runner)
+    for decode in (False, True):
+        with pytest.raises(InterruptedError):
+            prof.runner_for(small_config(), 4, 32, decode)
+    assert options == [{"xla_gpu_enable_command_buffer": ""}] * 2
+
+
+def test_profile_step_splits_a_decode_step_by_region(config_file, tmp_path):
+    """--decode profiles the model's one-token step: the mixers' decode paths carry their regions, nothing is
+    backward, and a cache too short for the steps is refused in one line."""
+    out = tmp_path / "BENCHMARKS.md"
+    args = (f"--config={config_file}", "--decode", "--batch=2", "--seq=16", "--steps=2", "--warmup=1", f"--write={out}")
+    result = _run_tool("profile_step.py", *args)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "## Decode step profile, " in text and "small at 2 rows, a cache of 16 tokens: 2 decode steps" in text
+    (regions,) = [rows for title, rows in _markdown_tables(text).items() if title.startswith("By model region")]
+    region_us = {row["region"]: _number(row["us/step"]) for row in regions}
+    assert {"attention", "gdn", "gdn_conv", "gdn_rule", "mlp", "norm"} <= set(region_us)
+    assert all(_number(row["backward us"]) == 0 for row in regions)
+    short = _run_tool("profile_step.py", *args[:3], "--seq=4", "--steps=2", "--warmup=1")
+    assert short.returncode == 1 and short.stderr.strip().endswith(
+        "error: --warmup 1 + --steps 2 decode steps overrun the cache of --seq 4 from position 2; give --seq 6 or more"
+    ), short.stderr
 
 
 COMPUTE_DOT_DO_O = "void cudnn::fusion::compute_dot_do_o_specialized<true, 64>(void const*, void const*, void*)"

@@ -1,12 +1,17 @@
-"""Where one train step's accelerator time goes, by kind of kernel and by model region, from the JAX profiler.
+"""Where one train step's (or decode step's) accelerator time goes, by kind of kernel and by model region, from the
+JAX profiler.
 
 Run from the repository root (on a GPU; the CPU runs it too, with XLA's ops as the "kernels"):
 
     python tools/profile_step.py --config=olmo_hybrid_7b --batch 4 --seq 8192 --steps 3 --top 20
     python tools/profile_step.py --config=olmo_hybrid_7b --batch 4 --seq 8192 --write BENCHMARKS.md
+    python tools/profile_step.py --config=olmo_hybrid_7b --decode --batch 2 --seq 256 --steps 10 --top 30
 
---config, its overrides, --batch (one size), --seq and --warmup work as in bench_train.py. The step is compiled
-without XLA's command buffers (CUDA graphs: with them, every kernel's trace event names its command buffer rather
+--config, its overrides, --batch (one size), --seq and --warmup work as in bench_train.py. With --decode the step is
+the model's one-token decode step (`HybridLM.decode` and the greedy next token, as `hybridlm.generate` runs it) with
+random bfloat16 weights: --batch rows, a cache of --seq tokens, the first step at position --seq // 2 (the cache's
+contents do not change the work); each step waits for the last, so the wall time holds the host's dispatch. The step
+is compiled without XLA's command buffers (CUDA graphs: with them, every kernel's trace event names its command buffer rather
 than its HLO instruction, as seen with jax 0.11.2 on an H200; the kernels are the same, launched one by one), run
 --warmup times, then traced with jax.profiler over --steps steps. The device events of the trace are the
 complete events of its "/device:GPU" processes (kernels, copies and memsets on the GPU's streams); a CPU trace has
@@ -53,16 +58,22 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Hashable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
 import train_setup  # noqa: E402  (first: it sets XLA's memory fraction before jax is imported)
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from flax import nnx  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
+from hybridlm.model import HybridLM, ModelConfig, abstract_model  # noqa: E402
+
 TOP = flags.DEFINE_integer("top", 0, "also list the N kernels that take the most time")
+DECODE = flags.DEFINE_bool("decode", False, "profile the decode step (--batch rows, a cache of --seq tokens)")
 
 DEFAULT_STEPS = 3
 # XLA compiler options of the profiled step: no command buffers (CUDA graphs), whose kernels' events all name the
@@ -287,9 +298,51 @@ class Profile:
         return sum(k.us for k in self.kernels) / self.device_steps
 
 
-def profile(config: config_dict.ConfigDict, steps: int, warmup: int) -> Profile:
-    """Compiles the train step of `config`, runs it `warmup` times, then traces `steps` steps."""
-    runner = train_setup.StepRunner(config, NO_COMMAND_BUFFERS)
+class DecodeRunner:
+    """The decode step of a run config's model (`HybridLM.decode`, then the greedy next token) with random bfloat16
+    weights, compiled ahead of time (with XLA `compiler_options`) for `batch` rows and a cache of `max_len` tokens,
+    and the tokens, positions and cache it updates; the first step decodes at position max_len // 2."""
+
+    def __init__(self, config: config_dict.ConfigDict, batch: int, max_len: int, compiler_options: dict[str, str]):
+        model = config.model.copy_and_resolve_references()
+        model.update(param_dtype="bfloat16", dtype="bfloat16", max_seq_len=max(model.max_seq_len, max_len))
+        model_config = ModelConfig.from_config(model)
+        self.graphdef = nnx.graphdef(abstract_model(model_config))
+        self.state = jax.jit(lambda: nnx.state(HybridLM(model_config, nnx.Rngs(0))))()
+        self.cache = jax.jit(lambda state: nnx.merge(self.graphdef, state).init_cache(batch, max_len))(self.state)
+        self.tokens = jax.random.randint(jax.random.key(0), (batch,), 0, model_config.vocab_size, jnp.int32)
+        self.positions = jnp.full((batch,), max_len // 2, jnp.int32)
+        step = jax.jit(self._decode, donate_argnums=(3,))
+        lowered = step.lower(self.state, self.tokens, self.positions, self.cache)
+        self.compiled = lowered.compile(compiler_options=compiler_options)
+
+    def _decode(
+        self, state: nnx.State, tokens: jax.Array, positions: jax.Array, cache: list[dict[str, jax.Array]]
+    ) -> tuple[jax.Array, jax.Array, list[dict[str, jax.Array]]]:
+        """tokens, positions: int [B] -> (the greedy next tokens int32 [B], positions + 1, cache)."""
+        logits, cache = nnx.merge(self.graphdef, state).decode(tokens, positions, cache)
+        return logits.argmax(-1).astype(jnp.int32), positions + 1, cache
+
+    def step(self) -> float:
+        """Decodes one token of every row, to completion; returns its wall-clock seconds."""
+        start = time.perf_counter()
+        self.tokens, self.positions, self.cache = self.compiled(self.state, self.tokens, self.positions, self.cache)
+        jax.block_until_ready(self.tokens)
+        return time.perf_counter() - start
+
+
+def runner_for(
+    config: config_dict.ConfigDict, batch_size: int, seq_len: int, decode: bool
+) -> train_setup.StepRunner | DecodeRunner:
+    """The step to profile, compiled without command buffers: the train step of `config` at batch_size x seq_len,
+    or with `decode` its decode step for batch_size rows and a cache of seq_len tokens."""
+    if decode:
+        return DecodeRunner(config, batch_size, seq_len, NO_COMMAND_BUFFERS)
+    return train_setup.StepRunner(train_setup.sized_config(config, batch_size, seq_len), NO_COMMAND_BUFFERS)
+
+
+def profile(runner: train_setup.StepRunner | DecodeRunner, steps: int, warmup: int) -> Profile:
+    """Runs the compiled step of `runner` `warmup` times, then traces `steps` steps."""
     for _ in range(warmup):
         runner.step()
     text = runner.compiled.as_text()
@@ -364,19 +417,27 @@ def main(argv: list[str]) -> None:
     if more:
         raise SystemExit(f"error: --batch {','.join(train_setup.BATCH.value)}: profile_step takes one batch size")
     steps, warmup = train_setup.steps(DEFAULT_STEPS), train_setup.WARMUP.value
+    if DECODE.value and warmup + steps > seq_len // 2:
+        raise SystemExit(
+            f"error: --warmup {warmup} + --steps {steps} decode steps overrun the cache of --seq {seq_len} "
+            f"from position {seq_len // 2}; give --seq {2 * (warmup + steps)} or more"
+        )
     try:
-        result = profile(train_setup.sized_config(config, batch_size, seq_len), steps, warmup)
+        runner = runner_for(config, batch_size, seq_len, DECODE.value)
     except ValueError as error:  # ConfigError: the config cannot run
         raise SystemExit(f"error: {error}") from None
-    traced = f"{steps} steps traced after {warmup} warm-up steps"
-    head = [f"{train_setup.config_name()} at batch {batch_size} x seq {seq_len}: {traced}", *summary(result)]
+    result = profile(runner, steps, warmup)
+    traced = f"{steps} {'decode ' if DECODE.value else ''}steps traced after {warmup} warm-up steps"
+    shape = f"{batch_size} rows, a cache of {seq_len} tokens" if DECODE.value else f"batch {batch_size} x seq {seq_len}"
+    head = [f"{train_setup.config_name()} at {shape}: {traced}", *summary(result)]
     print(f"device {result.device}, jax {jax.__version__}, commit {train_setup.git_commit()}")
     print("\n".join(head))
     for title, columns, rows in tables(result, TOP.value):
         print(f"\n{title}:\n" + "\n".join(train_setup.text_table(columns, rows)))
     if train_setup.WRITE.value:
         with open(train_setup.WRITE.value, "a") as f:
-            f.write(train_setup.section_header("Train step profile", result.device, "profile_step.py"))
+            section = "Decode step profile" if DECODE.value else "Train step profile"
+            f.write(train_setup.section_header(section, result.device, "profile_step.py"))
             f.write("\n\n".join(head) + "\n")
             for title, columns, rows in tables(result, TOP.value):
                 f.write(f"\n{title}:\n\n" + train_setup.markdown_head(columns))

@@ -63,6 +63,7 @@ class Attention(nnx.Module):
         kv = jnp.zeros((batch, length, config.num_kv_heads, config.head_dim), config.compute_dtype)
         return {"k": kv, "v": kv, "positions": jnp.full((batch, length), -1, jnp.int32)}
 
+    @jax.named_scope("attention")
     def prefill(
         self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -77,6 +78,7 @@ class Attention(nnx.Module):
         ).astype(empty.dtype)
         return out, {"k": place(k, cache["k"]), "v": place(v, cache["v"]), "positions": held}
 
+    @jax.named_scope("attention")
     def decode(
         self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -68,6 +68,7 @@ class CausalConv(nnx.Module):
             out = out + shifted * weight[-1 - shift]
         return jax.nn.silu(out)
 
+    @jax.named_scope("gdn_conv")
     def taps(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """The decode state after a left-padded prompt. x: [B, T, C] (this conv's input); segment_ids: int [B, T]
         -> the last kernel - 1 inputs [B, kernel - 1, C] in the compute dtype, zero where not in the last document."""
@@ -76,6 +77,7 @@ class CausalConv(nnx.Module):
         segments = jnp.pad(segment_ids, ((0, 0), (width, 0)), constant_values=-1)[:, -width:]
         return jnp.where((segments == segment_ids[:, -1:])[..., None], x, 0)
 
+    @jax.named_scope("gdn_conv")
     def step(self, x: jax.Array, taps: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One token. x: [B, C]; taps: [B, kernel - 1, C], the previous inputs -> (output [B, C], taps)."""
         window = jnp.concatenate([taps, x.astype(self.dtype)[:, None]], axis=1)  # [B, kernel, C], oldest first
@@ -195,6 +197,7 @@ class GatedDeltaNet(nnx.Module):
             "v_taps": taps(self.v_conv),
         }
 
+    @jax.named_scope("gdn")
     def prefill(
         self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -206,6 +209,7 @@ class GatedDeltaNet(nnx.Module):
         taps = {f"{n}_taps": getattr(self, f"{n}_conv").taps(y, segment_ids) for n, y in zip("qkv", (q, k, v))}
         return out, {"state": state.astype(cache["state"].dtype), **taps}
 
+    @jax.named_scope("gdn")
     def decode(
         self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
