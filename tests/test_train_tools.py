@@ -4,6 +4,7 @@ args naming HLO instructions, consecutive kernels overlapping by a fraction of a
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -68,13 +69,56 @@ def test_bench_train_times_the_step_in_a_fresh_process(bench, config_file, tmp_p
     assert "## Train step, " in text and ", cpu, jax " in text and "--batch=4" in text
     ((title, (row,)),) = _markdown_tables(text).items()
     assert title.startswith("2 timed steps after 1 warm-up steps") and tuple(row) == bench.COLUMNS
-    assert (row["config"], row["seq"], row["batch"], row["MFU"]) == ("small", "32", "4", "-")
+    assert (row["config"], row["devices"], row["seq"], row["batch"], row["MFU"]) == ("small", "1", "32", "4", "-")
     assert _number(row["tokens/s"]) > 0 and _number(row["compile s"]) > 0 and _number(row["GFLOP/token"]) > 0
     peak, source = row["peak GiB"].split(" ", 1)
     assert _number(peak) > 0 and source == "(XLA plan)"
     low, high = map(float, row["step ms min-max"].split("-"))
     assert 0 < low <= _number(row["step ms"]) <= high
     assert result.stdout.splitlines()[-1].split() == " ".join(row.values()).split()  # the table comes last
+
+
+def test_weak_scaling_runs_each_device_count_at_its_share_of_the_batch(bench, config_file, tmp_path):
+    """--devices 1,2 on 2 of the 4 CPU devices the parent sees: a row per count, each on that many devices at count x
+    --batch rows, then the tokens/s per device against 1 device's; counts that are not whole numbers >= 1, and
+    several batch sizes, are refused in one line."""
+    out = tmp_path / "BENCHMARKS.md"
+    args = (f"--config={config_file}", "--batch=2", "--steps=2", "--warmup=1", f"--write={out}")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    run = lambda *more: subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench_train.py"), *args, *more],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    result = run("--devices=1,2")
+    assert result.returncode == 0, result.stderr
+    ((_, rows),) = _markdown_tables(out.read_text()).items()
+    assert [(row["devices"], row["batch"]) for row in rows] == [("1", "2"), ("2", "4")]
+    shares = re.search(r"against 1 device\(s\): 1 devices 100\.0%, 2 devices ([\d.]+)%\.$", out.read_text())
+    assert shares and float(shares.group(1)) > 0, out.read_text()
+    for bad, message in [
+        ("--devices=0,2", "error: --devices 0,2: give device counts of 1 or more, e.g. 1,2,4,8"),
+        ("--devices=two", "error: --devices two: give device counts of 1 or more, e.g. 1,2,4,8"),
+    ]:
+        failed = run(bad)
+        assert failed.returncode == 1 and failed.stderr.strip().endswith(message), failed.stderr
+    several = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "bench_train.py"),
+            f"--config={config_file}",
+            "--batch=2,4",
+            "--devices=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert several.stderr.strip().endswith("error: --devices takes one --batch (rows per device), not 2 sizes")
 
 
 def test_synthetic_batch_at_the_size_asked_for(bench):
@@ -127,7 +171,7 @@ def test_out_of_memory_is_a_row_with_what_xla_asked_for(bench, monkeypatch, mess
     record = bench.measure(small_config(), 8, 32, steps=1, warmup=0)
     assert (record["batch"], record["seq"], record["error"], record["needed_bytes"]) == (8, 32, "out of memory", needed)
     asked = f" (XLA asked for {needed / 2**30:.1f} GiB)" if needed else ""
-    assert bench.cells("small", record) == ["small", "32", "8", "out of memory" + asked]
+    assert bench.cells("small", record) == ["small", "1", "32", "8", "out of memory" + asked]
     shared_memory = "RESOURCE_EXHAUSTED: Shared memory size limit exceeded: requested 327680, available: 232448"
     monkeypatch.setattr(bench.train_setup, "StepRunner", failing_runner(shared_memory + "\ncontext: []"))
     record = bench.measure(small_config(), 8, 32, steps=1, warmup=0)

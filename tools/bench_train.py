@@ -4,6 +4,8 @@ Run from the repository root (on a GPU for numbers that mean anything; the CPU r
 
     python tools/bench_train.py --config=olmo_hybrid_7b --batch 4,8 --seq 8192 --steps 10 --warmup 2
     python tools/bench_train.py --config=olmo_hybrid_7b --config.model.remat=none --batch 2 --write BENCHMARKS.md
+    python tools/bench_train.py --config=olmo_hybrid_7b --config.model.num_layers=8 --config.mesh.data=1 \
+        --config.mesh.fsdp=-1 --batch 1 --devices 1,2,4,8     # weak scaling: 1 row per GPU
 
 --config and its overrides work as in `python -m hybridlm.train`. Only the train step runs: no evaluation, data
 loading or checkpoints. The batch is synthetic: random tokens, and with data.document_mask random documents of
@@ -17,6 +19,11 @@ for the step (its argument, output and temporary buffers less the donated ones).
 run time becomes a row saying how much XLA asked for, and XLA's other errors (e.g. a kernel over its shared memory
 limit) a row with the start of their message; either way the next batch size still runs. The table comes last;
 --write appends it to a file (BENCHMARKS.md) as the rows arrive.
+
+Weak scaling (--devices N1,N2,...): --batch is the rows per device; each count N runs in a child that sees only the
+first N local devices (CUDA_VISIBLE_DEVICES on GPUs, JAX_NUM_CPU_DEVICES on the CPU; elsewhere the child refuses)
+at N x --batch rows, with the config's mesh sized to them (e.g. --config.mesh.fsdp=-1). A last line gives each
+count's tokens/s per device as a share of the first count's: the scaling efficiency.
 """
 
 from __future__ import annotations
@@ -37,15 +44,23 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
+DEVICES = flags.DEFINE_list(
+    "devices",
+    None,
+    "weak scaling: device counts N (e.g. 1,2,4,8); each runs on the first N local devices at N x --batch rows "
+    "(--batch: rows per device, one size), and the summary gives tokens/s per device against the first count's",
+)
 MEASURE_BATCH = flags.DEFINE_integer(
     "measure_batch", None, "internal: measure this batch size in this process and print it as one JSON line"
 )
+MEASURE_DEVICES = flags.DEFINE_integer("measure_devices", None, "internal: the devices this process must see")
 
 DEFAULT_STEPS = 10
 OUT_OF_MEMORY = "out of memory"
 GIB = 2**30
 COLUMNS = (
     "config",
+    "devices",
     "seq",
     "batch",
     "tokens/s",
@@ -101,7 +116,13 @@ def measure(config: config_dict.ConfigDict, batch_size: int, seq_len: int, steps
     "failed: " and the start of the message, its lines joined by " / ". Raises ConfigError for a config that cannot
     run.
     """
-    record = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "batch": batch_size, "seq": seq_len}
+    record = {
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "devices": jax.device_count(),
+        "batch": batch_size,
+        "seq": seq_len,
+    }
     try:
         runner = train_setup.StepRunner(train_setup.sized_config(config, batch_size, seq_len))
         for _ in range(warmup):
@@ -126,24 +147,47 @@ def measure(config: config_dict.ConfigDict, batch_size: int, seq_len: int, steps
     }
 
 
-def measure_in_child(batch_size: int, seq_len: int) -> dict[str, Any]:
-    """`measure` in a fresh process (this script with the same flags and --measure_batch); a child that ends
-    without its record becomes an error record with its last line of output, and one that refused the config
-    ("error: ...") ends this run with its message."""
+def measure_in_child(batch_size: int, seq_len: int, devices: int | None = None) -> dict[str, Any]:
+    """`measure` in a fresh process (this script with the same flags and --measure_batch), which sees only the first
+    `devices` local devices when given; a child that ends without its record becomes an error record with its last
+    line of output, and one that refused the config or its devices ("error: ...") ends this run with its message."""
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--measure_batch={batch_size}"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if devices is not None:
+        command.append(f"--measure_devices={devices}")
+        env.update(first_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES")))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     records = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode == 0 and records:
         return json.loads(records[-1])
     last = (done.stderr.strip().splitlines() or [""])[-1]
     if last.startswith("error: "):
         raise SystemExit(last)
-    return {"batch": batch_size, "seq": seq_len, "error": f"failed (exit code {done.returncode}): {last[:300]}"}
+    failed = f"failed (exit code {done.returncode}): {last[:300]}"
+    return {"devices": devices or "-", "batch": batch_size, "seq": seq_len, "error": failed}
+
+
+def first_devices(count: int, cuda_visible: str | None) -> dict[str, str]:
+    """The environment that shows a process only the first `count` local devices: GPUs by CUDA_VISIBLE_DEVICES (the
+    first `count` of those already visible, `cuda_visible`, when set) and CPU devices by JAX_NUM_CPU_DEVICES."""
+    gpus = cuda_visible.split(",")[:count] if cuda_visible else [str(i) for i in range(count)]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "JAX_NUM_CPU_DEVICES": str(count)}
+
+
+def weak_scaling(records: list[dict[str, Any]]) -> str:
+    """One line: each device count's tokens/s per device as a share of the first record's (the records of the
+    --devices counts, in order)."""
+    rate = lambda record: record["tokens_per_s"] / record["devices"] if "tokens_per_s" in record else None
+    base = rate(records[0])
+    shares = [
+        f"{r['devices']} devices {'-' if rate(r) is None or base is None else f'{rate(r) / base:.1%}'}" for r in records
+    ]
+    return f"weak scaling, tokens/s per device against {records[0]['devices']} device(s): " + ", ".join(shares)
 
 
 def cells(name: str, record: dict[str, Any]) -> list[str]:
     """The table row of a record: one cell per COLUMNS entry, or config, seq, batch and the error."""
-    head = [name, str(record["seq"]), str(record["batch"])]
+    head = [name, str(record["devices"]), str(record["seq"]), str(record["batch"])]
     if "error" in record:
         needed = record.get("needed_bytes")
         return head + [record["error"] + (f" (XLA asked for {needed / GIB:.1f} GiB)" if needed else "")]
@@ -186,6 +230,12 @@ def main(argv: list[str]) -> None:
     config = train_setup.flag_config()
     seq_len, steps = train_setup.seq_len(config), train_setup.steps(DEFAULT_STEPS)
     if MEASURE_BATCH.value is not None:
+        expected = MEASURE_DEVICES.value
+        if expected is not None and jax.device_count() != expected:
+            raise SystemExit(
+                f"error: --devices {expected}: the measuring process sees {jax.device_count()} devices; only GPUs "
+                "(CUDA_VISIBLE_DEVICES) and CPU devices (JAX_NUM_CPU_DEVICES) can be limited to the first N"
+            )
         try:
             record = measure(config, MEASURE_BATCH.value, seq_len, steps, train_setup.WARMUP.value)
         except ValueError as error:  # ConfigError: the config cannot run (the parent repeats this line and stops)
@@ -193,17 +243,40 @@ def main(argv: list[str]) -> None:
         print(json.dumps(record))
         return
     name, append = train_setup.config_name(), _markdown_writer(train_setup.WRITE.value, steps)
-    rows, devices = [], []
-    for batch_size in train_setup.batch_sizes(config):
-        print(f"batch {batch_size} x seq {seq_len}: compiling and timing in a fresh process", flush=True)
-        record = measure_in_child(batch_size, seq_len)
-        rows.append(cells(name, record))
-        devices += [f"{record['device']}, jax {record['jax']}"] if "device" in record else []
-        append(record.get("device", "unknown device"), rows[-1])
+    runs = [(batch_size, None) for batch_size in train_setup.batch_sizes(config)]
+    if DEVICES.value:
+        counts = device_counts(DEVICES.value)
+        if len(runs) != 1:
+            raise SystemExit(f"error: --devices takes one --batch (rows per device), not {len(runs)} sizes")
+        runs = [(runs[0][0] * count, count) for count in counts]
+    rows, devices, records = [], [], []
+    for batch_size, count in runs:
+        where = "" if count is None else f" on {count} device(s)"
+        print(f"batch {batch_size} x seq {seq_len}{where}: compiling and timing in a fresh process", flush=True)
+        records.append(measure_in_child(batch_size, seq_len, count))
+        rows.append(cells(name, records[-1]))
+        devices += [f"{records[-1]['device']}, jax {records[-1]['jax']}"] if "device" in records[-1] else []
+        append(records[-1].get("device", "unknown device"), rows[-1])
     device = devices[0] if devices else "unknown device"
     print(f"\ndevice {device}, commit {train_setup.git_commit()}")
     print(f"{steps} timed steps after {train_setup.WARMUP.value} warm-up steps; step ms is their median (and range)")
     print("\n".join(train_setup.text_table(COLUMNS, rows)))
+    if DEVICES.value:
+        print(weak_scaling(records))
+        if train_setup.WRITE.value:
+            with open(train_setup.WRITE.value, "a") as f:
+                f.write(f"\n{weak_scaling(records)}.\n")
+
+
+def device_counts(values: list[str]) -> list[int]:
+    """--devices values -> the device counts; exits with a one-line error unless they are whole numbers >= 1."""
+    try:
+        counts = [int(value) for value in values]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"error: --devices {','.join(values)}: give device counts of 1 or more, e.g. 1,2,4,8")
+    return counts
 
 
 if __name__ == "__main__":
