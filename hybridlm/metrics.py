@@ -21,6 +21,15 @@ import tensorboardX
 from hybridlm import checkpoint
 
 
+def peak_device_bytes() -> int | None:
+    """The largest allocator peak (bytes in use at once, since the process started) of this process's devices, or
+    None where a device reports none (the CPU)."""
+    stats = [device.memory_stats() for device in jax.local_devices()]
+    if all(s and "peak_bytes_in_use" in s for s in stats):
+        return max(s["peak_bytes_in_use"] for s in stats)
+    return None
+
+
 def _strict(value: Any) -> Any:
     """`value`, with a float that is not finite turned into "nan", "inf" or "-inf"."""
     if isinstance(value, float) and not math.isfinite(value):

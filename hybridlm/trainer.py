@@ -19,7 +19,7 @@ from hybridlm import checkpoint, flops, partitioning, preemption, config_checks,
 from hybridlm.data.pipeline import first_difference, load_data
 from hybridlm.hf import load as hf_load
 from hybridlm.loss import lm_loss
-from hybridlm.metrics import LossEMA, MetricsWriter
+from hybridlm.metrics import LossEMA, MetricsWriter, peak_device_bytes
 from hybridlm.model import ModelConfig, abstract_model
 from hybridlm.train_state import TrainState
 from hybridlm.model.config import ConfigError
@@ -345,6 +345,9 @@ class Trainer:
                     mfu = self.program.mfu(elapsed / window_steps)
                     if mfu is not None:
                         last["mfu"] = mfu
+                    peak = peak_device_bytes()
+                    if peak is not None:
+                        last["peak_memory_gib"] = peak / 2**30
                     writer.write(done, last)
                     smoothed = loss_ema.update(float(loss) for loss in jax.device_get(losses))
                     losses.clear()

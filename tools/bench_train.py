@@ -44,6 +44,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
+from hybridlm.metrics import peak_device_bytes  # noqa: E402
+
 DEVICES = flags.DEFINE_list(
     "devices",
     None,
@@ -99,9 +101,9 @@ def needed_bytes(message: str) -> int | None:
 def peak_memory(runner: train_setup.StepRunner) -> tuple[int, str]:
     """(bytes, which measure): the largest allocator peak of the local devices where they report one (GPUs), else
     XLA's plan for the compiled step (arguments + outputs + temporaries - donated buffers)."""
-    stats = [device.memory_stats() for device in jax.local_devices()]
-    if all(s and "peak_bytes_in_use" in s for s in stats):
-        return max(s["peak_bytes_in_use"] for s in stats), "allocator peak"
+    peak = peak_device_bytes()
+    if peak is not None:
+        return peak, "allocator peak"
     plan = runner.compiled.memory_analysis()
     planned = plan.argument_size_in_bytes + plan.output_size_in_bytes + plan.temp_size_in_bytes
     return planned - plan.alias_size_in_bytes, "XLA plan"
