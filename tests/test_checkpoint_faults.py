@@ -34,7 +34,7 @@ from hybridlm.workdir_lock import LOCK_FILE, WorkdirError, WorkdirLock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 9  # checkpoints at 3, 6 and 9
-TIMING_KEYS = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu")
+TIMING_KEYS = ("tokens_per_sec", "tokens_per_sec_per_device", "mfu", "peak_memory_gib")  # differ between runs
 
 
 def _config() -> config_dict.ConfigDict:
