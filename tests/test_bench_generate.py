@@ -6,6 +6,7 @@ The tool runs in a subprocess: it defines a --prompt flag, as hybridlm.generate'
 from __future__ import annotations
 
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -59,3 +60,23 @@ def test_bench_generate_against_transformers(config_file, tmp_path):
         assert (row["config"], row["floor fraction"]) == ("small", "-")
     printed = result.stdout.splitlines()[-len(rows) :]
     assert [line.split() for line in printed] == [" ".join(row.values()).split() for row in rows]
+
+
+def test_a_sigterm_writes_the_rows_timed_so_far(config_file, tmp_path):
+    """SIGTERM (as `timeout` sends) once our first row is printed: the tool still writes its table, with the rows
+    it timed and no baseline cells, and a note that says where it was cut short."""
+    out = tmp_path / "BENCHMARKS.md"
+    args = ["--prompt", "64", "--batch", "1", "--new_tokens", "4", "--decode_prompt", "16", "--runs", "1"]
+    command = [sys.executable, str(ROOT / "tools" / "bench_generate.py"), f"--config={config_file}", *args]
+    tool = subprocess.Popen([*command, f"--write={out}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    for line in tool.stdout:
+        if line.startswith("ours Case("):  # the prefill row is timed; the decode row is under way
+            tool.send_signal(signal.SIGTERM)
+            break
+    rest = tool.stdout.read()
+    assert tool.wait(timeout=300) == 0, rest
+    text = out.read_text()
+    assert "cut short by SIGTERM after 1 of our 2 rows and 0 of the baseline's" in text
+    ((_, rows),) = _markdown_tables(text).items()
+    assert [(row["new tokens"], row["transformers tokens/s"]) for row in rows] == [("prefill", "-")]
+    assert _number(rows[0]["ours tokens/s"]) > 0

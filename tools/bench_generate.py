@@ -29,7 +29,8 @@ The baseline (skip it with --no_baseline) exports the same weights with `hybridl
 temporary directory and loads them with `AutoModelForCausalLM.from_pretrained(..., dtype=torch.bfloat16)`, on CUDA
 when torch sees a GPU, else on the CPU; it runs after our rows, in this process. jax is told not to preallocate
 device memory (XLA_PYTHON_CLIENT_PREALLOCATE=false unless set) so that torch finds the card's memory jax did not use.
---write appends the table, with date, card, jax version, command and commit, to a file (BENCHMARKS.md).
+--write appends the table, with date, card, jax version, command and commit, to a file (BENCHMARKS.md). A SIGTERM
+(e.g. from `timeout`) ends the timing where it is: the table then holds the rows timed so far and a note says so.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import functools
 import gc
 import importlib.util
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -195,9 +197,10 @@ def hbm_bandwidth(device_kind: str) -> float | None:
     return HBM_BANDWIDTH[max(matches, key=len)] if matches else None
 
 
-def time_ours_cases(model: HybridLM, cases: list[Case], runs: int, warmup: int) -> list[Timing]:
-    """Our `generate` per case: one new token for the prefill case, else new_tokens greedy tokens."""
-    timings, compiled = [], 0
+def time_ours_cases(model: HybridLM, cases: list[Case], runs: int, warmup: int, timings: list[Timing]) -> None:
+    """Our `generate` per case, appended to `timings` as each is taken: one new token for the prefill case, else
+    new_tokens greedy tokens."""
+    compiled = 0
     for case in cases:
         start = time.perf_counter()
         prompts = case.prompts(model.config.vocab_size).tolist()
@@ -208,12 +211,14 @@ def time_ours_cases(model: HybridLM, cases: list[Case], runs: int, warmup: int) 
         print(f"ours {case}: {rate(timing.tokens_per_s(case))} tokens/s{_took(start)}", flush=True)
     if not compiled:  # the first case's warm-up compiles: none seen means jax renamed the event
         raise SystemExit(f"error: jax reported no {BACKEND_COMPILE_EVENT} events in the warm-ups; update the tool")
-    return timings
 
 
-def time_transformers_cases(hf_dir: str, vocab_size: int, cases: list[Case], runs: int, warmup: int) -> list[Timing]:
-    """transformers on the exported weights in `hf_dir`, per case: one forward of the prompt for prefill, else
-    `generate` of exactly new_tokens greedy tokens. Frees the model (and torch's CUDA cache) when done."""
+def time_transformers_cases(
+    hf_dir: str, vocab_size: int, cases: list[Case], runs: int, warmup: int, timings: list[Timing]
+) -> None:
+    """transformers on the exported weights in `hf_dir`, per case, appended to `timings` as each is taken: one
+    forward of the prompt for prefill, else `generate` of exactly new_tokens greedy tokens. Frees the model (and
+    torch's CUDA cache) when done."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -221,7 +226,6 @@ def time_transformers_cases(hf_dir: str, vocab_size: int, cases: list[Case], run
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16).to(device).eval()
     print(f"transformers: model loaded{_took(start)}", flush=True)
-    timings = []
     for case in cases:
         start = time.perf_counter()
         prompts = torch.from_numpy(case.prompts(vocab_size).astype(np.int64)).to(device)
@@ -236,7 +240,14 @@ def time_transformers_cases(hf_dir: str, vocab_size: int, cases: list[Case], run
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return timings
+
+
+class CutShort(Exception):
+    """SIGTERM arrived (e.g. from `timeout`): the table is printed and written with the rows timed so far."""
+
+
+def _cut_short(signum: int, frame: object) -> None:
+    raise CutShort
 
 
 def _took(start: float) -> str:
@@ -287,13 +298,14 @@ def baseline_setup() -> str:
 
 
 def rows(
-    name: str, cases: list[Case], ours: list[Timing], theirs: list[Timing] | None, floor_s: float | None
+    name: str, cases: list[Case], ours: list[Timing], theirs: list[Timing], floor_s: float | None
 ) -> list[list[str]]:
-    """The table's rows: one per case, cells as COLUMNS."""
+    """The table's rows: one per case we timed (the first len(ours) cases), cells as COLUMNS; "-" for the
+    baseline's cells where it has no timing (no baseline, or the run was cut short)."""
     table = []
-    for i, case in enumerate(cases):
+    for i, case in enumerate(cases[: len(ours)]):
         mine = ours[i].tokens_per_s(case)
-        other = theirs[i].tokens_per_s(case) if theirs else None
+        other = theirs[i].tokens_per_s(case) if i < len(theirs) else None
         floor = "-"
         if floor_s is not None and case.batch == 1 and case.new_tokens:
             floor = f"{floor_s * case.new_tokens / statistics.median(ours[i].seconds):.1%}"
@@ -343,23 +355,30 @@ def main(argv: list[str]) -> None:
     card = jax.devices()[0].device_kind
     bandwidth, weights = hbm_bandwidth(card), weight_bytes(params)
     floor_s = None if bandwidth is None else weights / bandwidth
-    theirs, setup = None, "no baseline (--no_baseline)"
+    ours, theirs, setup, cut = [], [], "no baseline (--no_baseline)", None
+    signal.signal(signal.SIGTERM, _cut_short)
     with tempfile.TemporaryDirectory() as tmp:
-        if not NO_BASELINE.value:
-            start = time.perf_counter()
-            export_params(params, model_config, tmp, dtype="bfloat16", tokens=SPECIAL_TOKENS)
-            print(f"exported the weights for transformers{_took(start)}", flush=True)
-        ours = time_ours_cases(model, cases, runs, warmup)
-        del model, params
-        if not NO_BASELINE.value:
-            setup = baseline_setup()
-            theirs = time_transformers_cases(tmp, model_config.vocab_size, cases, runs, warmup)
+        try:
+            if not NO_BASELINE.value:
+                start = time.perf_counter()
+                export_params(params, model_config, tmp, dtype="bfloat16", tokens=SPECIAL_TOKENS)
+                print(f"exported the weights for transformers{_took(start)}", flush=True)
+            time_ours_cases(model, cases, runs, warmup, ours)
+            del model, params
+            if not NO_BASELINE.value:
+                setup = baseline_setup()
+                time_transformers_cases(tmp, model_config.vocab_size, cases, runs, warmup, theirs)
+        except CutShort:
+            baseline = "" if NO_BASELINE.value else f" and {len(theirs)} of the baseline's"
+            cut = f"cut short by SIGTERM after {len(ours)} of our {len(cases)} rows{baseline}"
+            print(cut, flush=True)
     table = rows(train_setup.config_name(), cases, ours, theirs, floor_s)
     floor = "-" if floor_s is None else f"{1e3 * floor_s:.3g} ms"
     notes = [
         f"random bf16 weights; median of {runs} timed calls after {warmup} warm-up calls; baseline: {setup}",
         f"decode floor per token: {weights / 1e9:.3g} GB of weights (all but the embedding table) at "
         f"{'-' if bandwidth is None else f'{bandwidth / 1e12:.3g} TB/s'} = {floor}",
+        *([cut] if cut else []),
     ]
     print(f"\ndevice {card}, jax {jax.__version__}, commit {train_setup.git_commit()}")
     print("\n".join(notes))
