@@ -4,8 +4,10 @@ cells; the architectures' parameter counts match; bad task arguments fail in one
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASK_ARGS = "code:train_min=2,train_max=4,test_max=8,num_variables=3,num_queries=2"
@@ -65,6 +67,25 @@ def test_jobs_split_the_grid_over_processes_and_the_parent_writes_the_table(tmp_
     ]:
         failed = _run(tmp_path, *GRID, *bad)
         assert failed.returncode == 2 and failed.stderr.startswith(message), failed.stderr
+
+
+def test_a_sigterm_stops_every_process_and_the_tables_hold_the_finished_cells(tmp_path):
+    """SIGTERM to the command once the first cell is in results.jsonl (as `timeout` sends it): both processes stop,
+    the command fails naming them, and the table is written from the cells that finished."""
+    command = [sys.executable, "tools/expressivity.py", f"--out={tmp_path}", *GRID, "--seeds=0,1,2", "--jobs=2"]
+    grid = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while not (results.exists() and results.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    grid.send_signal(signal.SIGTERM)
+    _, stderr = grid.communicate(timeout=240)
+    finished = results.read_text().splitlines()
+    assert grid.returncode == 2 and "failed (their errors are above)" in stderr, stderr
+    assert 1 <= len(finished) < 6  # 2 architectures x 3 seeds
+    table = (tmp_path / "code.md").read_text()
+    seeds = [int(line.split("|")[4]) for line in table.splitlines() if line.startswith(("| transformer", "| gdn"))]
+    assert sum(seeds) == len(finished)
 
 
 def test_the_five_architectures_match_in_parameter_count_at_the_default_shape():

@@ -29,8 +29,9 @@ each task, --out/TASK.md holds the token accuracy per architecture and length bu
 --out/TASK.png plots it against test length.
 
 Cells run one after another, each its own program, unless --jobs=N runs them in N processes at once that share the
-local accelerator (process i takes cells i, i+N, ..., as --shard=i/N would); the command then writes the tables when
-all have finished. Several hosts split a grid with --shard=i/n each, and one run without --shard writes the tables.
+local accelerator (process i takes cells i, i+N, ..., as --shard=i/N would); the command then writes the tables from
+the cells that finished, also when some processes failed or were stopped (a SIGTERM, e.g. from `timeout`, reaches
+them all). Several hosts split a grid with --shard=i/n each, and one run without --shard writes the tables.
 """
 
 from __future__ import annotations
@@ -330,13 +331,19 @@ def _use_compilation_cache(path: pathlib.Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def run_workers(jobs: int) -> None:
+def run_workers(jobs: int) -> list[str]:
     """Runs this command as `jobs` processes at once, process i with --shard=i/jobs (hybridlm.shards), and waits for
-    them; exits naming any that failed."""
+    them (a SIGTERM or SIGINT reaches them all); returns "i/jobs (exit code)" for each that failed."""
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), *sys.argv[1:], "--jobs=1"]
-    failed = run_local_shards(command, jobs)
-    if failed:
-        _fail(f"shards {', '.join(failed)} failed (their errors are above); rerun the command to finish their cells")
+    return run_local_shards(command, jobs)
+
+
+def write_reports(tasks: list[str], args: dict[str, dict[str, Any]], path: pathlib.Path, archs: list[str]) -> None:
+    """Each task's table and plot beside the results file `path`, from the cells finished so far."""
+    results = read_results(path)
+    for task in tasks:
+        write_report(task, args[task], results, archs, path.parent)
+        print(f"{task}: {path.parent / f'{task}.md'}, {path.parent / f'{task}.png'}", flush=True)
 
 
 def _key(line: dict[str, Any]) -> tuple[str, str, int, str]:
@@ -375,8 +382,9 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _use_compilation_cache(out / "jax_cache")
     path = out / "results.jsonl"
-    if JOBS.value > 1:
-        run_workers(JOBS.value)
+    if JOBS.value > 1 and (failed := run_workers(JOBS.value)):
+        write_reports(tasks, args, path, archs)  # of the cells that finished
+        _fail(f"shards {', '.join(failed)} failed (their errors are above); rerun the command to finish their cells")
     cells = [(task, arch, seed) for seed in seeds for task in tasks for arch in archs]
     done = {_key(r) for r in read_results(path)}
     for task, arch, seed in cells[shard[0] :: shard[1]]:
@@ -390,11 +398,8 @@ def main(argv: list[str]) -> None:
             _fail(str(e))
         with path.open("a") as f:  # one write of one line: shards appending at once do not interleave
             f.write(json.dumps(line) + "\n")
-    if SHARD.value is not None:
-        return
-    for task in tasks:
-        write_report(task, args[task], read_results(path), archs, out)
-        print(f"{task}: {out / f'{task}.md'}, {out / f'{task}.png'}", flush=True)
+    if SHARD.value is None:
+        write_reports(tasks, args, path, archs)
 
 
 if __name__ == "__main__":
