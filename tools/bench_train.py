@@ -188,7 +188,7 @@ def weak_scaling(records: list[dict[str, Any]]) -> str:
 
 
 def cells(name: str, record: dict[str, Any]) -> list[str]:
-    """The table row of a record: one cell per COLUMNS entry, or config, seq, batch and the error."""
+    """The table row of a record: one cell per COLUMNS entry, or config, devices, seq, batch and the error."""
     head = [name, str(record["devices"]), str(record["seq"]), str(record["batch"])]
     if "error" in record:
         needed = record.get("needed_bytes")
