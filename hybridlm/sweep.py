@@ -36,8 +36,8 @@ from typing import Any
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from hybridlm import checkpoint, named_configs, shards
-from hybridlm.shards import parse_shard
+from hybridlm import checkpoint, named_configs
+from hybridlm.shards import parse_shard, run_local_shards
 
 RESULTS_FILE = "results.jsonl"
 
@@ -260,7 +260,7 @@ def main(argv: list[str]) -> int:
                 f"error: --jobs={args.jobs}: give 1 or more processes, and no --shard with more than 1", file=sys.stderr
             )
             return 2
-        failed = shards.run_local_shards([sys.executable, "-m", "hybridlm.sweep", *argv, "--jobs=1"], args.jobs)
+        failed = run_local_shards([sys.executable, "-m", "hybridlm.sweep", *argv, "--jobs=1"], args.jobs)
         if failed:
             print(f"sweep: shards {', '.join(failed)} failed; rerun the sweep to resume them", file=sys.stderr)
         return 1 if failed else 0

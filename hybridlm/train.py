@@ -197,20 +197,16 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     except CheckpointError as e:  # No intact checkpoint to resume from, or a save failed (disk full, permissions).
         _fail(str(e))
-    except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" in str(e):
-            _fail(out_of_memory_message(str(e), sys.argv[1:]))
-        if watch is not None:
-            watch.await_verdict()  # a collective with a dead process fails here first; the watch then ends this one
-        raise
     except preemption.Stopped as e:  # SIGTERM or SIGINT: the step reached is saved (or none was trained).
         if watch is not None:
             watch.finish()  # every process stops at this step
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
-    except Exception:
+    except Exception as e:
+        if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e):
+            _fail(out_of_memory_message(str(e), sys.argv[1:]))
         if watch is not None:
-            watch.await_verdict()
+            watch.await_verdict()  # a collective with a dead process fails here first; the watch then ends this one
         raise
     if watch is not None:
         watch.finish()

@@ -56,13 +56,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
-from ml_collections import config_dict  # noqa: E402
 
 from hybridlm import generate  # noqa: E402
 from hybridlm.data.tokenizer import ByteTokenizer  # noqa: E402
 from hybridlm.hf.convert import SpecialTokens  # noqa: E402
 from hybridlm.hf.export import export_params  # noqa: E402
-from hybridlm.model import HybridLM, ModelConfig, abstract_model  # noqa: E402
+from hybridlm.model import HybridLM, abstract_model  # noqa: E402
 
 PROMPT = flags.DEFINE_integer("prompt", 8192, "prompt tokens of the prefill row (batch 1)")
 DECODE_PROMPT = flags.DEFINE_integer("decode_prompt", 128, "prompt tokens of each row before the decode")
@@ -170,19 +169,6 @@ def time_ours(call: Callable[[], object], runs: int, warmup: int) -> tuple[Timin
     if timed.count:
         raise SystemExit(f"error: the timed calls compiled {timed.count} programs; the generation loop recompiles")
     return Timing(seconds, warm.seconds), warm.count
-
-
-def bench_config(config: config_dict.ConfigDict, cases: list[Case]) -> ModelConfig:
-    """The model config of `config` in bfloat16 (weights and compute) with max_seq_len raised to fit every case."""
-    model = config.model.copy_and_resolve_references()
-    model.param_dtype, model.dtype = "bfloat16", "bfloat16"
-    model.max_seq_len = max(model.max_seq_len, *(case.prompt + max(case.new_tokens, 1) for case in cases))
-    return ModelConfig.from_config(model)
-
-
-def random_params(config: ModelConfig, seed: int = 0) -> dict[str, Any]:
-    """The model's freshly initialised params (nested dict of arrays, `nnx.to_pure_dict` layout), made in one jit."""
-    return jax.jit(lambda: nnx.to_pure_dict(nnx.state(HybridLM(config, nnx.Rngs(seed)), nnx.Param)))()
 
 
 def weight_bytes(params: dict[str, Any]) -> int:
@@ -349,8 +335,8 @@ def main(argv: list[str]) -> None:
     batches = train_setup.batch_sizes(config) if train_setup.BATCH.value else list(DEFAULT_BATCHES)
     runs, warmup = RUNS.value, train_setup.WARMUP.value
     cases = [Case(1, PROMPT.value, 0)] + [Case(b, DECODE_PROMPT.value, NEW_TOKENS.value) for b in batches]
-    model_config = bench_config(config, cases)
-    params = random_params(model_config)
+    longest = max(case.prompt + max(case.new_tokens, 1) for case in cases)
+    model_config, params = train_setup.random_bf16_params(config.model, longest)
     model = nnx.merge(nnx.graphdef(abstract_model(model_config)), params)
     card = jax.devices()[0].device_kind
     bandwidth, weights = hbm_bandwidth(card), weight_bytes(params)

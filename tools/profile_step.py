@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
@@ -70,7 +71,7 @@ from absl import app, flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
-from hybridlm.model import HybridLM, ModelConfig, abstract_model  # noqa: E402
+from hybridlm.model import abstract_model  # noqa: E402
 
 TOP = flags.DEFINE_integer("top", 0, "also list the N kernels that take the most time")
 DECODE = flags.DEFINE_bool("decode", False, "profile the decode step (--batch rows, a cache of --seq tokens)")
@@ -304,11 +305,8 @@ class DecodeRunner:
     and the tokens, positions and cache it updates; the first step decodes at position max_len // 2."""
 
     def __init__(self, config: config_dict.ConfigDict, batch: int, max_len: int, compiler_options: dict[str, str]):
-        model = config.model.copy_and_resolve_references()
-        model.update(param_dtype="bfloat16", dtype="bfloat16", max_seq_len=max(model.max_seq_len, max_len))
-        model_config = ModelConfig.from_config(model)
+        model_config, self.state = train_setup.random_bf16_params(config.model, max_len)
         self.graphdef = nnx.graphdef(abstract_model(model_config))
-        self.state = jax.jit(lambda: nnx.state(HybridLM(model_config, nnx.Rngs(0))))()
         self.cache = jax.jit(lambda state: nnx.merge(self.graphdef, state).init_cache(batch, max_len))(self.state)
         self.tokens = jax.random.randint(jax.random.key(0), (batch,), 0, model_config.vocab_size, jnp.int32)
         self.positions = jnp.full((batch,), max_len // 2, jnp.int32)
@@ -317,7 +315,7 @@ class DecodeRunner:
         self.compiled = lowered.compile(compiler_options=compiler_options)
 
     def _decode(
-        self, state: nnx.State, tokens: jax.Array, positions: jax.Array, cache: list[dict[str, jax.Array]]
+        self, state: dict[str, Any], tokens: jax.Array, positions: jax.Array, cache: list[dict[str, jax.Array]]
     ) -> tuple[jax.Array, jax.Array, list[dict[str, jax.Array]]]:
         """tokens, positions: int [B] -> (the greedy next tokens int32 [B], positions + 1, cache)."""
         logits, cache = nnx.merge(self.graphdef, state).decode(tokens, positions, cache)

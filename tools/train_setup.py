@@ -1,6 +1,6 @@
-"""What the train-step tools (bench_train.py, profile_step.py) share: their flags, the run config at the batch size
-and sequence length asked for, a compiled train step on a synthetic batch, and the header of the sections they
-append to BENCHMARKS.md.
+"""What the speed tools (bench_train.py, profile_step.py, bench_generate.py) share: their flags, the run config at the
+batch size and sequence length asked for, a compiled train step on a synthetic batch, a model with random bfloat16
+weights, and the header of the sections they append to BENCHMARKS.md.
 
 Importing this module defaults XLA_PYTHON_CLIENT_MEM_FRACTION to 0.95 (unless it is set) before jax is imported,
 so XLA may take most of the GPU; the tools import it before jax.
@@ -14,6 +14,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
 
@@ -25,7 +26,10 @@ from ml_collections import config_dict, config_flags  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, for uninstalled checkouts
 
+from flax import nnx  # noqa: E402
+
 from hybridlm import config_checks  # noqa: E402
+from hybridlm.model import HybridLM, ModelConfig  # noqa: E402
 from hybridlm.train import parse_flags  # noqa: E402, F401  (the tools' flag parser; defines --config)
 from hybridlm.trainer import TrainProgram  # noqa: E402
 
@@ -78,6 +82,18 @@ def sized_config(config: config_dict.ConfigDict, batch_size: int, seq_len: int) 
     config.data.batch_size, config.data.seq_len = batch_size, seq_len
     config.model.max_seq_len = max(config.model.max_seq_len, seq_len)
     return config
+
+
+def random_bf16_params(
+    model: config_dict.ConfigDict, max_seq_len: int, seed: int = 0
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config `model` with bfloat16 weights and compute and max_seq_len raised to at least `max_seq_len`,
+    and its freshly initialised params (nested dict of arrays, `nnx.to_pure_dict` layout), made in one jit."""
+    model = model.copy_and_resolve_references()
+    model.param_dtype, model.dtype = "bfloat16", "bfloat16"
+    model.max_seq_len = max(model.max_seq_len, max_seq_len)
+    config = ModelConfig.from_config(model)
+    return config, jax.jit(lambda: nnx.to_pure_dict(nnx.state(HybridLM(config, nnx.Rngs(seed)), nnx.Param)))()
 
 
 def synthetic_batch(config: config_dict.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
