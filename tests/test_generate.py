@@ -11,7 +11,7 @@ from conftest import small_config
 from hybridlm import generate
 from hybridlm.api import Model
 from hybridlm.model import HybridLM, ModelConfig
-from hybridlm.sampling import Sampling, SamplingError
+from hybridlm.sampling import Sampling, SamplingError, next_tokens
 
 PROMPT_LENGTHS = (9, 2, 11)  # one batch of prompts of different lengths, two padded; 9 and 11 > the sliding window (8)
 TOTAL = 20  # prompt + generated tokens of every row
@@ -87,7 +87,14 @@ def test_decode_runs_of_any_length_draw_the_same_tokens():
     for n in (1, 5, 16):
         assert generate.generate(model, prompts, 12, sampling, seed=3, stop_tokens=[stop], steps_per_sync=n) == expected
     twice = generate.generate(model, [prompts[1], prompts[1]], 12, sampling, seed=3)
-    assert generate.generate(model, [prompts[1]], 12, sampling, seed=3) == twice[:1]
+    alone = generate.generate(model, [prompts[1]], 12, sampling, seed=3)
+    assert alone == twice[:1]
+    # Token t is drawn with fold_in(PRNGKey(seed), t): the first from the prompt's logits (one row), the second from
+    # the full forward's logits after it (as the two equal rows one prompt decodes as).
+    key, first = jax.random.key(3), model(jnp.asarray([prompts[1]]))[:, -1]
+    assert int(next_tokens(first, jax.random.fold_in(key, 0), sampling)[0]) == alone[0][0]
+    second = model(jnp.asarray([prompts[1] + alone[0][:1]]))[:, -1]
+    assert int(next_tokens(jnp.tile(second, (2, 1)), jax.random.fold_in(key, 1), sampling)[0]) == alone[0][1]
     greedy = generate.generate(model, prompts, 12)
     assert generate.generate(model, [prompts[1]], 12) == greedy[1:]
     end = greedy[1][4]  # the stream ends at a stop token inside a run of 16 steps, without steps of no tokens
