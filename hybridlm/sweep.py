@@ -9,8 +9,9 @@ point in a subprocess: `python -m hybridlm.train --config=<file>:<arg> --workdir
 a decay with `--config.init_from=` its stable run's workdir.
 
 What is done is read from DIR, so a killed sweep resumes where it stopped: a run whose workdir holds its final
-checkpoint is not trained again, a run with an earlier checkpoint resumes from it (the trainer's own resume), and a
-decay that is recorded is skipped. Each decay that finishes appends one JSON line to DIR/results.jsonl, as
+checkpoint is not trained again, a run with an earlier checkpoint resumes from it (the trainer's own resume), a
+decay that is recorded is skipped, and so is a stable run whose decays are all recorded (so a results.jsonl copied
+from another host or an earlier machine is enough to skip finished families; their workdirs need not travel). Each decay that finishes appends one JSON line to DIR/results.jsonl, as
 hybridlm.scaling.records reads it: arch, run, params (non-embedding N), params_total, tokens (D, the decay's end
 step x batch tokens), flops (hybridlm.flops per token x D), loss (the final held-out loss), tokens_per_sec (the
 median of the logged steps'), steps. `--shard=i/n` keeps the families (a stable run and its decays, which need its
@@ -226,12 +227,19 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     file, runs = plan(args.ladder, workdir, overrides, split(args.archs), split(args.sizes))
     runs = shard_runs(runs, *parse_shard(args.shard))
     workdir.mkdir(parents=True, exist_ok=True)
-    left = {run.arg: run.flops_per_step * (run.config.train.num_steps - trained_step(run)) for run in runs}
+    recorded = recorded_runs(workdir)
+    pending = {run.family for run in runs if run.records and run.arg not in recorded}
+    needed = {run.arg for run in runs if (run.arg not in recorded if run.records else run.family in pending)}
+    left = {
+        run.arg: run.flops_per_step * (run.config.train.num_steps - trained_step(run))
+        for run in runs
+        if run.arg in needed
+    }
     done_flops = sum(run.flops_per_step * (run.config.train.num_steps - first_step(run)) for run in runs)
     done_flops -= sum(left.values())
     started, trained_flops, trained = time.monotonic(), 0.0, 0
     for position, run in enumerate(runs, start=1):
-        if run.arg in recorded_runs(workdir) or (not run.records and finished(run)):
+        if run.arg not in needed or (not run.records and finished(run)):
             continue
         if not finished(run):
             if args.stop_after is not None and trained >= args.stop_after:

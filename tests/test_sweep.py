@@ -66,6 +66,13 @@ def test_an_interrupted_sweep_resumes_and_records_each_decay(tmp_path, capsys):
     assert "sweep: run" not in third and "all 2 runs of the shard are done" in third
     assert len(read_records(workdir / sweep.RESULTS_FILE)) == 1
 
+    # On a fresh machine with only the results file, the family is done: its stable run does not train again.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / sweep.RESULTS_FILE).write_text((workdir / sweep.RESULTS_FILE).read_text())
+    fourth = _sweep(capsys, ladder, fresh)
+    assert "sweep: run" not in fourth and "all 2 runs of the shard are done" in fourth
+
 
 def _run(family: str) -> sweep.Run:
     return sweep.Run(family, config_dict.ConfigDict({"ladder": {"family": family}}), pathlib.Path(family), None)
