@@ -9,16 +9,17 @@ point in a subprocess: `python -m hybridlm.train --config=<file>:<arg> --workdir
 a decay with `--config.init_from=` its stable run's workdir.
 
 What is done is read from DIR, so a killed sweep resumes where it stopped: a run whose workdir holds its final
-checkpoint is not trained again, a run with an earlier checkpoint resumes from it (the trainer's own resume), a
-decay that is recorded is skipped, and so is a stable run whose decays are all recorded (so a results.jsonl copied
-from another host or an earlier machine is enough to skip finished families; their workdirs need not travel). Each decay that finishes appends one JSON line to DIR/results.jsonl, as
-hybridlm.scaling.records reads it: arch, run, params (non-embedding N), params_total, tokens (D, the decay's end
-step x batch tokens), flops (hybridlm.flops per token x D), loss (the final held-out loss), tokens_per_sec (the
-median of the logged steps'), steps. `--shard=i/n` keeps the families (a stable run and its decays, which need its
-checkpoints) whose index in the run order is i modulo n; `--jobs=N` runs N such shards at once on this host (N = 3:
-one architecture each, as the run order interleaves them). Before each run a line says which run, its steps, the
-FLOPs done and left, and the ETA at the FLOP rate this sweep has reached. SIGINT and SIGTERM are passed to the
-running trainer, which saves a checkpoint; the sweep then stops with its exit code.
+checkpoint is not trained again, a run with an earlier checkpoint resumes from it (the trainer's own resume), a decay
+that is recorded is skipped, and so is a stable run whose decays are all recorded (so a results.jsonl copied from
+another host or an earlier machine is enough to skip finished families; their workdirs need not travel). Each decay that
+finishes appends one JSON line to DIR/results.jsonl, as hybridlm.scaling.records reads it: arch, run, params
+(non-embedding N), params_total, tokens (D, the decay's end step x batch tokens), flops (hybridlm.flops per token x D),
+loss (the final held-out loss), tokens_per_sec (the median of the logged steps'), steps. `--shard=i/n` keeps the
+families (a stable run and its decays, which need its checkpoints) whose index in the run order is i modulo n;
+`--jobs=N` runs N such shards at once on this host (N = 3: one architecture each, as the run order interleaves them).
+Before each run a line says which run, its steps, the FLOPs done and left, and the ETA at the FLOP rate this sweep has
+reached. SIGINT and SIGTERM are passed to the running trainer, which saves a checkpoint; the sweep then stops with its
+exit code.
 """
 
 from __future__ import annotations

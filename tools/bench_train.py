@@ -255,19 +255,21 @@ def main(argv: list[str]) -> None:
     for batch_size, count in runs:
         where = "" if count is None else f" on {count} device(s)"
         print(f"batch {batch_size} x seq {seq_len}{where}: compiling and timing in a fresh process", flush=True)
-        records.append(measure_in_child(batch_size, seq_len, count))
-        rows.append(cells(name, records[-1]))
-        devices += [f"{records[-1]['device']}, jax {records[-1]['jax']}"] if "device" in records[-1] else []
-        append(records[-1].get("device", "unknown device"), rows[-1])
+        record = measure_in_child(batch_size, seq_len, count)
+        records.append(record)
+        rows.append(cells(name, record))
+        devices += [f"{record['device']}, jax {record['jax']}"] if "device" in record else []
+        append(record.get("device", "unknown device"), rows[-1])
     device = devices[0] if devices else "unknown device"
     print(f"\ndevice {device}, commit {train_setup.git_commit()}")
     print(f"{steps} timed steps after {train_setup.WARMUP.value} warm-up steps; step ms is their median (and range)")
     print("\n".join(train_setup.text_table(COLUMNS, rows)))
     if DEVICES.value:
-        print(weak_scaling(records))
+        scaling = weak_scaling(records)
+        print(scaling)
         if train_setup.WRITE.value:
             with open(train_setup.WRITE.value, "a") as f:
-                f.write(f"\n{weak_scaling(records)}.\n")
+                f.write(f"\n{scaling}.\n")
 
 
 def device_counts(values: list[str]) -> list[int]:

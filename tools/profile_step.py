@@ -7,18 +7,18 @@ Run from the repository root (on a GPU; the CPU runs it too, with XLA's ops as t
     python tools/profile_step.py --config=olmo_hybrid_7b --batch 4 --seq 8192 --write BENCHMARKS.md
     python tools/profile_step.py --config=olmo_hybrid_7b --decode --batch 2 --seq 256 --steps 10 --top 30
 
---config, its overrides, --batch (one size), --seq and --warmup work as in bench_train.py. With --decode the step is
-the model's one-token decode step (`HybridLM.decode` and the greedy next token, as `hybridlm.generate` runs it) with
-random bfloat16 weights: --batch rows, a cache of --seq tokens, the first step at position --seq // 2 (the cache's
-contents do not change the work); each step waits for the last, so the wall time holds the host's dispatch. The step
-is compiled without XLA's command buffers (CUDA graphs: with them, every kernel's trace event names its command buffer rather
-than its HLO instruction, as seen with jax 0.11.2 on an H200; the kernels are the same, launched one by one), run
---warmup times, then traced with jax.profiler over --steps steps. The device events of the trace are the
-complete events of its "/device:GPU" processes (kernels, copies and memsets on the GPU's streams); a CPU trace has
-no device process, and there they are the events of the ops XLA ran on host threads (those with an "hlo_op"
-arg). Each event counts its own duration: one nested in another on the same thread (an op in a CPU while loop's
-body) is taken out of the outer one's time; consecutive kernels of a stream that overlap by a fraction of a
-microsecond keep theirs. Times are per step and device (summed over the local GPUs, divided by their number).
+--config, its overrides, --batch (one size), --seq and --warmup work as in bench_train.py. With --decode the step is the
+model's one-token decode step (`HybridLM.decode` and the greedy next token, as `hybridlm.generate` runs it) with random
+bfloat16 weights: --batch rows, a cache of --seq tokens, the first step at position --seq // 2 (the cache's contents do
+not change the work); each step waits for the last, so the wall time holds the host's dispatch. The step is compiled
+without XLA's command buffers (CUDA graphs: with them, every kernel's trace event names its command buffer rather than
+its HLO instruction, as seen with jax 0.11.2 on an H200; the kernels are the same, launched one by one), run --warmup
+times, then traced with jax.profiler over --steps steps. The device events of the trace are the complete events of its
+"/device:GPU" processes (kernels, copies and memsets on the GPU's streams); a CPU trace has no device process, and there
+they are the events of the ops XLA ran on host threads (those with an "hlo_op" arg). Each event counts its own duration:
+one nested in another on the same thread (an op in a CPU while loop's body) is taken out of the outer one's time;
+consecutive kernels of a stream that overlap by a fraction of a microsecond keep theirs. Times are per step and device
+(summed over the local GPUs, divided by their number).
 
 Each event is matched to the HLO instruction that launched it: the first of its "hlo_op" arg, its "long_name" arg
 and its name that names an instruction of the compiled step (`compiled.as_text()`). The instruction's op_name
