@@ -14,7 +14,9 @@ that is recorded is skipped, and so is a stable run whose decays are all recorde
 another host or an earlier machine is enough to skip finished families; their workdirs need not travel). Each decay that
 finishes appends one JSON line to DIR/results.jsonl, as hybridlm.scaling.records reads it: arch, run, params
 (non-embedding N), params_total, tokens (D, the decay's end step x batch tokens), flops (hybridlm.flops per token x D),
-loss (the final held-out loss), tokens_per_sec (the median of the logged steps'), steps. `--shard=i/n` keeps the
+loss (the final held-out loss), tokens_per_sec (the median of the logged steps'), steps, corpus (`corpus_identity`:
+the fingerprint of the token files, so results from several machines can be pooled only where they trained on the
+same data; the sweep refuses to add to a results.jsonl whose records name other data). `--shard=i/n` keeps the
 families (a stable run and its decays, which need its checkpoints) whose index in the run order is i modulo n;
 `--jobs=N` runs N such shards at once on this host (N = 3: one architecture each, as the run order interleaves them).
 Before each run a line says which run, its steps, the FLOPs done and left, and the ETA at the FLOP rate this sweep has
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import pathlib
@@ -39,6 +42,8 @@ from absl import flags
 from ml_collections import config_dict, config_flags
 
 from hybridlm import checkpoint, named_configs
+from hybridlm.data.pipeline import first_difference
+from hybridlm.data.token_files import read_metadata
 from hybridlm.shards import parse_shard, run_local_shards
 
 RESULTS_FILE = "results.jsonl"
@@ -149,16 +154,47 @@ def finished(run: Run) -> bool:
     return checkpoint.checkpoint_problem(checkpoint.checkpoints_dir(run.workdir) / str(step), step) is None
 
 
-def recorded_runs(workdir: pathlib.Path) -> set[str]:
-    """The runs results.jsonl records."""
+def read_results(workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of results.jsonl (none where there is no file)."""
     path = workdir / RESULTS_FILE
     if not path.is_file():
-        return set()
-    return {json.loads(line)["run"] for line in path.read_text().splitlines() if line.strip()}
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def result(run: Run) -> dict[str, Any]:
-    """The results.jsonl line of a finished decay, from its config and metrics.jsonl."""
+def corpus_identity(config: config_dict.ConfigDict) -> dict[str, Any]:
+    """What names the documents a run trains on, the same for every rung of a ladder. Token files: per directory of
+    `config.data.paths`' files, in their order, the fingerprint its metadata.json records (tools/prepare_data.py's
+    corpora: files, bytes, a hash of the contents, tokens, the tokenizer's hash), else the files' names and sizes.
+    Other sources: the source, its paths and byte cap."""
+    data = config.data
+    if data.source != "token_files":
+        return {"source": data.source, "paths": list(data.paths), "max_bytes": data.get("max_bytes")}
+    directories: dict[str, list[str]] = {}
+    for pattern in data.paths:
+        for path in sorted(glob.glob(pattern)):
+            directories.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+    corpora = []
+    for directory, paths in directories.items():
+        fingerprint = (read_metadata(directory) or {}).get("fingerprint")
+        corpora.append(fingerprint or {os.path.basename(p): os.path.getsize(p) for p in paths})
+    return {"source": data.source, "corpora": corpora}
+
+
+def check_corpus(workdir: pathlib.Path, rows: list[dict[str, Any]], identity: dict[str, Any]) -> None:
+    """ValueError where a row of results.jsonl trained on other data than `identity` names."""
+    for row in rows:
+        difference = first_difference(row.get("corpus"), identity, "corpus")
+        if difference:
+            raise ValueError(
+                f"{workdir / RESULTS_FILE} records {row['run']} on other data than this sweep's ({difference}); "
+                "sweep the same corpus (results/ladder/corpus_metadata.json is the committed ladder's) or use "
+                "another --workdir"
+            )
+
+
+def result(run: Run, corpus: dict[str, Any]) -> dict[str, Any]:
+    """The results.jsonl line of a finished decay, from its config, metrics.jsonl and `corpus` (`corpus_identity`)."""
     from hybridlm.model import ModelConfig, count_params
 
     rows = [json.loads(line) for line in checkpoint.metrics_file(run.workdir).read_text().splitlines() if line.strip()]
@@ -180,6 +216,7 @@ def result(run: Run) -> dict[str, Any]:
         "loss": float(losses[-1]),
         "tokens_per_sec": rates[len(rates) // 2] if rates else None,
         "steps": num_steps,
+        "corpus": corpus,
     }
 
 
@@ -228,7 +265,10 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     file, runs = plan(args.ladder, workdir, overrides, split(args.archs), split(args.sizes))
     runs = shard_runs(runs, *parse_shard(args.shard))
     workdir.mkdir(parents=True, exist_ok=True)
-    recorded = recorded_runs(workdir)
+    rows = read_results(workdir)
+    corpus = corpus_identity(runs[0].config) if runs else {}  # a ladder's runs share their data
+    check_corpus(workdir, rows, corpus)
+    recorded = {row["run"] for row in rows}
     pending = {run.family for run in runs if run.records and run.arg not in recorded}
     needed = {run.arg for run in runs if (run.arg not in recorded if run.records else run.family in pending)}
     left = {
@@ -255,7 +295,7 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
             trained, trained_flops, done_flops = trained + 1, trained_flops + left[run.arg], done_flops + left[run.arg]
             left[run.arg] = 0.0
         if run.records:
-            append_result(workdir, result(run))
+            append_result(workdir, result(run, corpus))
             print(f"sweep: recorded {run.arg} in {workdir / RESULTS_FILE}", flush=True)
     print(f"sweep: all {len(runs)} runs of the shard are done; results in {workdir / RESULTS_FILE}", flush=True)
     return 0

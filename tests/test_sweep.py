@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import pytest
 from ml_collections import config_dict
 
 from hybridlm import checkpoint, sweep
+from hybridlm.data import token_files
 from hybridlm.scaling.records import read_records
 
 # One 64-wide, 4-layer transformer on the built-in bytes: a 37-step stable run and a decay from step 37 to 46.
-MICRO_LADDER = '''
+MICRO_LADDER = """
 from experiments.ladder import Ladder
 
 MICRO = Ladder(
@@ -29,7 +31,7 @@ def get_config(arg="transformer-micro"):
 
 def runs(archs=None, sizes=None):
     return MICRO.runs(archs, sizes)
-'''
+"""
 OVERRIDES = ["--config.train.checkpoint_every=1000", "--config.train.eval_batches=2", "--config.train.log_every=9"]
 
 
@@ -61,6 +63,7 @@ def test_an_interrupted_sweep_resumes_and_records_each_decay(tmp_path, capsys):
     assert record.arch == "transformer" and row["run"] == "transformer-micro/decay1x"
     assert record.tokens == 46 * 4 * 64 and record.params < row["params_total"]
     assert record.flops > 6 * record.params * record.tokens and row["tokens_per_sec"] > 0
+    assert row["corpus"] == {"source": "builtin", "paths": [], "max_bytes": 2_000_000}
 
     third = _sweep(capsys, ladder, workdir)  # nothing left: no run trains, nothing is recorded twice
     assert "sweep: run" not in third and "all 2 runs of the shard are done" in third
@@ -72,6 +75,32 @@ def test_an_interrupted_sweep_resumes_and_records_each_decay(tmp_path, capsys):
     (fresh / sweep.RESULTS_FILE).write_text((workdir / sweep.RESULTS_FILE).read_text())
     fourth = _sweep(capsys, ladder, fresh)
     assert "sweep: run" not in fourth and "all 2 runs of the shard are done" in fourth
+
+
+def test_a_sweep_refuses_results_on_other_data(tmp_path, capsys):
+    """A results.jsonl whose records trained on another corpus is refused before anything trains."""
+    ladder, workdir = tmp_path / "micro_ladder.py", tmp_path / "sweep"
+    ladder.write_text(MICRO_LADDER)
+    workdir.mkdir()
+    other = {"source": "builtin", "paths": [], "max_bytes": 1_000_000}
+    (workdir / sweep.RESULTS_FILE).write_text(json.dumps({"run": "hybrid-micro/decay1x", "corpus": other}) + "\n")
+    args = [f"--ladder={ladder}", f"--workdir={workdir}", "--archs=transformer", *OVERRIDES]
+    assert sweep.main(args) == 2
+    err = capsys.readouterr().err
+    assert "records hybrid-micro/decay1x on other data than this sweep's" in err
+    assert "corpus.max_bytes: 1000000 there, 2000000 now" in err
+    assert not (workdir / "transformer-micro").exists()
+
+
+def test_token_files_are_named_by_their_recorded_fingerprint(tmp_path):
+    prepared, plain = tmp_path / "prepared", tmp_path / "plain"
+    for directory in (prepared, plain):
+        directory.mkdir()
+        np.arange(100, dtype=np.uint16).tofile(directory / "part-0.bin")
+    fingerprint = {"files": 3, "bytes": 10, "content_sha256": "ab12", "tokens": 100, "tokenizer_sha256": "cd34"}
+    token_files.write_metadata(prepared, {"tokenizer": "t", "eos_id": 0, "vocab_size": 320, "fingerprint": fingerprint})
+    config = config_dict.ConfigDict({"data": {"source": "token_files", "paths": (f"{prepared}/*.bin", f"{plain}/*")}})
+    assert sweep.corpus_identity(config) == {"source": "token_files", "corpora": [fingerprint, {"part-0.bin": 200}]}
 
 
 def _run(family: str) -> sweep.Run:
