@@ -37,9 +37,9 @@ plus 1.6 x 20 N stable, instead of 3.5 x 20 N for three separate runs. Each run 
 Data: the Python source corpus that `python tools/prepare_data.py --corpus=python_code --out=data/python_code`
 prepares (hybridlm.data.code_corpus: 8192-id BPE, the held-out files exactly the last 5% of its tokens); any token
 files work instead (`--config.data.paths=...`, and `--config.model.vocab_size` for another tokenizer). With the test
-extra's packages the corpus holds about 28M tokens, which the top rung's 2x budget passes over 21 times; where more
-packages are installed, `--packages` takes them in and cuts the repeats (EXPERIMENTS.md gives the command and the
-corpus of the committed results).
+extra's packages the corpus holds 22.5M tokens on the H200 machine (Python 3.12), which the top rung's 2x budget
+passes over 28 times; where more packages are installed, `--packages` takes them in and cuts the repeats
+(EXPERIMENTS.md gives the command and the corpus of the committed results).
 
 `Ladder` holds the rules' constants; a smaller one (e.g. tests' micro ladder) is another instance with its own
 `get_config` and `runs`.
