@@ -1,4 +1,4 @@
-"""Times the train step of a run config on the local accelerator: tokens/s, MFU, peak memory and compile time.
+r"""Times the train step of a run config on the local accelerator: tokens/s, MFU, peak memory and compile time.
 
 Run from the repository root (on a GPU for numbers that mean anything; the CPU runs it too):
 
