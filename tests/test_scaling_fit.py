@@ -63,6 +63,35 @@ def test_bootstrap_interval_covers_truth(noisy, noisy_fit):
         assert interval.high - interval.low > 0  # the replicates differ: the records were resampled
 
 
+def test_a_refit_to_few_sizes_stays_finite():
+    """A bootstrap resample of a first ladder run (two points at 0.77M, repeated, and one at 3.0M) started from the
+    fit to all its points, whose coefficient A is huge, used to run b and beta off together until exp(b) overflowed;
+    the box keeps the law finite and still through the points."""
+    small, large = (765542, 7651328, 3.9876816272735596), (765542, 30621696, 2.8021905422210693)
+    points = [small, large, large, small, large, (2964696, 29655040, 2.3661909103393555)]
+    records = [Record("hybrid", n, d, 6 * n * d, loss) for n, d, loss in points]
+    start = LossLaw(E=1.8111095550011733, A=72924519340.27281, alpha=1.8988248853266343, B=1734488.3779589513,
+                    beta=0.8733355597217777)  # fmt: skip
+    law = fit_law(records, initial=start)
+    assert all(math.isfinite(v) for v in dataclasses.astuple(law)) and law.alpha <= 5 and law.beta <= 5
+    assert all(abs(math.log(law.loss(r.params, r.tokens) / r.loss)) < 0.05 for r in records)
+
+
+def test_a_law_on_the_edge_of_the_box_gives_limits_not_errors():
+    """A refit can end at an exponent of 0, where its term is a constant: the tokens for a loss and the compute-optimal
+    split are then the limits, not a division by zero."""
+    flat_data = dataclasses.replace(CHINCHILLA, beta=0.0)  # loss = floor(N) + B at every D
+    floor = flat_data.floor(1e8)
+    assert flat_data.tokens_for_loss(1e8, floor + flat_data.B + 0.1) == 0.0
+    assert flat_data.tokens_for_loss(1e8, floor + flat_data.B - 0.1) == math.inf
+    n, d = flat_data.compute_optimal(1e21, 6.0)
+    assert (n, d) == (math.inf, 0.0) and flat_data.loss(n, d) == pytest.approx(CHINCHILLA.E + CHINCHILLA.B)
+    flat_size = dataclasses.replace(CHINCHILLA, alpha=0.0)
+    n, d = flat_size.compute_optimal(1e21, 6.0)
+    assert (n, d) == (0.0, math.inf) and flat_size.loss(n, d) == pytest.approx(CHINCHILLA.E + CHINCHILLA.A)
+    assert dataclasses.replace(CHINCHILLA, beta=1e-3).tokens_for_loss(1e8, 2.5) == math.inf  # past a float's range
+
+
 def test_compute_optimal_minimises_loss_at_fixed_compute():
     compute, k = 1e21, 6.0
     n, d = CHINCHILLA.compute_optimal(compute, k)

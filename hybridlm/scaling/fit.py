@@ -6,7 +6,11 @@ e = log E, the residual of a point is
 and the fit minimises the sum of Huber(r) (delta 1e-3) with L-BFGS-B from a grid of starting points, keeping the
 best minimum. The objective is divided by delta^2, which leaves its minimiser unchanged but puts it on the order of
 one, where L-BFGS-B's default stopping tolerances (relative to max(|f|, 1)) stop near the minimum rather than
-early (Besiroglu et al. 2024 traced Chinchilla's off estimates to such an early stop). Exponents are kept >= 0.
+early (Besiroglu et al. 2024 traced Chinchilla's off estimates to such an early stop). The parameters stay in a
+box, `BOUNDS`: exponents in [0, 5], a and b in [-20, 100], e in [-10, 10]. Where the points pin a term down
+(several sizes and budgets) its minimum lies well inside; a bootstrap resample with few distinct sizes leaves a
+coefficient and its exponent free to grow together without end, and the box stops such a refit at a finite law on
+its edge instead of at an overflow.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ CHINCHILLA_GRID = np.array(
     )
 )
 
-_BOUNDS = [(None, None), (None, None), (None, None), (0.0, None), (0.0, None)]
+BOUNDS = [(-20.0, 100.0), (-20.0, 100.0), (-10.0, 10.0), (0.0, 5.0), (0.0, 5.0)]  # a, b, e, alpha, beta
 
 
 def _theta(law: LossLaw) -> np.ndarray:
@@ -100,7 +104,7 @@ def fit_law(
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
         for theta in thetas:
             result = optimize.minimize(
-                _objective, theta, args=(log_n, log_d, log_loss, delta), jac=True, method="L-BFGS-B", bounds=_BOUNDS
+                _objective, theta, args=(log_n, log_d, log_loss, delta), jac=True, method="L-BFGS-B", bounds=BOUNDS
             )
             if best is None or result.fun < best.fun:
                 best = result
