@@ -266,8 +266,9 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     runs = shard_runs(runs, *parse_shard(args.shard))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = read_results(workdir)
-    corpus = corpus_identity(runs[0].config) if runs else {}  # a ladder's runs share their data
-    check_corpus(workdir, rows, corpus)
+    corpus = corpus_identity(runs[0].config) if runs else None  # a ladder's runs share their data
+    if corpus is not None:
+        check_corpus(workdir, rows, corpus)
     recorded = {row["run"] for row in rows}
     pending = {run.family for run in runs if run.records and run.arg not in recorded}
     needed = {run.arg for run in runs if (run.arg not in recorded if run.records else run.family in pending)}

@@ -118,11 +118,13 @@ def test_shards_split_families_deterministically():
 
 
 def test_jobs_run_the_shards_at_once_and_record_every_decay(tmp_path, capsys):
-    """--jobs=2 trains the two families in two processes (each a --shard); every decay is recorded once."""
+    """--jobs=2 trains the two families in two processes (each a --shard); every decay is recorded once. A rerun
+    with a shard more than there are families finds nothing to do."""
     ladder, workdir = tmp_path / "micro_ladder.py", tmp_path / "sweep"
     ladder.write_text(MICRO_LADDER)
     _sweep(capsys, ladder, workdir, "--archs=transformer,hybrid", "--jobs=2")
     runs = sorted(json.loads(line)["run"] for line in (workdir / sweep.RESULTS_FILE).read_text().splitlines())
     assert runs == ["hybrid-micro/decay1x", "transformer-micro/decay1x"]
+    _sweep(capsys, ladder, workdir, "--archs=transformer,hybrid", "--jobs=3")  # all done; the third shard has none
     assert sweep.main([f"--ladder={ladder}", f"--workdir={workdir}", "--jobs=2", "--shard=0/2"]) == 2
     assert "--jobs=2: give 1 or more processes, and no --shard" in capsys.readouterr().err
