@@ -188,8 +188,7 @@ def check_corpus(workdir: pathlib.Path, rows: list[dict[str, Any]], identity: di
         if difference:
             raise ValueError(
                 f"{workdir / RESULTS_FILE} records {row['run']} on other data than this sweep's ({difference}); "
-                "sweep the same corpus (results/ladder/corpus_metadata.json is the committed ladder's) or use "
-                "another --workdir"
+                "sweep the corpus its records name (--config.data.paths) or use another --workdir"
             )
 
 
