@@ -153,9 +153,11 @@ def _check_workdir(workdir: str) -> None:
         _fail(f"--workdir={workdir}: {existing} is a file, not a directory; give a new directory or a run's workdir")
 
 
-def _experiment_name() -> str:
-    """The experiment's name: its config file's, without the directory and `.py` (`--config=NAME` loads NAME.py)."""
-    return pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+def experiment_name(spec: str) -> str:
+    """The experiment's name from the --config value `spec` as resolved (FILE or FILE:ARG): the file's name without
+    the directory and `.py` (`--config=NAME` loads NAME.py), then `:ARG` where given (`ladder:hybrid-6.9M`)."""
+    file, colon, arg = spec.partition(":")
+    return pathlib.Path(file).stem + colon + arg
 
 
 def _refuse_dropped_overrides(config: config_dict.ConfigDict, argv: list[str]) -> None:
@@ -186,7 +188,9 @@ def main(argv: list[str]) -> None:
 
     try:
         _refuse_dropped_overrides(_CONFIG.value, sys.argv[1:])
-        trainer = Trainer(_CONFIG.value, _WORKDIR.value, name=_experiment_name())
+        trainer = Trainer(
+            _CONFIG.value, _WORKDIR.value, name=experiment_name(config_flags.get_config_filename(flags.FLAGS["config"]))
+        )
     except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
         _fail(str(e))
     try:

@@ -155,6 +155,13 @@ def test_training_starts_with_a_summary_of_the_run(tiny_run):
     assert result.stdout.count("experiment: ") == 1
 
 
+def test_the_summary_names_a_config_with_its_argument():
+    from hybridlm.train import experiment_name
+
+    assert experiment_name("/src/experiments/ladder.py:hybrid-0.74M/decay1x") == "ladder:hybrid-0.74M/decay1x"
+    assert experiment_name("experiments/tiny_hybrid.py") == "tiny_hybrid"
+
+
 def test_progress_bar_shows_the_smoothed_loss(tiny_run):
     """The bar's loss_ema after the last step is the bias-corrected moving average (decay 0.98 a step) of the
     per-step losses that metrics.jsonl keeps; the z-loss is logged as the term added to the loss."""
