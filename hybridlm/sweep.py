@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import pathlib
@@ -42,6 +41,7 @@ from absl import flags
 from ml_collections import config_dict, config_flags
 
 from hybridlm import checkpoint, named_configs
+from hybridlm.data.paths import expand_all
 from hybridlm.data.pipeline import first_difference
 from hybridlm.data.token_files import read_metadata
 from hybridlm.shards import parse_shard, run_local_shards
@@ -165,15 +165,14 @@ def read_results(workdir: pathlib.Path) -> list[dict[str, Any]]:
 def corpus_identity(config: config_dict.ConfigDict) -> dict[str, Any]:
     """What names the documents a run trains on, the same for every rung of a ladder. Token files: per directory of
     `config.data.paths`' files, in their order, the fingerprint its metadata.json records (tools/prepare_data.py's
-    corpora: files, bytes, a hash of the contents, tokens, the tokenizer's hash), else the files' names and sizes.
-    Other sources: the source, its paths and byte cap."""
+    corpora: files, bytes, a hash of the contents, tokens, the tokenizer's hash), else the files' names and sizes;
+    ValueError where a path names no file. Other sources: the source, its paths and byte cap."""
     data = config.data
     if data.source != "token_files":
         return {"source": data.source, "paths": list(data.paths), "max_bytes": data.get("max_bytes")}
     directories: dict[str, list[str]] = {}
-    for pattern in data.paths:
-        for path in sorted(glob.glob(pattern)):
-            directories.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
+    for path in expand_all(data.paths, "config.data.paths"):
+        directories.setdefault(os.path.dirname(os.path.abspath(path)), []).append(path)
     corpora = []
     for directory, paths in directories.items():
         fingerprint = (read_metadata(directory) or {}).get("fingerprint")
