@@ -51,6 +51,13 @@ def path(name: str, package: str | tuple[str, ...] = REGISTRY) -> pathlib.Path:
     return directory(package) / f"{name}.py"
 
 
+def experiment_name(spec: str) -> str:
+    """The experiment's name from the --config value `spec` as resolved (FILE or FILE:ARG): the file's name without
+    the directory and `.py` (`--config=NAME` loads NAME.py), then `:ARG` where given (`ladder:hybrid-6.9M`)."""
+    file, colon, arg = spec.partition(":")
+    return pathlib.Path(file).stem + colon + arg
+
+
 def resolve(value: str, package: str | tuple[str, ...] = REGISTRY) -> str:
     """`--config`'s value as config_flags loads it: `FILE.py[:ARG]` for an experiment `NAME[:ARG]` or a config file
     `FILE.py[:ARG]`; raises ConfigFileError naming an unknown experiment, a bad file, or an ARG its `get_config`

@@ -153,13 +153,6 @@ def _check_workdir(workdir: str) -> None:
         _fail(f"--workdir={workdir}: {existing} is a file, not a directory; give a new directory or a run's workdir")
 
 
-def experiment_name(spec: str) -> str:
-    """The experiment's name from the --config value `spec` as resolved (FILE or FILE:ARG): the file's name without
-    the directory and `.py` (`--config=NAME` loads NAME.py), then `:ARG` where given (`ladder:hybrid-6.9M`)."""
-    file, colon, arg = spec.partition(":")
-    return pathlib.Path(file).stem + colon + arg
-
-
 def _refuse_dropped_overrides(config: config_dict.ConfigDict, argv: list[str]) -> None:
     """With `config.init_from_hf`, raises HFFormatError for a `--config.model.<field>` override in `argv` that the
     checkpoint's architecture would replace (hybridlm.hf.load.check_architecture_overrides)."""
@@ -189,7 +182,9 @@ def main(argv: list[str]) -> None:
     try:
         _refuse_dropped_overrides(_CONFIG.value, sys.argv[1:])
         trainer = Trainer(
-            _CONFIG.value, _WORKDIR.value, name=experiment_name(config_flags.get_config_filename(flags.FLAGS["config"]))
+            _CONFIG.value,
+            _WORKDIR.value,
+            name=named_configs.experiment_name(config_flags.get_config_filename(flags.FLAGS["config"])),
         )
     except ValueError as e:  # ConfigError and data errors: raised before anything compiles.
         _fail(str(e))

@@ -156,7 +156,7 @@ def test_training_starts_with_a_summary_of_the_run(tiny_run):
 
 
 def test_the_summary_names_a_config_with_its_argument():
-    from hybridlm.train import experiment_name
+    from hybridlm.named_configs import experiment_name
 
     assert experiment_name("/src/experiments/ladder.py:hybrid-0.74M/decay1x") == "ladder:hybrid-0.74M/decay1x"
     assert experiment_name("experiments/tiny_hybrid.py") == "tiny_hybrid"

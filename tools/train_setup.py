@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # the repo root, for uninstalled checkouts
 
 from flax import nnx  # noqa: E402
 
-from hybridlm import config_checks  # noqa: E402
+from hybridlm import config_checks, named_configs  # noqa: E402
 from hybridlm.model import HybridLM, ModelConfig  # noqa: E402
 from hybridlm.train import parse_flags  # noqa: E402, F401  (the tools' flag parser; defines --config)
 from hybridlm.trainer import TrainProgram  # noqa: E402
@@ -50,8 +50,8 @@ def flag_config() -> config_dict.ConfigDict:
 
 
 def config_name() -> str:
-    """The experiment (or config file) that --config names, e.g. "olmo_hybrid_7b"."""
-    return pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    """The experiment (or config file) that --config names, e.g. "olmo_hybrid_7b" or "ladder:hybrid-15M"."""
+    return named_configs.experiment_name(config_flags.get_config_filename(flags.FLAGS["config"]))
 
 
 def batch_sizes(config: config_dict.ConfigDict) -> list[int]:
