@@ -47,7 +47,8 @@ def plot_loss_vs_flops(analysis: Analysis, path: pathlib.Path) -> None:
 
 def plot_savings(analysis: Analysis, extrapolate_n: float, path: pathlib.Path) -> None:
     """The candidate's token savings ratio against N, from the smallest measured N to `extrapolate_n`, with its
-    bootstrap interval as a band; N where the candidate cannot reach the target are left blank."""
+    bootstrap interval as a band; N where the candidate cannot reach the target are left blank. The axis spans -1
+    (the candidate needs twice the reference's tokens) to 1, so a wide band does not flatten the estimate."""
     smallest = max(min(r.params for r in analysis.groups[arch]) for arch in (analysis.candidate, analysis.reference))
     sizes = np.geomspace(smallest, max(extrapolate_n, analysis.largest_measured_n), _CURVE_POINTS)
     estimates = [analysis.savings(float(n)).ratio for n in sizes]
@@ -64,6 +65,7 @@ def plot_savings(analysis: Analysis, extrapolate_n: float, path: pathlib.Path) -
     axes.axvline(analysis.largest_measured_n, color="gray", linestyle="--", label="largest measured N")
     axes.axhline(0.0, color="black", linewidth=0.8)
     axes.set_xscale("log")
+    axes.set_ylim(-1.0, 1.0)
     axes.set_xlabel("non-embedding parameters N")
     axes.set_ylabel(f"1 - D_{analysis.candidate} / D_{analysis.reference}")
     axes.set_title(f"Tokens {analysis.candidate} saves against {analysis.reference} at matched loss")
