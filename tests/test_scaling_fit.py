@@ -63,6 +63,13 @@ def test_bootstrap_interval_covers_truth(noisy, noisy_fit):
         assert interval.high - interval.low > 0  # the replicates differ: the records were resampled
 
 
+def test_bootstrap_in_worker_processes_gives_the_same_pairs(noisy, noisy_fit):
+    other = _ladder(_efficient(CHINCHILLA, 1.5), "y", 2e-3, seed=1)
+    groups, laws = {"x": noisy, "y": other}, {"x": noisy_fit, "y": fit_law(other, starts=2)}
+    serial = bootstrap_laws(groups, laws, samples=3, seed=0, starts=2)
+    assert bootstrap_laws(groups, laws, samples=3, seed=0, starts=2, workers=2) == serial
+
+
 def test_a_refit_to_few_sizes_stays_finite():
     """A bootstrap resample of a first ladder run (two points at 0.77M, repeated, and one at 3.0M) started from the
     fit to all its points, whose coefficient A is huge, used to run b and beta off together until exp(b) overflowed;
@@ -202,6 +209,7 @@ def test_cli_writes_table_and_plots(cli, tmp_path):
     [
         (["--candidate", "gdn"], "no records of gdn; the records have hybrid, transformer"),
         (["--candidate", "hybrid", "--bootstrap", "0"], "at least one bootstrap replicate, not 0"),
+        (["--candidate", "hybrid", "--workers", "0"], "at least one worker process, not 0"),
     ],
 )
 def test_cli_rejects_bad_requests(cli, tmp_path, capsys, flags, message):

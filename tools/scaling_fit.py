@@ -2,6 +2,7 @@
 
     python tools/scaling_fit.py --records RUNGS.jsonl --out DIR --candidate ARCH --reference ARCH
         [--target_loss L] [--extrapolate_n 7e9] [--compute FLOPS] [--bootstrap 1000] [--seed 0] [--starts 8]
+        [--workers CPUS]
 
 RUNGS.jsonl holds one finished run a line: arch, params (non-embedding N), tokens (D), flops (training FLOPs) and
 loss (final held-out loss); other keys are ignored. Fits L(N, D) = E + A / N^alpha + B / D^beta per architecture
@@ -13,6 +14,7 @@ architectures ranked by predicted loss at --compute), loss_vs_flops.png and savi
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -43,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--starts", type=int, default=None, help="grid points each fit starts from (default: 8)")
     parser.add_argument("--confidence", type=float, default=0.9, help="coverage of the intervals")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes the bootstrap refits run in (default: one a CPU)",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,6 +74,7 @@ def main(argv: list[str]) -> int:
             seed=args.seed,
             starts=DEFAULT_STARTS if args.starts is None else args.starts,
             confidence=args.confidence,
+            workers=args.workers,
         )
     except (OSError, ValueError) as e:  # unreadable or malformed records, an architecture with none: one line.
         print(f"error: {e}", file=sys.stderr)

@@ -116,11 +116,15 @@ def analyse(
     seed: int = 0,
     starts: int = DEFAULT_STARTS,
     confidence: float = 0.9,
+    workers: int = 1,
 ) -> Analysis:
     """Fits every architecture of `records` and draws `samples` paired bootstrap replicates (seeded by `seed`;
-    fits from `starts` grid points); ValueError if `candidate` or `reference` has no records or `samples` < 1."""
+    fits from `starts` grid points; refits in `workers` processes); ValueError if `candidate` or `reference` has no
+    records, or `samples` or `workers` < 1."""
     if samples < 1:
         raise ValueError(f"the intervals need at least one bootstrap replicate, not {samples}")
+    if workers < 1:
+        raise ValueError(f"the bootstrap needs at least one worker process, not {workers}")
     groups = group_by_arch(records)
     missing = [arch for arch in (candidate, reference) if arch not in groups]
     if missing:
@@ -129,7 +133,7 @@ def analyse(
     return Analysis(
         groups=groups,
         laws=laws,
-        replicates=bootstrap_laws(groups, laws, samples, seed, starts),
+        replicates=bootstrap_laws(groups, laws, samples, seed, starts, workers),
         candidate=candidate,
         reference=reference,
         target_loss=target_loss,
