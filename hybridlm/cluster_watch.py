@@ -8,7 +8,9 @@ whose counter has not moved for `TIMEOUT_S` seconds (by this process's clock; th
 store that has not answered for as long, ends this process with one line on stderr that names the process lost and
 how to resume, and the exit code `EXIT_CODE`. (When process 0 dies, the store and the coordination service die with
 it, and jax aborts the others at once with its own line, "Terminating process because the JAX distributed service
-detected fatal errors".) A process that ends its run normally, or stops on a signal with its peers, marks itself done
+detected fatal errors". On CPU devices gloo, the collectives' transport, can also abort a survivor at once when its
+peer dies in the middle of a train step's collectives, with its own line, "terminate called after throwing an instance
+of 'gloo::EnforceNotMet'".) A process that ends its run normally, or stops on a signal with its peers, marks itself done
 first, so that a peer still saving its last checkpoint is not taken for dead; one that fails leaves no mark, and its
 peers stop after `TIMEOUT_S`. A collective whose peer vanished may fail before the watch sees it (gloo: "Connection
 closed by peer"); the command then waits for the watch's verdict (`await_verdict`) before it raises the error.
