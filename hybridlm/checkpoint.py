@@ -220,7 +220,7 @@ def newest_intact(directory: pathlib.Path, steps: list[int]) -> tuple[int | None
 
 
 def _listing(problems: list[tuple[int, str]]) -> str:
-    """"step 6: it is empty; step 3: ..." for one line."""
+    """ "step 6: it is empty; step 3: ..." for one line."""
     return "; ".join(f"step {step}: {problem}" for step, problem in problems)
 
 
@@ -405,11 +405,15 @@ def _changed_keys(previous: dict[str, Any], current: dict[str, Any], keys: tuple
 
 
 def _resume_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Each optimizer or schedule setting that differs, as "config.<section>.<key> (<there> there, <now> now)"."""
+    """Each optimizer or schedule setting that differs, as "config.<section>.<key> (<there> there, <now> now)".
+    config.train.num_steps counts only where it places the schedule's end (config.optim.schedule_steps None there or
+    now): with the end set in both, a run may stop short of it or go on towards it on the same schedule."""
+    schedule_set = all(config.get("optim", {}).get("schedule_steps") is not None for config in (previous, current))
     return [
         f"config.{section}.{key} ({previous[section][key]!r} there, {current[section][key]!r} now)"
         for section, keys in _RESUME_SECTIONS.items()
         for key in _changed_keys(previous.get(section, {}), current.get(section, {}), keys)
+        if not (schedule_set and (section, key) == ("train", "num_steps"))
     ]
 
 
@@ -454,8 +458,9 @@ def record_config(workdir: pathlib.Path, config: config_dict.ConfigDict) -> list
     run being resumed there.
 
     If a config is there already: a different model is refused (ConfigError); so is, when the workdir has
-    checkpoints, a change to config.optim or config.train.num_steps, unless `config.train.allow_resume_changes`
-    is set. The config replaced goes to config_history.jsonl when it differs from the new one.
+    checkpoints, a change to config.optim or to the config.train.num_steps that places the schedule's end, unless
+    `config.train.allow_resume_changes` is set. The config replaced goes to config_history.jsonl when it differs from
+    the new one.
 
     In a run of several processes every process checks (each raises the same ConfigError) and only process 0 writes,
     replacing the file in one step so that no process reads it half-written.

@@ -1,5 +1,5 @@
 """Runs a scaling ladder: `python -m hybridlm.sweep --ladder=NAME --workdir=DIR [--shard=i/n | --jobs=N]
-[--archs=a,b] [--sizes=x,y] [--stop_after=K] [--config.<key>=<value> ...]`.
+[--archs=a,b] [--sizes=x,y] [--multiples=m,n] [--stop_after=K] [--config.<key>=<value> ...]`.
 
 NAME is a registry module (`ladder`: experiments/ladder.py) or a file that, like it, defines `get_config(arg)` and
 `runs(archs, sizes)`: the run args in the order to train them, each a stable run `ARCH-SIZE` followed by its decays
@@ -11,7 +11,11 @@ a decay with `--config.init_from=` its stable run's workdir.
 What is done is read from DIR, so a killed sweep resumes where it stopped: a run whose workdir holds its final
 checkpoint is not trained again, a run with an earlier checkpoint resumes from it (the trainer's own resume), a decay
 that is recorded is skipped, and so is a stable run whose decays are all recorded (so a results.jsonl copied from
-another host or an earlier machine is enough to skip finished families; their workdirs need not travel). Each decay that
+another host or an earlier machine is enough to skip finished families; their workdirs need not travel). A stable run
+trains only as far as the latest branch step of its decays still to record, where its config sets the schedule's end
+(`config.optim.schedule_steps`, as the ladder's do), so the lr it trains with is the full run's: with
+`--multiples=0.5,1` (the decays of those budget multiples alone) a family's first records need a fraction of its
+steps, and a later sweep with more multiples resumes the same stable run from its last checkpoint. Each decay that
 finishes appends one JSON line to DIR/results.jsonl, as hybridlm.scaling.records reads it: arch, run, params
 (non-embedding N), params_total, tokens (D, the decay's end step x batch tokens), flops (hybridlm.flops per token x D),
 loss (the final held-out loss), tokens_per_sec (the median of the logged steps'), steps, corpus (`corpus_identity`:
@@ -52,12 +56,13 @@ RESULTS_FILE = "results.jsonl"
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One run of the sweep: its arg (`ARCH-SIZE[/decayMx]`), config and workdir; `parent` is a decay's stable run's
-    workdir."""
+    workdir; `overrides` are flags that only this run's trainer gets."""
 
     arg: str
     config: config_dict.ConfigDict
     workdir: pathlib.Path
     parent: pathlib.Path | None
+    overrides: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -85,6 +90,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--shard", default="0/1", help="i/n: the families whose index is i modulo n")
     parser.add_argument("--archs", default=None, help="comma-separated architectures (default: all)")
     parser.add_argument("--sizes", default=None, help="comma-separated sizes (default: all)")
+    parser.add_argument(
+        "--multiples", default=None, help="comma-separated budget multiples whose decays to run (default: all)"
+    )
     parser.add_argument("--stop_after", type=int, default=None, help="stop after training this many runs")
     parser.add_argument(
         "--jobs",
@@ -135,6 +143,36 @@ def plan(
         parent = workdir / stable if config.get("init_from_step") is not None else None
         runs.append(Run(arg, config, workdir / arg.replace("/", "."), parent))
     return file, runs
+
+
+def select_multiples(runs: list[Run], multiples: list[str] | None) -> list[Run]:
+    """The stable runs and the decays whose budget multiple (`config.ladder.multiple`) is one of `multiples` (None:
+    all); ValueError naming the ladder's multiples where one is not among them."""
+    if multiples is None:
+        return runs
+    known = sorted({run.config.ladder.multiple for run in runs if run.records})
+    try:
+        wanted = {float(m) for m in multiples}
+    except ValueError:
+        wanted = set()
+    if not wanted or not wanted <= set(known):
+        raise ValueError(
+            f"--multiples={','.join(multiples)}: the ladder's decays have the multiples {', '.join(map(str, known))}"
+        )
+    return [run for run in runs if not run.records or run.config.ladder.multiple in wanted]
+
+
+def stop_at_last_branch(run: Run, to_record: list[Run]) -> Run:
+    """`run`, a stable run, trained only to the latest branch step of its family's decays in `to_record` (those still
+    to record) where its config sets the schedule's end; else (a decay, a family with nothing to record, a step
+    count that places the schedule's end) `run` as it is."""
+    branches = [decay.config.init_from_step for decay in to_record if decay.family == run.family]
+    step = max(branches, default=run.config.train.num_steps)
+    if run.records or run.config.optim.get("schedule_steps") is None or step >= run.config.train.num_steps:
+        return run
+    config = run.config.copy_and_resolve_references()
+    config.train.num_steps = step
+    return dataclasses.replace(run, config=config, overrides=(f"--config.train.num_steps={step}",))
 
 
 def first_step(run: Run) -> int:
@@ -245,7 +283,7 @@ def train(file: str, run: Run, overrides: list[str]) -> int:
     """Trains `run` in a subprocess of the normal entry point; returns its exit code. SIGINT and SIGTERM sent to the
     sweep are passed on (the trainer ignores a second one, e.g. Ctrl-C's, which reaches it too)."""
     command = [sys.executable, "-m", "hybridlm.train", f"--config={file}:{run.arg}", f"--workdir={run.workdir}"]
-    command += overrides + ([f"--config.init_from={run.parent}"] if run.parent is not None else [])
+    command += [*overrides, *run.overrides] + ([f"--config.init_from={run.parent}"] if run.parent is not None else [])
     child = subprocess.Popen(command)
     forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -261,14 +299,16 @@ def sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     workdir = pathlib.Path(args.workdir)
     split = lambda value: value.split(",") if value else None  # noqa: E731
     file, runs = plan(args.ladder, workdir, overrides, split(args.archs), split(args.sizes))
-    runs = shard_runs(runs, *parse_shard(args.shard))
+    runs = select_multiples(shard_runs(runs, *parse_shard(args.shard)), split(args.multiples))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = read_results(workdir)
     corpus = corpus_identity(runs[0].config) if runs else None  # a ladder's runs share their data
     if corpus is not None:
         check_corpus(workdir, rows, corpus)
     recorded = {row["run"] for row in rows}
-    pending = {run.family for run in runs if run.records and run.arg not in recorded}
+    to_record = [run for run in runs if run.records and run.arg not in recorded]
+    pending = {run.family for run in to_record}
+    runs = [stop_at_last_branch(run, to_record) for run in runs]
     needed = {run.arg for run in runs if (run.arg not in recorded if run.records else run.family in pending)}
     left = {
         run.arg: run.flops_per_step * (run.config.train.num_steps - trained_step(run))

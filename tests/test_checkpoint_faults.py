@@ -350,6 +350,24 @@ def test_a_resume_that_changes_the_optimizer_needs_the_flag(stopped_run, capsys)
     assert all(entry["replaced_at"].endswith("+00:00") for entry in history)
 
 
+def test_a_resume_may_move_the_stop_step_of_a_schedule_whose_end_is_set(stopped_run):
+    """With config.optim.schedule_steps set there and now, the step count only says where the run stops on the same
+    schedule: stopping sooner or going on needs no flag. Where the step count places the schedule's end (set in
+    neither, or only in one), it is still a change."""
+    recorded = checkpoint.read_run_config(stopped_run)
+    recorded.optim.schedule_steps = 2 * STEPS
+    (stopped_run / "config.json").write_text(recorded.to_json_best_effort())
+    for num_steps in (STEPS + 3, STEPS - 2):
+        longer = _config()
+        longer.optim.schedule_steps, longer.train.num_steps = 2 * STEPS, num_steps
+        assert checkpoint.record_config(stopped_run, longer) == []
+    with pytest.raises(ConfigError) as error:
+        checkpoint.record_config(stopped_run, _config())  # schedule_steps None: num_steps places the end
+    assert "config.optim.schedule_steps (18 there, None now), config.train.num_steps (7 there, 9 now)" in str(
+        error.value
+    )
+
+
 def test_a_resume_reads_an_older_config_json_and_may_change_how_steps_run(tmp_path):
     """A config.json written before a model field existed (scan_layers) or with a derived value left null (head_dim)
     holds the same model; remat and the attention implementation may change; a wider model is refused."""

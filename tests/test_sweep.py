@@ -1,4 +1,4 @@
-"""hybridlm.sweep: a micro ladder's stable run and decay, interrupted after the first and resumed, recorded as
+"""hybridlm.sweep: a micro ladder's stable run and decays, interrupted, run in parts and resumed, recorded as
 hybridlm.scaling.records reads them; shards and flags."""
 
 from __future__ import annotations
@@ -43,38 +43,53 @@ def _sweep(capsys: pytest.CaptureFixture, ladder: pathlib.Path, workdir: pathlib
 
 
 def test_an_interrupted_sweep_resumes_and_records_each_decay(tmp_path, capsys):
+    """A sweep stopped after the stable run's first part resumes it; --multiples=0.5 trains the stable run only to
+    the 0.5x decay's branch (step 18 of 37) and records that decay; a sweep of all multiples then resumes the stable
+    run from there (its schedule's end is set, so the longer run needs no flag) and records the 1x decay; then
+    nothing is left, here or on a machine holding only the results file."""
     ladder, workdir = tmp_path / "micro_ladder.py", tmp_path / "sweep"
-    ladder.write_text(MICRO_LADDER)
+    ladder.write_text(MICRO_LADDER.replace("multiples=(1.0,)", "multiples=(0.5, 1.0)"))
+    stable = workdir / "transformer-micro"
 
-    first = _sweep(capsys, ladder, workdir, "--stop_after=1")
-    assert "sweep: run 1/2 transformer-micro: step 0 of 37; 0 of " in first and "ETA after the first run" in first
+    first = _sweep(capsys, ladder, workdir, "--multiples=0.5", "--stop_after=1")
+    assert "sweep: run 1/2 transformer-micro: step 0 of 18; 0 of " in first and "ETA after the first run" in first
     assert "stopped after 1 runs" in first
-    assert checkpoint.saved_steps(checkpoint.checkpoints_dir(workdir / "transformer-micro")) == [37]
+    assert checkpoint.saved_steps(checkpoint.checkpoints_dir(stable)) == [18]
     assert not (workdir / sweep.RESULTS_FILE).exists()
 
-    second = _sweep(capsys, ladder, workdir)
-    assert "sweep: run 2/2 transformer-micro/decay1x: step 37 of 46;" in second and "run 1/2" not in second
-    assert "FLOPs done (80%); ETA after the first run" in second  # the stable run's 37 steps of 37 + 9
-    decay = workdir / "transformer-micro.decay1x"
+    second = _sweep(capsys, ladder, workdir, "--multiples=0.5")
+    assert "sweep: run 2/2 transformer-micro/decay0.5x: step 18 of 23;" in second and "run 1/2" not in second
+    assert "FLOPs done (78%); ETA after the first run" in second  # the stable run's 18 steps of 18 + 5
+    decay = workdir / "transformer-micro.decay0.5x"
     steps = [json.loads(line)["step"] for line in checkpoint.metrics_file(decay).read_text().splitlines()]
-    assert min(steps) > 37  # it started from the stable run's checkpoint at its branch step
+    assert min(steps) > 18  # it started from the stable run's checkpoint at its branch step
     [record] = read_records(workdir / sweep.RESULTS_FILE)
     row = json.loads((workdir / sweep.RESULTS_FILE).read_text())
-    assert record.arch == "transformer" and row["run"] == "transformer-micro/decay1x"
-    assert record.tokens == 46 * 4 * 64 and record.params < row["params_total"]
+    assert record.arch == "transformer" and row["run"] == "transformer-micro/decay0.5x"
+    assert record.tokens == 23 * 4 * 64 and record.params < row["params_total"]
     assert record.flops > 6 * record.params * record.tokens and row["tokens_per_sec"] > 0
     assert row["corpus"] == {"source": "builtin", "paths": [], "max_bytes": 2_000_000}
 
-    third = _sweep(capsys, ladder, workdir)  # nothing left: no run trains, nothing is recorded twice
-    assert "sweep: run" not in third and "all 2 runs of the shard are done" in third
-    assert len(read_records(workdir / sweep.RESULTS_FILE)) == 1
+    third = _sweep(capsys, ladder, workdir)
+    assert "sweep: run 1/3 transformer-micro: step 18 of 37;" in third and "decay0.5x" not in third
+    assert "sweep: recorded transformer-micro/decay1x" in third
+    steps = [json.loads(line)["step"] for line in checkpoint.metrics_file(stable).read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 37  # on from step 18: the records of 0-18 come first, once
+    assert [r.tokens for r in read_records(workdir / sweep.RESULTS_FILE)] == [23 * 4 * 64, 46 * 4 * 64]
+
+    fourth = _sweep(capsys, ladder, workdir)  # nothing left: no run trains, nothing is recorded twice
+    assert "sweep: run" not in fourth and "all 3 runs of the shard are done" in fourth
+    assert len(read_records(workdir / sweep.RESULTS_FILE)) == 2
 
     # On a fresh machine with only the results file, the family is done: its stable run does not train again.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / sweep.RESULTS_FILE).write_text((workdir / sweep.RESULTS_FILE).read_text())
-    fourth = _sweep(capsys, ladder, fresh)
-    assert "sweep: run" not in fourth and "all 2 runs of the shard are done" in fourth
+    fifth = _sweep(capsys, ladder, fresh)
+    assert "sweep: run" not in fifth and "all 3 runs of the shard are done" in fifth
+
+    assert sweep.main([f"--ladder={ladder}", f"--workdir={workdir}", "--multiples=0.5,3", *OVERRIDES]) == 2
+    assert "--multiples=0.5,3: the ladder's decays have the multiples 0.5, 1.0" in capsys.readouterr().err
 
 
 def test_a_sweep_refuses_results_on_other_data(tmp_path, capsys):
@@ -105,6 +120,24 @@ def test_token_files_are_named_by_their_recorded_fingerprint(tmp_path):
 
 def _run(family: str) -> sweep.Run:
     return sweep.Run(family, config_dict.ConfigDict({"ladder": {"family": family}}), pathlib.Path(family), None)
+
+
+def test_a_stable_run_stops_at_its_last_pending_branch_only_where_its_schedule_end_is_set():
+    def run(arg: str, schedule_steps: int | None, num_steps: int, branch: int | None = None) -> sweep.Run:
+        config = {
+            "ladder": {"family": "f"},
+            "optim": {"schedule_steps": schedule_steps},
+            "train": {"num_steps": num_steps},
+        }
+        parent = None if branch is None else pathlib.Path("f")
+        return sweep.Run(arg, config_dict.ConfigDict(config | {"init_from_step": branch}), pathlib.Path(arg), parent)
+
+    decays = [run("f/decay0.5x", 23, 23, branch=18), run("f/decay1x", 46, 46, branch=37)]
+    stopped = sweep.stop_at_last_branch(run("f", 46, 37), decays[:1])
+    assert stopped.config.train.num_steps == 18 and stopped.overrides == ("--config.train.num_steps=18",)
+    assert sweep.stop_at_last_branch(run("f", 46, 37), decays).overrides == ()  # the 1x decay branches at its end
+    assert sweep.stop_at_last_branch(run("f", None, 37), decays[:1]).overrides == ()  # 37 places the schedule's end
+    assert sweep.stop_at_last_branch(decays[1], decays[:1]) is decays[1]
 
 
 def test_shards_split_families_deterministically():
