@@ -220,7 +220,7 @@ def newest_intact(directory: pathlib.Path, steps: list[int]) -> tuple[int | None
 
 
 def _listing(problems: list[tuple[int, str]]) -> str:
-    """ "step 6: it is empty; step 3: ..." for one line."""
+    """"step 6: it is empty; step 3: ..." for one line."""
     return "; ".join(f"step {step}: {problem}" for step, problem in problems)
 
 
