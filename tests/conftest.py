@@ -10,7 +10,9 @@ import contextlib
 import importlib.util
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import types
 from collections.abc import Callable, Iterator
 
@@ -28,11 +30,33 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; skipped unless --runslow is given")
     config.addinivalue_line(
         "markers", "gpu: runs compiled GPU kernels; skipped unless JAX's default backend is a GPU (pytest -m gpu)"
     )
+    _share_compilation_cache(config)
+
+
+def _share_compilation_cache(config) -> None:
+    """One JAX compilation cache for the session (a fresh directory unless JAX_COMPILATION_CACHE_DIR is set): the
+    test processes (pytest-xdist's workers inherit the environment) and the training runs they start compile each
+    program once; a cached program is the compiled one, so no result changes."""
+    if COMPILATION_CACHE not in os.environ:
+        os.environ[COMPILATION_CACHE] = tempfile.mkdtemp(prefix="hybridlm-tests-jax-cache-")
+        config.stash[_OWNED_CACHE] = os.environ[COMPILATION_CACHE]
+    jax.config.update("jax_compilation_cache_dir", os.environ[COMPILATION_CACHE])
+
+
+_OWNED_CACHE = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config):
+    if _OWNED_CACHE in config.stash:
+        shutil.rmtree(config.stash[_OWNED_CACHE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
