@@ -31,6 +31,7 @@ def pytest_addoption(parser):
 
 
 COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR"
+_OWNED_CACHE = pytest.StashKey[str]()  # the cache directory this session made, removed at its end
 
 
 def pytest_configure(config):
@@ -49,9 +50,6 @@ def _share_compilation_cache(config) -> None:
         os.environ[COMPILATION_CACHE] = tempfile.mkdtemp(prefix="hybridlm-tests-jax-cache-")
         config.stash[_OWNED_CACHE] = os.environ[COMPILATION_CACHE]
     jax.config.update("jax_compilation_cache_dir", os.environ[COMPILATION_CACHE])
-
-
-_OWNED_CACHE = pytest.StashKey[str]()
 
 
 def pytest_unconfigure(config):
