@@ -52,6 +52,7 @@ def gdn_config(
             norm_eps=1e-5,
             chunk_size=64,
             impl="auto",
+            conv_impl="auto",
         )
     )
 

@@ -12,6 +12,7 @@ from hybridlm.model import ModelConfig, count_params
 from hybridlm.model.config import ATTENTION, GDN, SLIDING_ATTENTION
 from pallas_kernels.attention import ops as attention_ops
 from pallas_kernels.gdn import ops as gdn_ops
+from pallas_kernels.short_conv import ops as short_conv_ops
 
 
 def size_lines(model: ModelConfig, seq_len: int) -> list[str]:
@@ -25,9 +26,10 @@ def size_lines(model: ModelConfig, seq_len: int) -> list[str]:
     ]
 
 
-def kernel_impls(model: ModelConfig, document_mask: bool) -> dict[str, str]:
-    """{"attention": impl, "GDN": impl} for the kinds of layer `model` has: what its attention_impl and gdn.impl run
-    as on this platform, "auto" resolved as the kernels resolve it (`document_mask`: rows hold segment ids)."""
+def kernel_impls(model: ModelConfig, document_mask: bool, seq_len: int) -> dict[str, str]:
+    """{"attention": impl, "GDN": impl, "short conv": impl} for the kinds of layer `model` has: what its
+    attention_impl, gdn.impl and gdn.conv_impl run as on this platform, "auto" resolved as the kernels resolve it
+    (`document_mask`: rows hold segment ids; the short convolution's at `seq_len` over its narrower width)."""
     impls = {}
     if {ATTENTION, SLIDING_ATTENTION} & set(model.layer_pattern):
         impls["attention"] = attention_ops.resolve_impl(
@@ -39,6 +41,8 @@ def kernel_impls(model: ModelConfig, document_mask: bool) -> dict[str, str]:
         impls["GDN"] = gdn_ops.resolve_impl(
             gdn.impl, gdn.key_head_dim, gdn.value_head_dim, gdn.chunk_size, np.dtype(np.float32)
         )
+        key_width = gdn.num_key_heads * gdn.key_head_dim
+        impls["short conv"] = short_conv_ops.resolve_impl(gdn.conv_impl, (1, seq_len, key_width), gdn.conv_kernel)
     return impls
 
 
@@ -50,7 +54,8 @@ def startup_lines(
     per step and over the run."""
     device, processes = mesh.devices.flat[0], jax.process_count()
     axes = " x ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
-    kernels = ", ".join(f"{kind} {impl}" for kind, impl in kernel_impls(model, bool(config.data.document_mask)).items())
+    impls = kernel_impls(model, bool(config.data.document_mask), config.data.seq_len)
+    kernels = ", ".join(f"{kind} {impl}" for kind, impl in impls.items())
     data, num_steps = config.data, config.train.num_steps
     per_step = data.batch_size * data.seq_len
     return [

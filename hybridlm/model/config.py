@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels.attention import ATTENTION_IMPLS
+from pallas_kernels.short_conv import SHORT_CONV_IMPLS
 
 GDN = "gdn"
 ATTENTION = "attn"
@@ -81,6 +82,7 @@ class GDNConfig:
     norm_eps: float = 1e-5
     chunk_size: int = 64
     impl: str = "auto"
+    conv_impl: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +205,10 @@ class ModelConfig:
             f"config.model.attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}",
         )
         _check(gdn.impl in GDN_IMPLS, f"config.model.gdn.impl={gdn.impl!r} is not one of {GDN_IMPLS}")
+        _check(
+            gdn.conv_impl in SHORT_CONV_IMPLS,
+            f"config.model.gdn.conv_impl={gdn.conv_impl!r} is not one of {SHORT_CONV_IMPLS}",
+        )
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)
             _check(value != "float16", f"config.model.{name}='float16' is not supported: {_FLOAT16_PROBLEM[name]}")

@@ -11,7 +11,7 @@ from flax import nnx
 from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
 from hybridlm.model.layers import linear, normalize_rms, truncated_normal
-from pallas_kernels import gated_delta_rule, gated_delta_rule_step
+from pallas_kernels import gated_delta_rule, gated_delta_rule_step, short_conv
 
 _A_RANGE = (0.0, 16.0)  # A ~ U(0, 16), stored as A_log = log(A)
 _DT_RANGE = (1e-3, 1e-1)  # dt ~ exp(U(log 1e-3, log 1e-1)), floored, stored as dt_bias = softplus^-1(dt)
@@ -49,24 +49,22 @@ class CausalConv(nnx.Module):
             eager_sharding=False,
         )
         self.dtype = config.compute_dtype
+        self.impl = config.gdn.conv_impl
+        self.heads_axis = heads_axis
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document) or None."""
-        with jax.named_scope("gdn_conv"):
-            return self._convolve(x, segment_ids)
+        """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document) or None. Each device
+        convolves its own rows and channels (the Pallas backward cannot be split by XLA)."""
 
-    def _convolve(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
-        kernel = self.weight.shape[0]
-        x = x.astype(self.dtype)
-        weight = self.weight[...].astype(self.dtype)
-        out = x * weight[-1]
-        for shift in range(1, kernel):
-            shifted = jnp.pad(x, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
-            if segment_ids is not None:
-                same_doc = jnp.pad(segment_ids, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift] == segment_ids
-                shifted = jnp.where(same_doc[..., None], shifted, 0)
-            out = out + shifted * weight[-1 - shift]
-        return jax.nn.silu(out)
+        def convolve(x: jax.Array, weight: jax.Array, *segments: jax.Array) -> jax.Array:
+            return short_conv(x, weight, segments[0] if segments else None, impl=self.impl)
+
+        with jax.named_scope("gdn_conv"):
+            args = (x.astype(self.dtype), self.weight[...].astype(self.dtype))
+            args += () if segment_ids is None else (segment_ids,)
+            rows = ("batch", None, self.heads_axis)
+            in_axes = (rows, ("conv_taps", self.heads_axis), ("batch", None))[: len(args)]
+            return partitioning.shard_map(convolve, in_axes, rows)(*args)
 
     @jax.named_scope("gdn_conv")
     def taps(self, x: jax.Array, segment_ids: jax.Array) -> jax.Array:

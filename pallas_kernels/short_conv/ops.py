@@ -1,0 +1,88 @@
+"""Public short convolution entry point: input checks and implementation dispatch by platform."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NoReturn
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.platform import current_platform
+from pallas_kernels.short_conv.gpu import pallas_gpu_short_conv, supports
+from pallas_kernels.short_conv.reference import xla_short_conv
+
+Implementation = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation: ``run(x, weight, segment_ids)`` as checked by `short_conv`; the platform it needs (None:
+    any); ``supports(x_shape, taps)``, the calls it takes (others fall back to XLA)."""
+
+    run: Implementation
+    platform: str | None = None
+    supports: Callable[[tuple[int, ...], int], bool] = lambda x_shape, taps: True
+
+
+# The implementations by impl name, in the order "auto" tries those of the current platform.
+BACKENDS: dict[str, Backend] = {
+    "xla": Backend(xla_short_conv),
+    "pallas_gpu": Backend(pallas_gpu_short_conv, "gpu", supports),
+}
+_PORTABLE = "xla"  # what "auto" picks where the platform has no kernel, and what takes the shapes a kernel does not
+
+
+def _fail(message: str) -> NoReturn:
+    raise ValueError(f"short_conv: {message}")
+
+
+def resolve_impl(impl: str, x_shape: tuple[int, ...], taps: int) -> str:
+    """Maps "auto" to the backend of this platform (the Pallas backward on GPUs, XLA elsewhere), and any impl to XLA
+    for shapes its backend does not take."""
+    if impl == "auto":
+        impl = next((n for n, b in BACKENDS.items() if b.platform == current_platform()), _PORTABLE)
+    return impl if BACKENDS[impl].supports(x_shape, taps) else _PORTABLE
+
+
+def short_conv(
+    x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None = None, *, impl: str = "auto"
+) -> jax.Array:
+    """SiLU of the depthwise causal convolution of x with K taps per channel, restarted at each document.
+
+    Args:
+      x: [B, T, C].
+      weight: [K, C], the oldest tap first, x's dtype: out[t] = SiLU(sum over s < K of weight[K - 1 - s] * x[t - s]),
+        where a tap before the sequence or in an earlier document reads 0.
+      segment_ids: optional int [B, T]; a document is a run of equal ids along the row.
+      impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (the same
+        forward, the backward as one Pallas Triton kernel: ``gpu.py``; shapes it does not take use "xla") or "auto"
+        (the kernel on GPUs, else XLA).
+
+    Returns:
+      [B, T, C] in x's dtype.
+
+    Raises:
+      ValueError: on an unknown impl or one for another platform, or inconsistent shapes or dtypes, before any
+        computation.
+    """
+    if impl != "auto" and impl not in BACKENDS:
+        _fail(f"unknown impl {impl!r}; expected one of {['auto', *BACKENDS]}")
+    platform = BACKENDS[impl].platform if impl != "auto" else None
+    if platform is not None and current_platform() != platform:
+        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
+    if x.ndim != 3:
+        _fail(f"x has shape {x.shape}; expected x [B, T, C]")
+    if weight.ndim != 2 or weight.shape[1] != x.shape[2] or weight.shape[0] < 1:
+        _fail(f"weight has shape {weight.shape} but x is {x.shape}; expected weight [K, C] with C = {x.shape[2]}")
+    if weight.dtype != x.dtype or not jnp.issubdtype(x.dtype, jnp.floating):
+        _fail(f"x and weight must share one floating dtype; got {x.dtype} and {weight.dtype}")
+    if segment_ids is not None and (
+        segment_ids.shape != x.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer)
+    ):
+        _fail(
+            f"segment_ids has shape {segment_ids.shape} and dtype {segment_ids.dtype}; expected int [B, T] = "
+            f"{list(x.shape[:2])}"
+        )
+    return BACKENDS[resolve_impl(impl, x.shape, weight.shape[0])].run(x, weight, segment_ids)

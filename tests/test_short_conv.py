@@ -1,0 +1,158 @@
+"""Tests of the short convolution: the Pallas GPU backward in the Pallas interpreter on the CPU (and compiled, on a
+GPU), the XLA form, and the entry point's dispatch and input checks.
+
+The oracle is the convolution written out token by token in float64 numpy, forward and backward, from its
+definition: out[t] = SiLU(p[t]), p[t] = sum over s < K of w[K - 1 - s] * x[t - s] over the taps inside t's document.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import short_conv, target_platform
+from pallas_kernels.short_conv import gpu, ops
+from pallas_kernels.short_conv.reference import xla_short_conv
+
+BOUNDS = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+
+def _oracle(x: np.ndarray, w: np.ndarray, segments: np.ndarray | None, dy: np.ndarray) -> tuple[np.ndarray, ...]:
+    """out, dx, dw of the convolution for the output cotangent dy, token by token in float64."""
+    batch, length, _ = x.shape
+    taps = w.shape[0]
+    reads = lambda b, t, u: u >= 0 and (segments is None or segments[b, u] == segments[b, t])  # noqa: E731
+    p = np.zeros_like(x)
+    for b in range(batch):
+        for t in range(length):
+            for s in range(taps):
+                if reads(b, t, t - s):
+                    p[b, t] += w[taps - 1 - s] * x[b, t - s]
+    sigmoid = 1 / (1 + np.exp(-p))
+    dp = dy * sigmoid * (1 + p * (1 - sigmoid))
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for b in range(batch):
+        for t in range(length):
+            for s in range(taps):
+                if reads(b, t, t - s):
+                    dx[b, t - s] += w[taps - 1 - s] * dp[b, t]
+                    dw[taps - 1 - s] += x[b, t - s] * dp[b, t]
+    return p * sigmoid, dx, dw
+
+
+def _inputs(shape: tuple[int, ...], taps: int, documents: bool, dtype, seed: int) -> tuple:
+    """x, a cotangent [B, T, C], weight [K, C] (fresh normal values) and segment ids (runs of ~10 tokens) or None."""
+    batch, length, width = shape
+    rng = np.random.default_rng(seed)
+    x, dy = (jnp.asarray(rng.normal(size=shape), dtype) for _ in range(2))
+    w = jnp.asarray(rng.normal(size=(taps, width)) / 2, dtype)
+    segments = None
+    if documents:
+        segments = jnp.asarray(np.cumsum(rng.uniform(size=(batch, length)) < 0.1, axis=1), jnp.int32)
+    return x, w, dy, segments
+
+
+def _rel(a: jax.Array, b: np.ndarray) -> float:
+    a = np.asarray(a, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _as_float64(*arrays) -> list[np.ndarray | None]:
+    return [None if a is None else np.asarray(a, np.float64) for a in arrays]
+
+
+@pytest.mark.parametrize(
+    "shape, taps, documents, dtype, tiles",
+    [
+        ((2, 64, 32), 4, False, jnp.float32, {}),
+        ((2, 64, 32), 4, True, jnp.float32, {}),
+        ((1, 48, 48), 3, True, jnp.float32, {}),  # three row groups of 16, channel tiles of 16
+        ((1, 1024, 16), 4, True, jnp.float32, {}),  # two row groups of 512
+        ((2, 64, 64), 4, True, jnp.float32, {"block_rows": 32, "block_channels": 16}),
+        ((1, 32, 16), 1, True, jnp.float32, {}),
+        ((2, 64, 32), 4, True, jnp.bfloat16, {}),
+    ],
+)
+def test_backward_kernel_matches_the_oracle(shape, taps, documents, dtype, tiles):
+    """dx and dw of the kernel (interpreter) against the float64 oracle: several row groups and channel tiles, odd
+    K, documents starting anywhere (also within K tokens of each other and of a block's start)."""
+    x, w, dy, segments = _inputs(shape, taps, documents, dtype, seed=shape[1] + taps)
+    _, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy))
+    dx, dw = gpu.short_conv_backward(x, w, segments, dy, interpret=True, **tiles)
+    assert dx.dtype == x.dtype and dw.dtype == w.dtype
+    assert _rel(dx, want_dx) < BOUNDS[dtype]
+    assert _rel(dw, want_dw) < BOUNDS[dtype]
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_gpu"])
+def test_gradients_through_the_entry_point_match_the_oracle(impl: str):
+    """short_conv's output and jax.grad for both implementations (the kernel's through its custom VJP)."""
+    x, w, dy, segments = _inputs((2, 32, 16), 4, True, jnp.float32, seed=7)
+    want = _oracle(*_as_float64(x, w, segments, dy))
+    run = gpu.pallas_gpu_short_conv if impl == "pallas_gpu" else xla_short_conv
+    options = {"interpret": True} if impl == "pallas_gpu" else {}
+    out, pullback = jax.vjp(lambda x, w: run(x, w, segments, **options), x, w)
+    for got, expected in zip((out, *pullback(dy)), want):
+        assert _rel(got, expected) < 1e-5
+
+
+def test_auto_takes_the_kernel_on_gpus_and_xla_elsewhere_or_for_other_shapes():
+    assert ops.resolve_impl("auto", (2, 64, 32), 4) == "xla"  # this CPU
+    with target_platform("gpu"):
+        assert ops.resolve_impl("auto", (2, 64, 32), 4) == "pallas_gpu"
+        assert ops.resolve_impl("auto", (2, 1000, 32), 4) == "xla"  # T not a multiple of 16
+        assert ops.resolve_impl("pallas_gpu", (2, 64, 40), 4) == "xla"  # C not a multiple of 16
+    with target_platform("tpu"):
+        assert ops.resolve_impl("auto", (2, 64, 32), 4) == "xla"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((jnp.zeros((2, 8)), jnp.zeros((4, 8))), r"expected x \[B, T, C\]"),
+        ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 8))), r"expected weight \[K, C\] with C = 16"),
+        ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 16), jnp.bfloat16)), "share one floating dtype"),
+        ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 16)), jnp.zeros((2, 9), jnp.int32)), r"expected int \[B, T\]"),
+    ],
+)
+def test_bad_inputs_are_named(args, message):
+    with pytest.raises(ValueError, match=message):
+        short_conv(*args)
+
+
+def test_bad_impls_are_named():
+    x, w = jnp.zeros((1, 16, 16)), jnp.zeros((4, 16))
+    with pytest.raises(ValueError, match="unknown impl 'cuda'"):
+        short_conv(x, w, impl="cuda")
+    with pytest.raises(ValueError, match="needs a GPU but JAX runs on cpu; use impl='auto'"):
+        short_conv(x, w, impl="pallas_gpu")
+
+
+@pytest.mark.parametrize("documents", [False, True])
+def test_backward_lowers_for_cuda(documents: bool):
+    """The gradient of a loss on the kernel path lowers to a Triton call for a CUDA GPU (the CPU builds the IR), at
+    the 1B hybrid's key width."""
+    from jax import export
+
+    x, w = jnp.zeros((1, 8192, 1536), jnp.bfloat16), jnp.zeros((4, 1536), jnp.bfloat16)
+    segments = jnp.zeros((1, 8192), jnp.int32) if documents else None
+    loss = lambda x, w: jnp.sum(gpu.pallas_gpu_short_conv(x, w, segments).astype(jnp.float32))  # noqa: E731
+    unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    module = export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=("cuda",), disabled_checks=unchecked)(x, w)
+    assert "short_conv_bwd" in module.mlir_module()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("documents", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_compiled_kernel_matches_xla(documents: bool, dtype):
+    """On a GPU: the compiled kernel's dx, dw against XLA's autodiff in float32, at the 1B hybrid's value width."""
+    x, w, dy, segments = _inputs((2, 4096, 3072), 4, documents, dtype, seed=3)
+    upcast = [a.astype(jnp.float32) for a in (x, w, dy)]
+    _, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments), *upcast[:2])
+    want = [np.asarray(a, np.float64) for a in pullback(upcast[2])]
+    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy))(x, w, dy)
+    for a, b in zip(got, want):
+        assert _rel(a, b) < BOUNDS[dtype]

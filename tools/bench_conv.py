@@ -1,0 +1,135 @@
+"""Checks and times the short convolution's implementations (XLA, the Pallas GPU backward) on a GPU.
+
+Run on a CUDA machine from the repository root:
+
+    python tools/bench_conv.py                                  # check, then time the 1B hybrid's two widths
+    python tools/bench_conv.py --shapes 1,8192,2880 --tiles 16x64,32x64  # other B,T,C; backward tiles rows x channels
+
+The check runs every implementation at B,T,C = 2,1024,96 with K = 4, with and without packed documents, in bfloat16
+and float32, against XLA's autodiff on float32 copies: the output and dx, dw, as relative errors (bounds: 2e-2 for
+bfloat16, 1e-5 for float32). The timing runs bfloat16 without documents at each shape: the forward, and the forward
+and backward together, of each implementation (median of ``--runs`` host-timed calls after a warm-up, in interleaved
+rounds), then the Pallas backward alone at each tile of ``--tiles`` against XLA's (its forward recomputed inside, as
+the kernel recomputes p).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pallas_kernels.short_conv import gpu, ops  # noqa: E402
+from pallas_kernels.short_conv.reference import xla_short_conv  # noqa: E402
+
+CHECK_SHAPE = (2, 1024, 96)
+TAPS = 4
+
+
+def _inputs(shape: tuple[int, ...], documents: bool, dtype, seed: int) -> tuple:
+    """x [B, T, C], weight [K, C], a cotangent like x, and segment ids (None without documents)."""
+    batch, length, width = shape
+    rng = np.random.default_rng(seed)
+    x, cotangent = (jnp.asarray(rng.normal(size=shape), dtype) for _ in range(2))
+    weight = jnp.asarray(rng.normal(size=(TAPS, width)) / 2, dtype)
+    segment_ids = None
+    if documents:
+        segment_ids = jnp.asarray(np.cumsum(rng.uniform(size=(batch, length)) < 0.01, axis=1), jnp.int32)
+    return x, weight, cotangent, segment_ids
+
+
+def _rel(a: jax.Array, b: jax.Array) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _fwd_bwd(impl: str, segment_ids) -> Callable:
+    """(x, weight, cotangent) -> (out, dx, dw) through ``impl``, jitted."""
+
+    def run(x, weight, cotangent):
+        out, pullback = jax.vjp(lambda x, w: ops.BACKENDS[impl].run(x, w, segment_ids), x, weight)
+        return (out, *pullback(cotangent))
+
+    return jax.jit(run)
+
+
+def check(impls: list[str]) -> bool:
+    """Prints each implementation's worst relative error per dtype and mask; True when all are within bounds."""
+    ok = True
+    print(f"check at B,T,C = {CHECK_SHAPE}, K = {TAPS}: worst of out, dx, dw against float32 XLA")
+    for dtype, bound in ((jnp.bfloat16, 2e-2), (jnp.float32, 1e-5)):
+        for documents in (False, True):
+            x, weight, cotangent, segment_ids = _inputs(CHECK_SHAPE, documents, dtype, seed=int(documents))
+            reference = _fwd_bwd("xla", segment_ids)(*(a.astype(jnp.float32) for a in (x, weight, cotangent)))
+            for impl in impls:
+                worst = max(_rel(a, b) for a, b in zip(_fwd_bwd(impl, segment_ids)(x, weight, cotangent), reference))
+                ok &= worst <= bound
+                label = f"{jnp.dtype(dtype).name} documents={documents}"
+                print(f"  {impl:<11} {label:<26} {worst:.2e} {'PASS' if worst <= bound else 'FAIL'} (bound {bound:g})")
+    return ok
+
+
+def _median_ms(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Each call's median host time over `runs` interleaved rounds, after one warm-up call each."""
+    for call in calls.values():
+        jax.block_until_ready(call())
+    samples = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            samples[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def time_shape(shape: tuple[int, ...], impls: list[str], tiles: list[tuple[int, int]], runs: int) -> list[str]:
+    """Markdown rows for one shape: each implementation's fwd and fwd+bwd, then each backward alone."""
+    x, weight, cotangent, _ = _inputs(shape, False, jnp.bfloat16, seed=0)
+    calls = {}
+    for impl in impls:
+        forward = jax.jit(lambda x, w, impl=impl: ops.BACKENDS[impl].run(x, w, None))
+        both = _fwd_bwd(impl, None)
+        calls[f"{impl} fwd"] = lambda f=forward: f(x, weight)
+        calls[f"{impl} fwd+bwd"] = lambda f=both: f(x, weight, cotangent)
+    xla_backward = jax.jit(lambda x, w, c: jax.vjp(lambda x, w: xla_short_conv(x, w, None), x, w)[1](c))
+    calls["xla bwd"] = lambda: xla_backward(x, weight, cotangent)
+    for rows, channels in tiles:
+        kernel = jax.jit(
+            lambda x, w, c, r=rows, ch=channels: gpu.short_conv_backward(x, w, None, c, block_rows=r, block_channels=ch)
+        )
+        calls[f"pallas bwd {rows}x{channels}"] = lambda f=kernel: f(x, weight, cotangent)
+    label = ",".join(map(str, shape))
+    return [f"| {label} | {name} | {ms:.3f} |" for name, ms in _median_ms(calls, runs).items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="8,8192,1536;8,8192,3072", help="B,T,C for the timing, ';'-separated")
+    parser.add_argument("--impls", default="xla,pallas_gpu")
+    parser.add_argument("--tiles", default="16x64", help="backward tiles to time, rows x channels, ','-separated")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    args = parser.parse_args()
+    impls = args.impls.split(",")
+    tiles = [tuple(int(n) for n in tile.split("x")) for tile in args.tiles.split(",")]
+    ok = args.no_check or check(impls)
+    table = ["| B,T,C | call | ms |", "|---|---|---|"]
+    for shape in args.shapes.split(";"):
+        table += time_shape(tuple(int(n) for n in shape.split(",")), impls, tiles, args.runs)
+    print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}, bfloat16, K = {TAPS}, no documents")
+    print("\n".join(table))
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
