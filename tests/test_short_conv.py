@@ -63,6 +63,7 @@ def _as_float64(*arrays) -> list[np.ndarray | None]:
     return [None if a is None else np.asarray(a, np.float64) for a in arrays]
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize(
     "shape, taps, documents, dtype, tiles",
     [
@@ -70,17 +71,19 @@ def _as_float64(*arrays) -> list[np.ndarray | None]:
         ((2, 64, 32), 4, True, jnp.float32, {}),
         ((1, 48, 48), 3, True, jnp.float32, {}),  # three row groups of 16, channel tiles of 16
         ((1, 1024, 16), 4, True, jnp.float32, {}),  # two row groups of 512
-        ((2, 64, 64), 4, True, jnp.float32, {"block_rows": 32, "block_channels": 16}),
+        ((2, 64, 64), 4, True, jnp.float32, {"rows": 32, "channels": 16, "group": 32}),
         ((1, 32, 16), 1, True, jnp.float32, {}),
         ((2, 64, 32), 4, True, jnp.bfloat16, {}),
     ],
 )
-def test_backward_kernel_matches_the_oracle(shape, taps, documents, dtype, tiles):
-    """dx and dw of the kernel (interpreter) against the float64 oracle: several row groups and channel tiles, odd
-    K, documents starting anywhere (also within K tokens of each other and of a block's start)."""
+def test_backward_kernel_matches_the_oracle(shape, taps, documents, dtype, tiles, split):
+    """dx and dw of the kernel (interpreter; in one pass, or split into dp and dx) against the float64 oracle:
+    several row groups and channel tiles, odd K, documents starting anywhere (also within K tokens of each other and
+    of a step's start)."""
     x, w, dy, segments = _inputs(shape, taps, documents, dtype, seed=shape[1] + taps)
     _, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy))
-    dx, dw = gpu.short_conv_backward(x, w, segments, dy, interpret=True, **tiles)
+    tiling = gpu.Tiling(**tiles, split=split)
+    dx, dw = gpu.short_conv_backward(x, w, segments, dy, interpret=True, tiling=tiling)
     assert dx.dtype == x.dtype and dw.dtype == w.dtype
     assert _rel(dx, want_dx) < BOUNDS[dtype]
     assert _rel(dw, want_dw) < BOUNDS[dtype]
@@ -147,12 +150,14 @@ def test_backward_lowers_for_cuda(documents: bool):
 @pytest.mark.gpu
 @pytest.mark.parametrize("documents", [False, True])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_compiled_kernel_matches_xla(documents: bool, dtype):
+@pytest.mark.parametrize("split", [False, True])
+def test_compiled_kernel_matches_xla(documents: bool, dtype, split: bool):
     """On a GPU: the compiled kernel's dx, dw against XLA's autodiff in float32, at the 1B hybrid's value width."""
     x, w, dy, segments = _inputs((2, 4096, 3072), 4, documents, dtype, seed=3)
     upcast = [a.astype(jnp.float32) for a in (x, w, dy)]
     _, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments), *upcast[:2])
     want = [np.asarray(a, np.float64) for a in pullback(upcast[2])]
-    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy))(x, w, dy)
+    tiling = gpu.Tiling(split=split)
+    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy, tiling=tiling))(x, w, dy)
     for a, b in zip(got, want):
         assert _rel(a, b) < BOUNDS[dtype]

@@ -3,13 +3,13 @@
 Run on a CUDA machine from the repository root:
 
     python tools/bench_conv.py                                  # check, then time the 1B hybrid's two widths
-    python tools/bench_conv.py --shapes 1,8192,2880 --tiles 16x64,32x64  # other B,T,C; backward tiles rows x channels
+    python tools/bench_conv.py --shapes 1,8192,2880 --tilings 16x64,32x64/8:split  # other B,T,C; backward tilings
 
 The check runs every implementation at B,T,C = 2,1024,96 with K = 4, with and without packed documents, in bfloat16
 and float32, against XLA's autodiff on float32 copies: the output and dx, dw, as relative errors (bounds: 2e-2 for
 bfloat16, 1e-5 for float32). The timing runs bfloat16 without documents at each shape: the forward, and the forward
 and backward together, of each implementation (median of ``--runs`` host-timed calls after a warm-up, in interleaved
-rounds), then the Pallas backward alone at each tile of ``--tiles`` against XLA's (its forward recomputed inside, as
+rounds), then the Pallas backward alone at each tiling of ``--tilings`` (``parse_tiling``) against XLA's (its forward recomputed inside, as
 the kernel recomputes p).
 """
 
@@ -91,7 +91,15 @@ def _median_ms(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, f
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def time_shape(shape: tuple[int, ...], impls: list[str], tiles: list[tuple[int, int]], runs: int) -> list[str]:
+def parse_tiling(spec: str) -> gpu.Tiling:
+    """ "ROWSxCHANNELS[xGROUP][/WARPS][:split]" -> gpu.Tiling, e.g. "16x64", "32x128x1024/8:split"."""
+    spec, split = (spec[: -len(":split")], True) if spec.endswith(":split") else (spec, False)
+    sizes, _, warps = spec.partition("/")
+    rows, channels, *group = (int(n) for n in sizes.split("x"))
+    return gpu.Tiling(rows, channels, *group, warps=int(warps or 4), split=split)
+
+
+def time_shape(shape: tuple[int, ...], impls: list[str], tilings: dict[str, gpu.Tiling], runs: int) -> list[str]:
     """Markdown rows for one shape: each implementation's fwd and fwd+bwd, then each backward alone."""
     x, weight, cotangent, _ = _inputs(shape, False, jnp.bfloat16, seed=0)
     calls = {}
@@ -102,11 +110,9 @@ def time_shape(shape: tuple[int, ...], impls: list[str], tiles: list[tuple[int, 
         calls[f"{impl} fwd+bwd"] = lambda f=both: f(x, weight, cotangent)
     xla_backward = jax.jit(lambda x, w, c: jax.vjp(lambda x, w: xla_short_conv(x, w, None), x, w)[1](c))
     calls["xla bwd"] = lambda: xla_backward(x, weight, cotangent)
-    for rows, channels in tiles:
-        kernel = jax.jit(
-            lambda x, w, c, r=rows, ch=channels: gpu.short_conv_backward(x, w, None, c, block_rows=r, block_channels=ch)
-        )
-        calls[f"pallas bwd {rows}x{channels}"] = lambda f=kernel: f(x, weight, cotangent)
+    for spec, tiling in tilings.items():
+        kernel = jax.jit(lambda x, w, c, t=tiling: gpu.short_conv_backward(x, w, None, c, tiling=t))
+        calls[f"pallas bwd {spec}"] = lambda f=kernel: f(x, weight, cotangent)
     label = ",".join(map(str, shape))
     return [f"| {label} | {name} | {ms:.3f} |" for name, ms in _median_ms(calls, runs).items()]
 
@@ -115,16 +121,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="8,8192,1536;8,8192,3072", help="B,T,C for the timing, ';'-separated")
     parser.add_argument("--impls", default="xla,pallas_gpu")
-    parser.add_argument("--tiles", default="16x64", help="backward tiles to time, rows x channels, ','-separated")
+    parser.add_argument(
+        "--tilings",
+        default="16x64",
+        help="backward tilings to time, ','-separated ROWSxCHANNELS[xGROUP][/WARPS][:split]",
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
     args = parser.parse_args()
     impls = args.impls.split(",")
-    tiles = [tuple(int(n) for n in tile.split("x")) for tile in args.tiles.split(",")]
+    tilings = {spec: parse_tiling(spec) for spec in args.tilings.split(",")}
     ok = args.no_check or check(impls)
     table = ["| B,T,C | call | ms |", "|---|---|---|"]
     for shape in args.shapes.split(";"):
-        table += time_shape(tuple(int(n) for n in shape.split(",")), impls, tiles, args.runs)
+        table += time_shape(tuple(int(n) for n in shape.split(",")), impls, tilings, args.runs)
     print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}, bfloat16, K = {TAPS}, no documents")
     print("\n".join(table))
     if not ok:

@@ -30,11 +30,21 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.short_conv.reference import xla_short_conv
 
-_BLOCK_ROWS = 16  # rows per step of a program's walk
-_BLOCK_CHANNELS = 64  # channels per program, at most
-_GROUP_ROWS = 512  # rows per program, at most: fewer, larger programs write fewer partial sums of dw
-_NUM_WARPS = 4
 _F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How the backward is cut up. rows: rows per step of a program's walk; channels: channels per program; group:
+    rows per program (fewer, larger programs write fewer partial sums of dw); warps: per program; split: two passes,
+    dp (with dw) and then dx from dp, rather than one that recomputes p at the K row offsets dx reads. Sizes are
+    powers of two, taken down to ones that divide T and C."""
+
+    rows: int = 16
+    channels: int = 64
+    group: int = 512
+    warps: int = 4
+    split: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,67 +71,117 @@ def _largest_power_of_two_divisor(n: int, limit: int) -> int:
     return size
 
 
-def _make_config(x_shape: tuple[int, ...], taps: int, rows: int, channels: int) -> _Config:
+def _make_config(x_shape: tuple[int, ...], taps: int, tiling: Tiling) -> _Config:
     _, length, width = x_shape
-    rows = _largest_power_of_two_divisor(length, rows)
-    group = _largest_power_of_two_divisor(length, max(_GROUP_ROWS, rows))
-    return _Config(
-        taps=taps,
-        length=length,
-        rows=rows,
-        steps=group // rows,
-        channels=_largest_power_of_two_divisor(width, channels),
-    )
+    rows = _largest_power_of_two_divisor(length, tiling.rows)
+    group = _largest_power_of_two_divisor(length, max(tiling.group, rows))
+    return _Config(taps, length, rows, group // rows, _largest_power_of_two_divisor(width, tiling.channels))
 
 
-def _backward_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
-    """One (batch row, row group, channel tile): dx for the group's rows, and the group's partial sums of dw.
+class _Window:
+    """One step of a program's walk: its rows of the sequence, read at row offsets (rows clamped into the sequence,
+    so every load is in bounds, and masked)."""
+
+    def __init__(self, cfg: _Config, start: jax.Array, offsets: range, segments_ref):
+        self.last = cfg.length - 1
+        self.rows = {o: start + o + jnp.arange(cfg.rows) for o in offsets}
+        self.segments = None if segments_ref is None else {o: segments_ref[self.clamped(o)] for o in offsets}
+
+    def clamped(self, offset: int) -> jax.Array:
+        return jnp.clip(self.rows[offset], 0, self.last)
+
+    def load(self, ref, offset: int) -> jax.Array:
+        """ref's rows at the step's rows + offset, 0 outside the sequence: [rows, Cb] float32."""
+        valid = (self.rows[offset] >= 0) & (self.rows[offset] <= self.last)
+        return jnp.where(valid[:, None], ref[self.clamped(offset), :].astype(_F32), 0.0)
+
+    def same_document(self, value: jax.Array, a: int, b: int) -> jax.Array:
+        """value where the rows at offsets a and b are in one document, else 0 (unmasked without documents: the
+        loads' zeros already drop taps outside the sequence)."""
+        if self.segments is None:
+            return value
+        return jnp.where((self.segments[a] == self.segments[b])[:, None], value, 0.0)
+
+
+def _p_and_gradient(window: _Window, x: dict[int, jax.Array], dy_ref, w: list[jax.Array], j: int) -> jax.Array:
+    """dp = dy * SiLU'(p) at row offset j, p from x at the offsets j - s: [rows, Cb] float32."""
+    taps = len(w)
+    p = sum(w[taps - 1 - s] * window.same_document(x[j - s], j - s, j) for s in range(taps))
+    sigmoid = jax.nn.sigmoid(p)
+    return window.load(dy_ref, j) * sigmoid * (1.0 + p * (1.0 - sigmoid))
+
+
+def _weight_gradient(window: _Window, x: dict[int, jax.Array], dp: jax.Array, dw: tuple, taps: int) -> tuple:
+    """dw's per-row sums (K tiles [rows, Cb], reduced over rows once after the walk) plus this step's x * dp."""
+    return tuple(dw[i] + window.same_document(x[i + 1 - taps], i + 1 - taps, 0) * dp for i in range(taps))
+
+
+def _store_weight_gradient(dw_ref, dw: tuple) -> None:
+    for i, sums in enumerate(dw):
+        dw_ref[i, :] = jnp.sum(sums, axis=0)
+
+
+def _walk(cfg: _Config, step, carry):
+    """Runs step(i, first row, carry) over the program's steps i, returning the carry."""
+    group_start = pl.program_id(1) * cfg.steps * cfg.rows
+    return jax.lax.fori_loop(0, cfg.steps, lambda i, c: step(i, group_start + i * cfg.rows, c), carry)
+
+
+def _fused_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
+    """One (batch row, row group, channel tile): dx for the group's rows and the group's partial sums of dw, p
+    recomputed at the K row offsets dx reads.
 
     x_ref, dy_ref: [T, Cb] (the whole sequence of the tile's channels); w_ref: [K, Cb]; segments_ref (when documents
     are masked): int [T]; dx_ref: [rows * steps, Cb]; dw_ref: float32 [K, Cb].
     """
     segments_ref, dx_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
-    taps, rows, last = cfg.taps, cfg.rows, cfg.length - 1
+    taps, rows = cfg.taps, cfg.rows
     w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
-    group_start = pl.program_id(1) * cfg.steps * rows
 
-    def step(i: jax.Array, dw: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-        index = group_start + i * rows + jnp.arange(rows)
-        rows_at = {o: index + o for o in range(-(taps - 1), taps)}
-        valid = {o: (r >= 0) & (r <= last) for o, r in rows_at.items()}
-
-        def load(ref, offset: int) -> jax.Array:
-            """ref's rows at this block's rows + offset, 0 outside the sequence: [rows, Cb] float32."""
-            tile = ref[jnp.clip(rows_at[offset], 0, last), :]
-            return jnp.where(valid[offset][:, None], tile.astype(_F32), 0.0)
-
-        if segments_ref is None:
-            same = lambda a, b: None  # the loads' zeros already drop taps outside the sequence
-        else:
-            segment = {o: segments_ref[jnp.clip(r, 0, last)] for o, r in rows_at.items()}
-            same = lambda a, b: (segment[a] == segment[b])[:, None]
-
-        def masked(value: jax.Array, mask: jax.Array | None) -> jax.Array:
-            return value if mask is None else jnp.where(mask, value, 0.0)
-
-        x = {o: load(x_ref, o) for o in rows_at}
+    def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
+        window = _Window(cfg, start, range(1 - taps, taps), segments_ref)
+        x = {o: window.load(x_ref, o) for o in window.rows}
         dx = jnp.zeros((rows, dx_ref.shape[1]), _F32)
-        for j in range(taps):  # p and dp at row offset j, whose taps are x at offsets j - s
-            p = sum(w[taps - 1 - s] * masked(x[j - s], same(j - s, j)) for s in range(taps))
-            sigmoid = jax.nn.sigmoid(p)
-            dp = load(dy_ref, j) * sigmoid * (1.0 + p * (1.0 - sigmoid))
-            dx = dx + w[taps - 1 - j] * masked(dp, same(0, j))
+        for j in range(taps):
+            dp = _p_and_gradient(window, x, dy_ref, w, j)
+            dx = dx + w[taps - 1 - j] * window.same_document(dp, 0, j)
             if j == 0:
-                dw = tuple(
-                    dw[taps - 1 - s] + jnp.sum(masked(x[-s], same(-s, 0)) * dp, axis=0) for s in reversed(range(taps))
-                )
+                dw = _weight_gradient(window, x, dp, dw, taps)
         dx_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dx.astype(dx_ref.dtype)
         return dw
 
-    zeros = tuple(jnp.zeros((dw_ref.shape[1],), _F32) for _ in range(taps))
-    dw = jax.lax.fori_loop(0, cfg.steps, step, zeros)
-    for i in range(taps):
-        dw_ref[i, :] = dw[i]
+    _store_weight_gradient(dw_ref, _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w)))
+
+
+def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
+    """The first of the split passes: dp = dy * SiLU'(p) ([rows * steps, Cb], x's dtype) and dw's partial sums."""
+    segments_ref, dp_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
+    taps, rows = cfg.taps, cfg.rows
+    w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
+
+    def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
+        window = _Window(cfg, start, range(1 - taps, 1), segments_ref)
+        x = {o: window.load(x_ref, o) for o in window.rows}
+        dp = _p_and_gradient(window, x, dy_ref, w, 0)
+        dp_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dp.astype(dp_ref.dtype)
+        return _weight_gradient(window, x, dp, dw, taps)
+
+    _store_weight_gradient(dw_ref, _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w)))
+
+
+def _transpose_kernel(dp_ref, w_ref, *refs, cfg: _Config):
+    """The second of the split passes: dx = sum over s of w[K - 1 - s] * dp[t + s] within t's document."""
+    segments_ref, dx_ref = refs if len(refs) == 2 else (None, *refs)
+    taps, rows = cfg.taps, cfg.rows
+    w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
+
+    def step(i: jax.Array, start: jax.Array, carry: tuple) -> tuple:
+        window = _Window(cfg, start, range(taps), segments_ref)
+        dx = sum(w[taps - 1 - j] * window.same_document(window.load(dp_ref, j), 0, j) for j in range(taps))
+        dx_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dx.astype(dx_ref.dtype)
+        return carry
+
+    _walk(cfg, step, ())
 
 
 def short_conv_backward(
@@ -131,46 +191,59 @@ def short_conv_backward(
     dy: jax.Array,
     *,
     interpret: bool = False,
-    block_rows: int = _BLOCK_ROWS,
-    block_channels: int = _BLOCK_CHANNELS,
+    tiling: Tiling = Tiling(),
 ) -> tuple[jax.Array, jax.Array]:
     """The gradients of ``xla_short_conv(x, weight, segment_ids)`` for the output cotangent dy.
 
     Args:
       x, dy: [B, T, C] (``supports`` holds); weight: [K, C]; segment_ids: int [B, T] or None.
       interpret: run in the Pallas interpreter (any backend, e.g. CPU tests).
-      block_rows, block_channels: the rows of each step and the channels of each program, powers of two (taken down
-        to ones that divide T and C).
+      tiling: how the work is cut up (``Tiling``).
 
     Returns:
       dx [B, T, C] in x's dtype, dw [K, C] in weight's dtype.
     """
     batch, length, width = x.shape
     taps = weight.shape[0]
-    cfg = _make_config(x.shape, taps, block_rows, block_channels)
+    cfg = _make_config(x.shape, taps, tiling)
     groups = length // (cfg.rows * cfg.steps)
     sequence = pl.BlockSpec((None, length, cfg.channels), lambda b, g, c: (b, 0, c))
-    in_specs = [sequence, sequence, pl.BlockSpec((taps, cfg.channels), lambda b, g, c: (0, c))]
-    args = [x, dy, weight]
-    if segment_ids is not None:
-        in_specs.append(pl.BlockSpec((None, length), lambda b, g, c: (b, 0)))
-        args.append(segment_ids.astype(jnp.int32))
-    dx, dw_parts = pl.pallas_call(
-        functools.partial(_backward_kernel, cfg=cfg),
+    weights = pl.BlockSpec((taps, cfg.channels), lambda b, g, c: (0, c))
+    group_rows = pl.BlockSpec((None, cfg.rows * cfg.steps, cfg.channels), lambda b, g, c: (b, g, c))
+    partial_sums = pl.BlockSpec((None, None, taps, cfg.channels), lambda b, g, c: (b, g, 0, c))
+    segments = [] if segment_ids is None else [segment_ids.astype(jnp.int32)]
+    segment_specs = [pl.BlockSpec((None, length), lambda b, g, c: (b, 0))] * len(segments)
+    call = functools.partial(
+        pl.pallas_call,
         grid=(batch, groups, width // cfg.channels),
-        in_specs=in_specs,
-        out_specs=[
-            pl.BlockSpec((None, cfg.rows * cfg.steps, cfg.channels), lambda b, g, c: (b, g, c)),
-            pl.BlockSpec((None, None, taps, cfg.channels), lambda b, g, c: (b, g, 0, c)),
-        ],
-        out_shape=[
-            jax.ShapeDtypeStruct(x.shape, x.dtype),
-            jax.ShapeDtypeStruct((batch, groups, taps, width), _F32),
-        ],
-        compiler_params=plgpu.CompilerParams(num_warps=_NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=1),
         interpret=interpret,
-        name="short_conv_bwd",
-    )(*args)
+    )
+    like_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    dw_parts = jax.ShapeDtypeStruct((batch, groups, taps, width), _F32)
+    if tiling.split:
+        dp, dw_parts = call(
+            functools.partial(_gradient_kernel, cfg=cfg),
+            in_specs=[sequence, sequence, weights, *segment_specs],
+            out_specs=[group_rows, partial_sums],
+            out_shape=[like_x, dw_parts],
+            name="short_conv_bwd_gradient",
+        )(x, dy, weight, *segments)
+        dx = call(
+            functools.partial(_transpose_kernel, cfg=cfg),
+            in_specs=[sequence, weights, *segment_specs],
+            out_specs=group_rows,
+            out_shape=like_x,
+            name="short_conv_bwd_transpose",
+        )(dp, weight, *segments)
+    else:
+        dx, dw_parts = call(
+            functools.partial(_fused_kernel, cfg=cfg),
+            in_specs=[sequence, sequence, weights, *segment_specs],
+            out_specs=[group_rows, partial_sums],
+            out_shape=[like_x, dw_parts],
+            name="short_conv_bwd",
+        )(x, dy, weight, *segments)
     return dx, jnp.sum(dw_parts, axis=(0, 1)).astype(weight.dtype)
 
 
