@@ -3,14 +3,14 @@
 Run on a CUDA machine from the repository root:
 
     python tools/bench_conv.py                                  # check, then time the 1B hybrid's two widths
-    python tools/bench_conv.py --shapes 1,8192,2880 --tilings 16x64,32x64/8:split  # other B,T,C; backward tilings
+    python tools/bench_conv.py --shapes 1,8192,2880 --tilings 16x64,32x128/8  # other B,T,C; backward tilings
 
 The check runs every implementation at B,T,C = 2,1024,96 with K = 4, with and without packed documents, in bfloat16
 and float32, against XLA's autodiff on float32 copies: the output and dx, dw, as relative errors (bounds: 2e-2 for
 bfloat16, 1e-5 for float32). The timing runs bfloat16 without documents at each shape: the forward, and the forward
 and backward together, of each implementation (median of ``--runs`` host-timed calls after a warm-up, in interleaved
-rounds), then the Pallas backward alone at each tiling of ``--tilings`` (``parse_tiling``) against XLA's (its forward recomputed inside, as
-the kernel recomputes p).
+rounds), then the Pallas backward alone at each tiling of ``--tilings`` (``parse_tiling``) against XLA's backward
+(its forward recomputed inside, as the kernels recompute p).
 """
 
 from __future__ import annotations
@@ -92,11 +92,10 @@ def _median_ms(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, f
 
 
 def parse_tiling(spec: str) -> gpu.Tiling:
-    """ "ROWSxCHANNELS[xGROUP][/WARPS][:split]" -> gpu.Tiling, e.g. "16x64", "32x128x1024/8:split"."""
-    spec, split = (spec[: -len(":split")], True) if spec.endswith(":split") else (spec, False)
+    """A tiling written ROWSxCHANNELS[xGROUP][/WARPS], e.g. 16x64 or 32x128x1024/8, as a gpu.Tiling."""
     sizes, _, warps = spec.partition("/")
     rows, channels, *group = (int(n) for n in sizes.split("x"))
-    return gpu.Tiling(rows, channels, *group, warps=int(warps or 4), split=split)
+    return gpu.Tiling(rows, channels, *group, warps=int(warps or 4))
 
 
 def time_shape(shape: tuple[int, ...], impls: list[str], tilings: dict[str, gpu.Tiling], runs: int) -> list[str]:
@@ -124,7 +123,7 @@ def main() -> None:
     parser.add_argument(
         "--tilings",
         default="16x64",
-        help="backward tilings to time, ','-separated ROWSxCHANNELS[xGROUP][/WARPS][:split]",
+        help="backward tilings to time, ','-separated ROWSxCHANNELS[xGROUP][/WARPS]",
     )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check")

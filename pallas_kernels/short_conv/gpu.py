@@ -1,4 +1,4 @@
-"""The short convolution with its backward as one Pallas GPU kernel (Triton lowering).
+"""The short convolution with its backward as two Pallas GPU kernels (Triton lowering).
 
 The forward, y = SiLU(p) with p[t] = sum over s < K of w[K - 1 - s] * x[t - s] * m_s[t] (m_s[t]: token t - s exists
 and is in t's document), is XLA's fusion of shifted copies (``reference.py``), which XLA merges with the ops that
@@ -7,15 +7,16 @@ read y. The backward, with dp = dy * SiLU'(p),
     dx[t]           = sum over s < K of w[K - 1 - s] * dp[t + s] * m_s[t + s]
     dw[K - 1 - s]   = sum over b, t of x[t - s] * dp[t] * m_s[t],
 
-is one kernel: each program walks a group of rows in blocks of ``_BLOCK_ROWS`` over a tile of channels. Per block
-it loads x at the row offsets -(K - 1) .. K - 1 and dy at 0 .. K - 1 (rows clamped into the sequence and masked,
-so every load is in bounds), recomputes p at the K offsets that dx reads, writes dx, and adds the block's share of
-dw to float32 sums kept in registers. Each program writes its sums once ([B, row groups, K, C]); XLA adds them up.
-So x and dy are read from memory once and dx written once, where XLA's autodiff of the shifted copies takes
-several passes (the weight gradient alone as its own reductions).
+takes two passes. Each program of either walks a group of rows over a tile of channels, a step of ``Tiling.rows``
+rows at a time, reading its inputs at row offsets (rows clamped into the sequence and masked, so every load is in
+bounds). The first recomputes p from x at offsets -(K - 1) .. 0, writes dp (in x's dtype) and adds x * dp to K
+float32 tiles kept in registers, which it sums over rows once at the end of its walk ([B, row groups, K, C]; XLA adds
+those up). The second forms dx from dp at offsets 0 .. K - 1. Timed on an H200 (BENCHMARKS.md, 2026-12-03), this
+beat XLA's autodiff of the shifted copies by 8-10% at the 1B hybrid's widths, and beat one pass that recomputes p at
+the K offsets dx reads (K sigmoids per element) by 20%.
 
-All arithmetic is float32; dx is rounded to x's dtype, dw to the weight's. The kernel takes T a multiple of 16 and
-C a multiple of 16 (``supports``); other shapes use XLA's backward.
+All arithmetic is float32; dp and dx are rounded to x's dtype, dw to the weight's. The kernels take T and C multiples
+of 16 (``supports``); other shapes use XLA's backward.
 """
 
 from __future__ import annotations
@@ -35,16 +36,14 @@ _F32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """How the backward is cut up. rows: rows per step of a program's walk; channels: channels per program; group:
-    rows per program (fewer, larger programs write fewer partial sums of dw); warps: per program; split: two passes,
-    dp (with dw) and then dx from dp, rather than one that recomputes p at the K row offsets dx reads. Sizes are
-    powers of two, taken down to ones that divide T and C."""
+    """How the backward is cut up (both passes alike). rows: rows per step of a program's walk; channels: channels
+    per program; group: rows per program (fewer, larger programs write fewer partial sums of dw); warps: per program.
+    Sizes are powers of two, taken down to ones that divide T and C."""
 
     rows: int = 16
     channels: int = 64
     group: int = 512
     warps: int = 4
-    split: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,58 +102,19 @@ class _Window:
         return jnp.where((self.segments[a] == self.segments[b])[:, None], value, 0.0)
 
 
-def _p_and_gradient(window: _Window, x: dict[int, jax.Array], dy_ref, w: list[jax.Array], j: int) -> jax.Array:
-    """dp = dy * SiLU'(p) at row offset j, p from x at the offsets j - s: [rows, Cb] float32."""
-    taps = len(w)
-    p = sum(w[taps - 1 - s] * window.same_document(x[j - s], j - s, j) for s in range(taps))
-    sigmoid = jax.nn.sigmoid(p)
-    return window.load(dy_ref, j) * sigmoid * (1.0 + p * (1.0 - sigmoid))
-
-
-def _weight_gradient(window: _Window, x: dict[int, jax.Array], dp: jax.Array, dw: tuple, taps: int) -> tuple:
-    """dw's per-row sums (K tiles [rows, Cb], reduced over rows once after the walk) plus this step's x * dp."""
-    return tuple(dw[i] + window.same_document(x[i + 1 - taps], i + 1 - taps, 0) * dp for i in range(taps))
-
-
-def _store_weight_gradient(dw_ref, dw: tuple) -> None:
-    for i, sums in enumerate(dw):
-        dw_ref[i, :] = jnp.sum(sums, axis=0)
-
-
 def _walk(cfg: _Config, step, carry):
     """Runs step(i, first row, carry) over the program's steps i, returning the carry."""
     group_start = pl.program_id(1) * cfg.steps * cfg.rows
     return jax.lax.fori_loop(0, cfg.steps, lambda i, c: step(i, group_start + i * cfg.rows, c), carry)
 
 
-def _fused_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
-    """One (batch row, row group, channel tile): dx for the group's rows and the group's partial sums of dw, p
-    recomputed at the K row offsets dx reads.
+def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
+    """The first pass, for one (batch row, row group, channel tile): dp = dy * SiLU'(p) and the group's partial sums
+    of dw.
 
     x_ref, dy_ref: [T, Cb] (the whole sequence of the tile's channels); w_ref: [K, Cb]; segments_ref (when documents
-    are masked): int [T]; dx_ref: [rows * steps, Cb]; dw_ref: float32 [K, Cb].
+    are masked): int [T]; dp_ref: [rows * steps, Cb]; dw_ref: float32 [K, Cb].
     """
-    segments_ref, dx_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
-    taps, rows = cfg.taps, cfg.rows
-    w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
-
-    def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
-        window = _Window(cfg, start, range(1 - taps, taps), segments_ref)
-        x = {o: window.load(x_ref, o) for o in window.rows}
-        dx = jnp.zeros((rows, dx_ref.shape[1]), _F32)
-        for j in range(taps):
-            dp = _p_and_gradient(window, x, dy_ref, w, j)
-            dx = dx + w[taps - 1 - j] * window.same_document(dp, 0, j)
-            if j == 0:
-                dw = _weight_gradient(window, x, dp, dw, taps)
-        dx_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dx.astype(dx_ref.dtype)
-        return dw
-
-    _store_weight_gradient(dw_ref, _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w)))
-
-
-def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
-    """The first of the split passes: dp = dy * SiLU'(p) ([rows * steps, Cb], x's dtype) and dw's partial sums."""
     segments_ref, dp_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
     taps, rows = cfg.taps, cfg.rows
     w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
@@ -162,15 +122,21 @@ def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
     def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
         window = _Window(cfg, start, range(1 - taps, 1), segments_ref)
         x = {o: window.load(x_ref, o) for o in window.rows}
-        dp = _p_and_gradient(window, x, dy_ref, w, 0)
+        p = sum(w[taps - 1 - s] * window.same_document(x[-s], -s, 0) for s in range(taps))
+        sigmoid = jax.nn.sigmoid(p)
+        dp = window.load(dy_ref, 0) * sigmoid * (1.0 + p * (1.0 - sigmoid))
         dp_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dp.astype(dp_ref.dtype)
-        return _weight_gradient(window, x, dp, dw, taps)
+        # dw[i] gathers x at offset i + 1 - K times dp, per row; the rows are summed once, after the walk.
+        return tuple(dw[i] + window.same_document(x[i + 1 - taps], i + 1 - taps, 0) * dp for i in range(taps))
 
-    _store_weight_gradient(dw_ref, _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w)))
+    dw = _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w))
+    for i, sums in enumerate(dw):
+        dw_ref[i, :] = jnp.sum(sums, axis=0)
 
 
 def _transpose_kernel(dp_ref, w_ref, *refs, cfg: _Config):
-    """The second of the split passes: dx = sum over s of w[K - 1 - s] * dp[t + s] within t's document."""
+    """The second pass: dx = sum over s of w[K - 1 - s] * dp[t + s] within t's document. dp_ref: [T, Cb]; dx_ref:
+    [rows * steps, Cb]."""
     segments_ref, dx_ref = refs if len(refs) == 2 else (None, *refs)
     taps, rows = cfg.taps, cfg.rows
     w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
@@ -221,29 +187,20 @@ def short_conv_backward(
     )
     like_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
     dw_parts = jax.ShapeDtypeStruct((batch, groups, taps, width), _F32)
-    if tiling.split:
-        dp, dw_parts = call(
-            functools.partial(_gradient_kernel, cfg=cfg),
-            in_specs=[sequence, sequence, weights, *segment_specs],
-            out_specs=[group_rows, partial_sums],
-            out_shape=[like_x, dw_parts],
-            name="short_conv_bwd_gradient",
-        )(x, dy, weight, *segments)
-        dx = call(
-            functools.partial(_transpose_kernel, cfg=cfg),
-            in_specs=[sequence, weights, *segment_specs],
-            out_specs=group_rows,
-            out_shape=like_x,
-            name="short_conv_bwd_transpose",
-        )(dp, weight, *segments)
-    else:
-        dx, dw_parts = call(
-            functools.partial(_fused_kernel, cfg=cfg),
-            in_specs=[sequence, sequence, weights, *segment_specs],
-            out_specs=[group_rows, partial_sums],
-            out_shape=[like_x, dw_parts],
-            name="short_conv_bwd",
-        )(x, dy, weight, *segments)
+    dp, dw_parts = call(
+        functools.partial(_gradient_kernel, cfg=cfg),
+        in_specs=[sequence, sequence, weights, *segment_specs],
+        out_specs=[group_rows, partial_sums],
+        out_shape=[like_x, dw_parts],
+        name="short_conv_bwd_gradient",
+    )(x, dy, weight, *segments)
+    dx = call(
+        functools.partial(_transpose_kernel, cfg=cfg),
+        in_specs=[sequence, weights, *segment_specs],
+        out_specs=group_rows,
+        out_shape=like_x,
+        name="short_conv_bwd_transpose",
+    )(dp, weight, *segments)
     return dx, jnp.sum(dw_parts, axis=(0, 1)).astype(weight.dtype)
 
 

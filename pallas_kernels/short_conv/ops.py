@@ -57,7 +57,7 @@ def short_conv(
         where a tap before the sequence or in an earlier document reads 0.
       segment_ids: optional int [B, T]; a document is a run of equal ids along the row.
       impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (the same
-        forward, the backward as one Pallas Triton kernel: ``gpu.py``; shapes it does not take use "xla") or "auto"
+        forward, the backward as two Pallas Triton kernels: ``gpu.py``; shapes they do not take use "xla") or "auto"
         (the kernel on GPUs, else XLA).
 
     Returns:

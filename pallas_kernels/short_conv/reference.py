@@ -1,5 +1,5 @@
 """The short convolution as XLA ops: the sum of shifted copies of the input, which XLA fuses with what reads it. The
-CPU and TPU path, the forward of every path, and the oracle of the kernel's backward."""
+CPU and TPU path, the forward of every path, and the oracle of the kernels' backward."""
 
 from __future__ import annotations
 
