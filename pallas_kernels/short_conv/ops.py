@@ -58,7 +58,7 @@ def short_conv(
       segment_ids: optional int [B, T]; a document is a run of equal ids along the row.
       impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (the same
         forward, the backward as two Pallas Triton kernels: ``gpu.py``; shapes they do not take use "xla") or "auto"
-        (the kernel on GPUs, else XLA).
+        (the kernels on GPUs, else XLA).
 
     Returns:
       [B, T, C] in x's dtype.
