@@ -13,7 +13,7 @@ from pallas_kernels.attention.cudnn import cudnn_attention
 from pallas_kernels.attention.gpu import pallas_gpu_attention
 from pallas_kernels.attention.reference import xla_attention
 from pallas_kernels.attention.tpu import pallas_tpu_attention
-from pallas_kernels.platform import current_platform
+from pallas_kernels.platform import current_platform, impl_problem
 
 Implementation = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None, int | None, float], jax.Array]
 
@@ -89,11 +89,9 @@ def attention(
       ValueError: on an unknown impl or one for another platform, a mask it cannot apply, or inconsistent shapes
         or dtypes, before any computation.
     """
-    if impl != "auto" and impl not in BACKENDS:
-        _fail(f"unknown impl {impl!r}; expected one of {['auto', *BACKENDS]}")
-    platform = BACKENDS[impl].platform if impl != "auto" else None
-    if platform is not None and current_platform() != platform:
-        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
+    problem = impl_problem(impl, {name: backend.platform for name, backend in BACKENDS.items()})
+    if problem:
+        _fail(problem)
     if q.ndim != 4:
         _fail(f"q has shape {q.shape}; expected q [B, T, H, D]")
     batch, length, heads, head_dim = q.shape

@@ -11,7 +11,7 @@ import numpy as np
 
 from pallas_kernels.gdn import chunked, gpu, naive, tpu
 from pallas_kernels.gdn.spec import Backend
-from pallas_kernels.platform import current_platform
+from pallas_kernels.platform import current_platform, impl_problem
 
 # The implementations by impl name, each with the platform and limits its module declares.
 _BACKENDS: dict[str, Backend] = {b.name: b for b in (naive.BACKEND, chunked.BACKEND, gpu.BACKEND, tpu.BACKEND)}
@@ -35,11 +35,9 @@ def _fail(message: str) -> NoReturn:
 
 
 def _check_options(impl: str, chunk_size: Any) -> None:
-    if impl != "auto" and impl not in _BACKENDS:
-        _fail(f"unknown impl {impl!r}; expected one of {['auto', *_BACKENDS]}")
-    platform = None if impl == "auto" else _BACKENDS[impl].platform
-    if platform is not None and current_platform() != platform:
-        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
+    problem = impl_problem(impl, {name: backend.platform for name, backend in _BACKENDS.items()})
+    if problem:
+        _fail(problem)
     is_int = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
     if not is_int or chunk_size <= 0:
         _fail(f"chunk_size must be a positive int, got {chunk_size!r}")

@@ -9,7 +9,7 @@ from typing import NoReturn
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.platform import current_platform
+from pallas_kernels.platform import current_platform, impl_problem
 from pallas_kernels.short_conv.gpu import pallas_gpu_short_conv, supports
 from pallas_kernels.short_conv.reference import xla_short_conv
 
@@ -67,11 +67,9 @@ def short_conv(
       ValueError: on an unknown impl or one for another platform, or inconsistent shapes or dtypes, before any
         computation.
     """
-    if impl != "auto" and impl not in BACKENDS:
-        _fail(f"unknown impl {impl!r}; expected one of {['auto', *BACKENDS]}")
-    platform = BACKENDS[impl].platform if impl != "auto" else None
-    if platform is not None and current_platform() != platform:
-        _fail(f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'")
+    problem = impl_problem(impl, {name: backend.platform for name, backend in BACKENDS.items()})
+    if problem:
+        _fail(problem)
     if x.ndim != 3:
         _fail(f"x has shape {x.shape}; expected x [B, T, C]")
     if weight.ndim != 2 or weight.shape[1] != x.shape[2] or weight.shape[0] < 1:
