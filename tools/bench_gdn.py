@@ -2,7 +2,8 @@
 
 Run on a CUDA machine from the repository root:
 
-    python tools/bench_gdn.py                        # SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536
+    python tools/bench_gdn.py                        # SHAPES: Olmo Hybrid 7B, two research shapes, T = 65,536,
+                                                     # and the 1B hybrid's layer at batch 8
     python tools/bench_gdn.py --shapes 0 --stages    # also the time of every kernel of the Pallas forward/backward
     python tools/bench_gdn.py --shapes 0 --profile   # GPU time of every kernel of each fwd+bwd (profiler clocks)
     python tools/bench_gdn.py --shapes 0 --impls none --sweep-warps   # each kernel at 1, 2, 4 and 8 warps
@@ -52,7 +53,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pallas_kernels.gdn import gpu  # noqa: E402
 from pallas_kernels.gdn.ops import gated_delta_rule  # noqa: E402
 
-SHAPES = ((1, 8192, 30, 96, 192), (4, 4096, 16, 128, 128), (2, 8192, 16, 128, 256), (1, 65536, 16, 128, 128))
+SHAPES = (
+    (1, 8192, 30, 96, 192),
+    (4, 4096, 16, 128, 128),
+    (2, 8192, 16, 128, 256),
+    (1, 65536, 16, 128, 128),
+    (8, 8192, 16, 96, 192),
+)
 CHUNK = 64
 GRAD_NAMES = ("q", "k", "v", "g", "beta")
 FLA = "flash-linear-attention"  # its row label

@@ -166,11 +166,18 @@ def _scan_stages(step_bytes: int, programs: int, cfg: _Config) -> int:
     """Scans prefetch the tiles of the next two chunks (3 stages), or of the next one (2), while those buffers and
     the layout conversions of the state [K, BV] and of v_new or dU [C, BV] into matmul operands fit in a program's
     share of an H100's shared memory: 227 KiB where the ``programs`` fit one per SM, else 113 KiB, so that two share
-    an SM rather than the rest waiting for a second wave (K = V = 256 at BV = 64 needs one stage). Measured at the
-    Olmo Hybrid shape (180 programs, BENCHMARKS.md): 3 stages, one program per SM, took 680 us against 528 us."""
-    budget = 227 * 1024 if programs <= _sm_count() else 113 * 1024
+    an SM rather than the rest waiting for a second wave. Where even 2 stages do not fit in 113 KiB, they take a
+    whole SM each rather than run without prefetching (K = V = 256 at BV = 64 fits neither and takes one stage).
+    Measured (BENCHMARKS.md): at the Olmo Hybrid 7B shape (180 programs) 3 stages, one program per SM, took 680 us
+    against 528 us for 2 stages, two per SM; at the 1B hybrid's batch of 8 (384 programs) the forward scan with 2
+    stages, one per SM, took 0.66 ms less than with one stage, two per SM."""
     conversions = (cfg.key_width + cfg.chunk) * cfg.block_v * cfg.matmul_dtype.itemsize
-    return max([1] + [stages for stages in (2, 3) if stages * step_bytes + conversions <= budget])
+
+    def fitting(budget: int) -> list[int]:
+        return [stages for stages in (2, 3) if stages * step_bytes + conversions <= budget]
+
+    shared = fitting(227 * 1024 if programs <= _sm_count() else 113 * 1024) or fitting(227 * 1024)[:1]
+    return max([1] + shared)
 
 
 # ----------------------------------------------------------------------------------------------------------
