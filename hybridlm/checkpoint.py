@@ -418,7 +418,15 @@ def _resume_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 # Fields of config.model that change how a step runs, not the model it trains: a resumed run may change them.
-_EXECUTION_FIELDS = ("remat", "scan_layers", "attention_impl", "loss_chunk_tokens", "gdn.impl", "gdn.conv_impl")
+_EXECUTION_FIELDS = (
+    "remat",
+    "scan_layers",
+    "attention_impl",
+    "loss_chunk_tokens",
+    "gdn.impl",
+    "gdn.conv_impl",
+    "gdn.norm_impl",
+)
 
 
 def _model_fields(workdir: pathlib.Path, model: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def gdn_config(
             chunk_size=64,
             impl="auto",
             conv_impl="auto",
+            norm_impl="auto",
         )
     )
 

@@ -11,6 +11,7 @@ from hybridlm import flops
 from hybridlm.model import ModelConfig, count_params
 from hybridlm.model.config import ATTENTION, GDN, SLIDING_ATTENTION
 from pallas_kernels.attention import ops as attention_ops
+from pallas_kernels.gated_norm import ops as gated_norm_ops
 from pallas_kernels.gdn import ops as gdn_ops
 from pallas_kernels.short_conv import ops as short_conv_ops
 
@@ -27,9 +28,10 @@ def size_lines(model: ModelConfig, seq_len: int) -> list[str]:
 
 
 def kernel_impls(model: ModelConfig, document_mask: bool, seq_len: int) -> dict[str, str]:
-    """{"attention": impl, "GDN": impl, "short conv": impl} for the kinds of layer `model` has: what its
-    attention_impl, gdn.impl and gdn.conv_impl run as on this platform, "auto" resolved as the kernels resolve it
-    (`document_mask`: rows hold segment ids; the short convolution's at `seq_len` over its narrower width)."""
+    """{"attention": impl, "GDN": impl, "short conv": impl, "output norm": impl} for the kinds of layer `model` has:
+    what its attention_impl, gdn.impl, gdn.conv_impl and gdn.norm_impl run as on this platform, "auto" resolved as
+    the kernels resolve it (`document_mask`: rows hold segment ids; the short convolution's at `seq_len` over its
+    narrower width; the GDN output norm's over one sequence)."""
     impls = {}
     if {ATTENTION, SLIDING_ATTENTION} & set(model.layer_pattern):
         impls["attention"] = attention_ops.resolve_impl(
@@ -43,6 +45,8 @@ def kernel_impls(model: ModelConfig, document_mask: bool, seq_len: int) -> dict[
         )
         key_width = gdn.num_key_heads * gdn.key_head_dim
         impls["short conv"] = short_conv_ops.resolve_impl(gdn.conv_impl, (1, seq_len, key_width), gdn.conv_kernel)
+        value_heads = (seq_len, gdn.num_value_heads, gdn.value_head_dim)
+        impls["output norm"] = gated_norm_ops.resolve_impl(gdn.norm_impl, value_heads)
     return impls
 
 

@@ -313,6 +313,8 @@ CONFIG_CASES = [
     ("gdn conv_kernel zero", "model.gdn.conv_kernel", 0, "config.model.gdn.conv_kernel=0 must be positive"),
     ("gdn chunk_size zero", "model.gdn.chunk_size", 0, "config.model.gdn.chunk_size=0 must be positive"),
     ("gdn impl typo", "model.gdn.impl", "cuda", "config.model.gdn.impl='cuda' is not one of ('auto'"),
+    ("gdn conv_impl typo", "model.gdn.conv_impl", "cuda", "config.model.gdn.conv_impl='cuda' is not one of ('auto'"),
+    ("gdn norm_impl typo", "model.gdn.norm_impl", "cuda", "config.model.gdn.norm_impl='cuda' is not one of ('auto'"),
     ("batch_size zero", "data.batch_size", 0, "config.data.batch_size=0 must be positive"),
     ("batch_size negative", "data.batch_size", -1, "config.data.batch_size=-1 must be positive"),
     ("seq_len zero", "data.seq_len", 0, "sequence length 0 is outside what the model takes"),

@@ -149,7 +149,7 @@ def test_training_starts_with_a_summary_of_the_run(tiny_run):
         f"parameters: {params:,} ({params - embedding:,} without the embedding table)",
         f"training FLOPs per token at seq_len 64: {flops.flops_per_token(model, 64):,.0f}",
         f"devices: {devices} x cpu in 1 process, backend cpu; mesh slices=1 x data={devices} x fsdp=1 x tensor=1",
-        "kernels: attention xla, GDN chunked, short conv xla",
+        "kernels: attention xla, GDN chunked, short conv xla, output norm xla",
         "tokens: 128 per step (2 x 64), 384 over 3 steps",
     ]
     assert result.stdout.count("experiment: ") == 1

@@ -63,18 +63,22 @@ def test_default_block_v_fills_the_sms_without_queueing():
 def test_scan_stages_leave_room_for_the_state_conversions():
     """The scans prefetch (2 or 3 stages) only while the stage buffers plus the state's and v_new's operand conversions
     fit in a program's share of shared memory: the reverse scan at K = V = 256, BV = 64 in bfloat16 asked 248 KiB on
-    an H100 with 2 stages, and 3 stages at the Olmo Hybrid shape (180 programs) left room for one program per SM."""
+    an H100 with 2 stages, and 3 stages at the Olmo Hybrid shape (180 programs) left room for one program per SM.
+    Where 2 stages fit only a whole SM, they take it (the forward scan at the 1B hybrid's batch of 8)."""
 
-    def stages(heads: int, key_dim: int, value_dim: int, block_v: int, dtype) -> int:
+    def stages(heads: int, key_dim: int, value_dim: int, block_v: int, dtype, forward: bool = False) -> int:
         q, v = (jax.ShapeDtypeStruct((1, 64, heads, d), dtype) for d in (key_dim, value_dim))
         cfg = gpu._make_config(q, v, {}, 64, False, dtype, block_v, 1.0)
-        step_bytes = (3 * cfg.key_width + cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
+        step_bytes = (3 * cfg.key_width + (2 if forward else 1) * cfg.block_v) * cfg.chunk * cfg.matmul_dtype.itemsize
         return gpu._scan_stages(step_bytes, heads * cfg.num_v_blocks, cfg)
 
     assert stages(16, 256, 256, 64, jnp.bfloat16) == 1
     assert stages(16, 256, 256, 32, jnp.bfloat16) == 2
     assert stages(16, 96, 192, 32, jnp.bfloat16) == 3  # 96 programs: one per SM
     assert stages(30, 96, 192, 32, jnp.bfloat16) == 2  # 180 programs: two share an SM
+    assert stages(30, 96, 192, 32, jnp.bfloat16, forward=True) == 2
+    assert stages(128, 96, 192, 64, jnp.bfloat16) == 2  # 384 programs, two to an SM
+    assert stages(128, 96, 192, 64, jnp.bfloat16, forward=True) == 2  # 384 programs, one to an SM
     assert stages(16, 128, 256, 64, jnp.float32) == 1
 
 

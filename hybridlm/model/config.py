@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pallas_kernels.attention import ATTENTION_IMPLS
+from pallas_kernels.gated_norm import GATED_NORM_IMPLS
 from pallas_kernels.short_conv import SHORT_CONV_IMPLS
 
 GDN = "gdn"
@@ -83,6 +84,7 @@ class GDNConfig:
     chunk_size: int = 64
     impl: str = "auto"
     conv_impl: str = "auto"
+    norm_impl: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +210,10 @@ class ModelConfig:
         _check(
             gdn.conv_impl in SHORT_CONV_IMPLS,
             f"config.model.gdn.conv_impl={gdn.conv_impl!r} is not one of {SHORT_CONV_IMPLS}",
+        )
+        _check(
+            gdn.norm_impl in GATED_NORM_IMPLS,
+            f"config.model.gdn.norm_impl={gdn.norm_impl!r} is not one of {GATED_NORM_IMPLS}",
         )
         for name in ("dtype", "param_dtype"):
             value = getattr(self, name)

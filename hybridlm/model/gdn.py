@@ -10,8 +10,8 @@ from flax import nnx
 
 from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
-from hybridlm.model.layers import linear, normalize_rms, truncated_normal
-from pallas_kernels import gated_delta_rule, gated_delta_rule_step, short_conv
+from hybridlm.model.layers import linear, truncated_normal
+from pallas_kernels import gated_delta_rule, gated_delta_rule_step, gated_rms_norm, short_conv
 
 _A_RANGE = (0.0, 16.0)  # A ~ U(0, 16), stored as A_log = log(A)
 _DT_RANGE = (1e-3, 1e-1)  # dt ~ exp(U(log 1e-3, log 1e-1)), floored, stored as dt_bias = softplus^-1(dt)
@@ -178,9 +178,19 @@ class GatedDeltaNet(nnx.Module):
                 state, o = gated_delta_rule_step(state, q, k, v_t, g[:, 0], beta[:, 0], gdn.key_head_dim**-0.5)
                 o = o[:, None].astype(v.dtype)
         gate = self.g_proj(x).reshape(b, t, gdn.num_value_heads, gdn.value_head_dim)
-        normed = self.o_norm[...].astype(jnp.float32) * normalize_rms(o, gdn.norm_eps).astype(o.dtype)
-        o = (normed * jax.nn.silu(gate.astype(jnp.float32))).astype(o.dtype)
+        o = self._output_norm(o, gate.astype(o.dtype))
         return self.o_proj(o.reshape(b, t, gdn.num_value_heads * gdn.value_head_dim)), state
+
+    def _output_norm(self, o: jax.Array, gate: jax.Array) -> jax.Array:
+        """o_norm * RMSNorm(o) * SiLU(gate) per value head: o, gate [B, T, H_v, V] -> [B, T, H_v, V]. Each device
+        normalises its own rows and heads (the Pallas kernels cannot be split by XLA)."""
+        gdn = self.config.gdn
+
+        def normalize(o: jax.Array, gate: jax.Array, weight: jax.Array) -> jax.Array:
+            return gated_rms_norm(o, gate, weight, gdn.norm_eps, impl=gdn.norm_impl)
+
+        heads = ("batch", None, "gdn_value_heads", None)
+        return partitioning.shard_map(normalize, (heads, heads, ("head_dim",)), heads)(o, gate, self.o_norm[...])
 
     def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
         """The decode state: the recurrent state float32 [B, H_v, K, V] and each convolution's last kernel - 1
