@@ -4,8 +4,10 @@ code (to lower a step for TPUs from a CPU host, e.g. ahead of time or to check t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 
@@ -40,3 +42,22 @@ def impl_problem(impl: str, platforms: Mapping[str, str | None]) -> str | None:
     if platform is not None and current_platform() != platform:
         return f"impl={impl!r} needs a {platform.upper()} but JAX runs on {current_platform()}; use impl='auto'"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation of an op, an entry of the op's BACKENDS table: ``run``, called with the arguments the op's
+    entry point checked; the platform it needs (None: any); ``supports``, called with a description of the call
+    (each op says which), whether the implementation takes it."""
+
+    run: Callable[..., Any]
+    platform: str | None = None
+    supports: Callable[..., bool] = lambda *call: True
+
+
+def resolve(backends: Mapping[str, Backend], impl: str, portable: str, *call: Any) -> str:
+    """The backend that runs `impl` for `call` (what the backends' ``supports`` take): "auto" is the first backend of
+    the current platform, else `portable`; a backend that does not support the call gives way to `portable`."""
+    if impl == "auto":
+        impl = next((name for name, b in backends.items() if b.platform == current_platform()), portable)
+    return impl if backends[impl].supports(*call) else portable

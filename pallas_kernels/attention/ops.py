@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import NoReturn
 
 import jax
@@ -13,20 +11,7 @@ from pallas_kernels.attention.cudnn import cudnn_attention
 from pallas_kernels.attention.gpu import pallas_gpu_attention
 from pallas_kernels.attention.reference import xla_attention
 from pallas_kernels.attention.tpu import pallas_tpu_attention
-from pallas_kernels.platform import current_platform, impl_problem
-
-Implementation = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None, int | None, float], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """One implementation: ``run(q, k, v, segment_ids, window, scale)`` as checked by `attention`, returning O; the
-    platform it needs (None: any); ``supports(dtype, head_dim, documents)``, the calls "auto" may give it (an impl
-    named explicitly is called whatever it says, and raises where it cannot apply a mask)."""
-
-    run: Implementation
-    platform: str | None = None
-    supports: Callable[[jnp.dtype, int, bool], bool] = lambda dtype, head_dim, documents: True
+from pallas_kernels.platform import Backend, current_platform, impl_problem
 
 
 def _cudnn_supports(dtype: jnp.dtype, head_dim: int, documents: bool) -> bool:
@@ -34,7 +19,9 @@ def _cudnn_supports(dtype: jnp.dtype, head_dim: int, documents: bool) -> bool:
     return jnp.dtype(dtype).name in ("float16", "bfloat16") and head_dim % 8 == 0 and head_dim <= 256 and not documents
 
 
-# The implementations by impl name, in the order "auto" tries those of the current platform.
+# The implementations by impl name, in the order "auto" tries those of the current platform: run(q, k, v,
+# segment_ids, window, scale) as `attention` checked it, returning O; supports(dtype, head_dim, documents): the calls
+# "auto" may give it (an impl named explicitly is called whatever it says, and raises where it cannot apply a mask).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_attention),
     "cudnn": Backend(cudnn_attention, "gpu", _cudnn_supports),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import NoReturn
 
 import jax
@@ -11,22 +9,10 @@ import jax.numpy as jnp
 
 from pallas_kernels.gated_norm.gpu import pallas_gpu_gated_rms_norm, supports
 from pallas_kernels.gated_norm.reference import xla_gated_rms_norm
-from pallas_kernels.platform import current_platform, impl_problem
+from pallas_kernels.platform import Backend, impl_problem, resolve
 
-Implementation = Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """One implementation: ``run(x, gate, weight, eps)`` as checked by `gated_rms_norm`; the platform it needs
-    (None: any); ``supports(x_shape)``, the calls it takes (others fall back to XLA)."""
-
-    run: Implementation
-    platform: str | None = None
-    supports: Callable[[tuple[int, ...]], bool] = lambda x_shape: True
-
-
-# The implementations by impl name, in the order "auto" tries those of the current platform.
+# The implementations by impl name, in the order "auto" tries those of the current platform:
+# run(x, gate, weight, eps) as the entry point checked it; supports(x_shape): the calls it takes (others fall back to XLA).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_gated_rms_norm),
     "pallas_gpu": Backend(pallas_gpu_gated_rms_norm, "gpu", supports),
@@ -41,9 +27,7 @@ def _fail(message: str) -> NoReturn:
 def resolve_impl(impl: str, x_shape: tuple[int, ...]) -> str:
     """Maps "auto" to the backend of this platform (the Pallas kernels on GPUs, XLA elsewhere), and any impl to XLA
     for shapes its backend does not take."""
-    if impl == "auto":
-        impl = next((n for n, b in BACKENDS.items() if b.platform == current_platform()), _PORTABLE)
-    return impl if BACKENDS[impl].supports(x_shape) else _PORTABLE
+    return resolve(BACKENDS, impl, _PORTABLE, x_shape)
 
 
 def gated_rms_norm(x: jax.Array, gate: jax.Array, weight: jax.Array, eps: float, *, impl: str = "auto") -> jax.Array:

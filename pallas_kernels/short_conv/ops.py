@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.platform import current_platform, impl_problem
+from pallas_kernels.platform import Backend, impl_problem, resolve
 from pallas_kernels.short_conv.gpu import pallas_gpu_short_conv, supports
 from pallas_kernels.short_conv.reference import xla_short_conv
 
-Implementation = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """One implementation: ``run(x, weight, segment_ids)`` as checked by `short_conv`; the platform it needs (None:
-    any); ``supports(x_shape, taps)``, the calls it takes (others fall back to XLA)."""
-
-    run: Implementation
-    platform: str | None = None
-    supports: Callable[[tuple[int, ...], int], bool] = lambda x_shape, taps: True
-
-
-# The implementations by impl name, in the order "auto" tries those of the current platform.
+# The implementations by impl name, in the order "auto" tries those of the current platform:
+# run(x, weight, segment_ids) as the entry point checked it; supports(x_shape, taps): the calls it takes (others fall back to XLA).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_short_conv),
     "pallas_gpu": Backend(pallas_gpu_short_conv, "gpu", supports),
@@ -41,9 +27,7 @@ def _fail(message: str) -> NoReturn:
 def resolve_impl(impl: str, x_shape: tuple[int, ...], taps: int) -> str:
     """Maps "auto" to the backend of this platform (the Pallas backward on GPUs, XLA elsewhere), and any impl to XLA
     for shapes its backend does not take."""
-    if impl == "auto":
-        impl = next((n for n, b in BACKENDS.items() if b.platform == current_platform()), _PORTABLE)
-    return impl if BACKENDS[impl].supports(x_shape, taps) else _PORTABLE
+    return resolve(BACKENDS, impl, _PORTABLE, x_shape, taps)
 
 
 def short_conv(
