@@ -11,8 +11,8 @@ from pallas_kernels.gated_norm.gpu import pallas_gpu_gated_rms_norm, supports
 from pallas_kernels.gated_norm.reference import xla_gated_rms_norm
 from pallas_kernels.platform import Backend, impl_problem, resolve
 
-# The implementations by impl name, in the order "auto" tries those of the current platform:
-# run(x, gate, weight, eps) as the entry point checked it; supports(x_shape): the calls it takes (others fall back to XLA).
+# The implementations by impl name, in the order "auto" tries those of the current platform: run(x, gate, weight, eps)
+# as the entry point checked it; supports(x_shape): the calls it takes (others fall back to XLA).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_gated_rms_norm),
     "pallas_gpu": Backend(pallas_gpu_gated_rms_norm, "gpu", supports),

@@ -11,8 +11,8 @@ from pallas_kernels.platform import Backend, impl_problem, resolve
 from pallas_kernels.short_conv.gpu import pallas_gpu_short_conv, supports
 from pallas_kernels.short_conv.reference import xla_short_conv
 
-# The implementations by impl name, in the order "auto" tries those of the current platform:
-# run(x, weight, segment_ids) as the entry point checked it; supports(x_shape, taps): the calls it takes (others fall back to XLA).
+# The implementations by impl name, in the order "auto" tries those of the current platform: run(x, weight, segment_ids)
+# as the entry point checked it; supports(x_shape, taps): the calls it takes (others fall back to XLA).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_short_conv),
     "pallas_gpu": Backend(pallas_gpu_short_conv, "gpu", supports),
