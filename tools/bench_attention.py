@@ -21,10 +21,8 @@ import argparse
 import datetime
 import functools
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -32,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
+from op_bench import median_ms, relative_error  # noqa: E402
 from pallas_kernels.attention import ops  # noqa: E402
-from pallas_kernels.attention.reference import xla_attention  # noqa: E402
 
 MASKS = {"causal": (None, False), "window 4096": (4096, False), "documents": (None, True), "window+docs": (4096, True)}
 CHECK_SHAPE = (2, 1000, 4, 2, 128)
@@ -50,11 +49,6 @@ def _inputs(shape: tuple[int, ...], documents: bool, mean_document: int, dtype, 
     if documents:
         segment_ids = jnp.asarray(np.cumsum(rng.uniform(size=(batch, length)) < 1 / mean_document, axis=1), jnp.int32)
     return (*(jnp.asarray(a, dtype) for a in arrays), segment_ids)
-
-
-def _rel(a: jax.Array, b: jax.Array) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _fwd_bwd(impl: str, segment_ids, window: int | None) -> Callable:
@@ -88,7 +82,7 @@ def _check_case(impls: list[str], dtype, bound: float, documents: bool, window: 
     reference = _fwd_bwd("xla", segment_ids, window)(*upcast)
     for impl in (i for i in impls if ops.BACKENDS[i].supports(dtype, CHECK_SHAPE[-1], documents)):
         outputs = _fwd_bwd(impl, segment_ids, window)(q, k, v, d_out)
-        worst = max(_rel(x, y) for x, y in zip(outputs, reference))
+        worst = max(relative_error(x, y) for x, y in zip(outputs, reference))
         ok &= worst <= bound
         label = f"{jnp.dtype(dtype).name} window={window} documents={documents}"
         print(f"  {impl:<11} {label:<42} {worst:.2e} {'PASS' if worst <= bound else 'FAIL'} (bound {bound:g})")
@@ -105,23 +99,13 @@ def time_masks(shape: tuple[int, ...], impls: list[str], runs: int) -> list[str]
             fn = functools.partial(ops.BACKENDS[impl].run, segment_ids=segment_ids, window=window, scale=scale)
             forward = jax.jit(fn)
             both = _fwd_bwd(impl, segment_ids, window)
-            calls[impl] = (lambda f=forward: f(q, k, v), lambda f=both: f(q, k, v, d_out))
-        times = {impl: ([], []) for impl in calls}
-        for impl, pair in calls.items():  # compile and warm up
-            for call in pair:
-                jax.block_until_ready(call())
-        for _ in range(runs):
-            for impl, pair in calls.items():
-                for call, samples in zip(pair, times[impl]):
-                    start = time.perf_counter()
-                    jax.block_until_ready(call())
-                    samples.append(1e3 * (time.perf_counter() - start))
-        cells = []
-        for impl in impls:
-            if impl in times:
-                cells.append(" / ".join(f"{statistics.median(s):.2f}" for s in times[impl]))
-            else:
-                cells.append("-")
+            calls[impl, "fwd"] = lambda f=forward: f(q, k, v)
+            calls[impl, "fwd+bwd"] = lambda f=both: f(q, k, v, d_out)
+        times = median_ms(calls, runs)
+        cells = [
+            f"{times[impl, 'fwd']:.2f} / {times[impl, 'fwd+bwd']:.2f}" if (impl, "fwd") in times else "-"
+            for impl in impls
+        ]
         rows.append(f"| {mask} | " + " | ".join(cells) + " |")
     return rows
 

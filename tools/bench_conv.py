@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -27,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
+from op_bench import median_ms, relative_error  # noqa: E402
 from pallas_kernels.short_conv import gpu, ops  # noqa: E402
 from pallas_kernels.short_conv.reference import xla_short_conv  # noqa: E402
 
@@ -45,11 +45,6 @@ def _inputs(shape: tuple[int, ...], documents: bool, dtype, seed: int) -> tuple:
     if documents:
         segment_ids = jnp.asarray(np.cumsum(rng.uniform(size=(batch, length)) < 0.01, axis=1), jnp.int32)
     return x, weight, cotangent, segment_ids
-
-
-def _rel(a: jax.Array, b: jax.Array) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _fwd_bwd(impl: str, segment_ids) -> Callable:
@@ -71,24 +66,12 @@ def check(impls: list[str]) -> bool:
             x, weight, cotangent, segment_ids = _inputs(CHECK_SHAPE, documents, dtype, seed=int(documents))
             reference = _fwd_bwd("xla", segment_ids)(*(a.astype(jnp.float32) for a in (x, weight, cotangent)))
             for impl in impls:
-                worst = max(_rel(a, b) for a, b in zip(_fwd_bwd(impl, segment_ids)(x, weight, cotangent), reference))
+                outputs = _fwd_bwd(impl, segment_ids)(x, weight, cotangent)
+                worst = max(relative_error(a, b) for a, b in zip(outputs, reference))
                 ok &= worst <= bound
                 label = f"{jnp.dtype(dtype).name} documents={documents}"
                 print(f"  {impl:<11} {label:<26} {worst:.2e} {'PASS' if worst <= bound else 'FAIL'} (bound {bound:g})")
     return ok
-
-
-def _median_ms(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Each call's median host time over `runs` interleaved rounds, after one warm-up call each."""
-    for call in calls.values():
-        jax.block_until_ready(call())
-    samples = {name: [] for name in calls}
-    for _ in range(runs):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(call())
-            samples[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def parse_tiling(spec: str) -> gpu.Tiling:
@@ -113,7 +96,7 @@ def time_shape(shape: tuple[int, ...], impls: list[str], tilings: dict[str, gpu.
         kernel = jax.jit(lambda x, w, c, t=tiling: gpu.short_conv_backward(x, w, None, c, tiling=t))
         calls[f"pallas bwd {spec}"] = lambda f=kernel: f(x, weight, cotangent)
     label = ",".join(map(str, shape))
-    return [f"| {label} | {name} | {ms:.3f} |" for name, ms in _median_ms(calls, runs).items()]
+    return [f"| {label} | {name} | {ms:.3f} |" for name, ms in median_ms(calls, runs).items()]
 
 
 def main() -> None:
