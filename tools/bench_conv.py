@@ -15,7 +15,6 @@ rounds), then the Pallas backward alone at each tiling of ``--tilings`` (``parse
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
-from op_bench import median_ms, relative_error  # noqa: E402
+from op_bench import command_line, median_ms, relative_error  # noqa: E402
 from pallas_kernels.short_conv import gpu, ops  # noqa: E402
 from pallas_kernels.short_conv.reference import xla_short_conv  # noqa: E402
 
@@ -100,27 +99,17 @@ def time_shape(shape: tuple[int, ...], impls: list[str], tilings: dict[str, gpu.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="8,8192,1536;8,8192,3072", help="B,T,C for the timing, ';'-separated")
-    parser.add_argument("--impls", default="xla,pallas_gpu")
-    parser.add_argument(
-        "--tilings",
-        default="16x64",
-        help="backward tilings to time, ','-separated ROWSxCHANNELS[xGROUP][/WARPS]",
+    command_line(
+        __doc__,
+        shape_axes="B,T,C",
+        default_shapes="8,8192,1536;8,8192,3072",
+        tiling_syntax="ROWSxCHANNELS[xGROUP][/WARPS] (the backward's)",
+        default_tilings="16x64",
+        check=check,
+        parse_tiling=parse_tiling,
+        time_shape=time_shape,
+        conditions=f"bfloat16, K = {TAPS}, no documents",
     )
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    args = parser.parse_args()
-    impls = args.impls.split(",")
-    tilings = {spec: parse_tiling(spec) for spec in args.tilings.split(",")}
-    ok = args.no_check or check(impls)
-    table = ["| B,T,C | call | ms |", "|---|---|---|"]
-    for shape in args.shapes.split(";"):
-        table += time_shape(tuple(int(n) for n in shape.split(",")), impls, tilings, args.runs)
-    print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}, bfloat16, K = {TAPS}, no documents")
-    print("\n".join(table))
-    if not ok:
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ then the Pallas forward and backward at each tiling of ``--tilings`` (ROWS[/WARP
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other tools
 
-from op_bench import median_ms, relative_error  # noqa: E402
+from op_bench import command_line, median_ms, relative_error  # noqa: E402
 from pallas_kernels.gated_norm import gpu, ops  # noqa: E402
 
 CHECK_SHAPE = (2, 512, 4, 192)
@@ -93,23 +92,17 @@ def time_shape(shape: tuple[int, ...], impls: list[str], tilings: dict[str, gpu.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="8,8192,16,192", help="B,T,H,D for the timing, ';'-separated")
-    parser.add_argument("--impls", default="xla,pallas_gpu")
-    parser.add_argument("--tilings", default="", help="kernel tilings to time, ','-separated ROWS[/WARPS]")
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--no-check", action="store_true", help="skip the correctness check")
-    args = parser.parse_args()
-    impls = args.impls.split(",")
-    tilings = {spec: parse_tiling(spec) for spec in args.tilings.split(",") if spec}
-    ok = args.no_check or check(impls)
-    table = ["| B,T,H,D | call | ms |", "|---|---|---|"]
-    for shape in args.shapes.split(";"):
-        table += time_shape(tuple(int(n) for n in shape.split(",")), impls, tilings, args.runs)
-    print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}, bfloat16")
-    print("\n".join(table))
-    if not ok:
-        sys.exit(1)
+    command_line(
+        __doc__,
+        shape_axes="B,T,H,D",
+        default_shapes="8,8192,16,192",
+        tiling_syntax="ROWS[/WARPS]",
+        default_tilings="",
+        check=check,
+        parse_tiling=parse_tiling,
+        time_shape=time_shape,
+        conditions="bfloat16",
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +41,7 @@ class Tiling:
 def supports(shape: tuple[int, ...]) -> bool:
     """Whether the kernels take x of this shape: N a multiple of 16; D a multiple of 16 and at most 1024 (its parts
     are unrolled)."""
-    rows = 1
-    for size in shape[:-1]:
-        rows *= size
-    return shape[-1] % 16 == 0 and shape[-1] <= 1024 and rows % 16 == 0
+    return shape[-1] % 16 == 0 and shape[-1] <= 1024 and math.prod(shape[:-1]) % 16 == 0
 
 
 def _parts(width: int) -> list[pl.Slice]:
