@@ -31,7 +31,7 @@ def kernel_impls(model: ModelConfig, document_mask: bool, seq_len: int) -> dict[
     """{"attention": impl, "GDN": impl, "short conv": impl, "output norm": impl} for the kinds of layer `model` has:
     what its attention_impl, gdn.impl, gdn.conv_impl and gdn.norm_impl run as on this platform, "auto" resolved as
     the kernels resolve it (`document_mask`: rows hold segment ids; the short convolution's at `seq_len` over its
-    narrower width; the GDN output norm's over one sequence)."""
+    narrower, normalized width; the GDN output norm's over one sequence)."""
     impls = {}
     if {ATTENTION, SLIDING_ATTENTION} & set(model.layer_pattern):
         impls["attention"] = attention_ops.resolve_impl(
@@ -44,7 +44,9 @@ def kernel_impls(model: ModelConfig, document_mask: bool, seq_len: int) -> dict[
             gdn.impl, gdn.key_head_dim, gdn.value_head_dim, gdn.chunk_size, np.dtype(np.float32)
         )
         key_width = gdn.num_key_heads * gdn.key_head_dim
-        impls["short conv"] = short_conv_ops.resolve_impl(gdn.conv_impl, (1, seq_len, key_width), gdn.conv_kernel)
+        impls["short conv"] = short_conv_ops.resolve_impl(
+            gdn.conv_impl, (1, seq_len, key_width), gdn.conv_kernel, gdn.key_head_dim
+        )
         value_heads = (seq_len, gdn.num_value_heads, gdn.value_head_dim)
         impls["output norm"] = gated_norm_ops.resolve_impl(gdn.norm_impl, value_heads)
     return impls

@@ -2,7 +2,9 @@
 GPU), the XLA form, and the entry point's dispatch and input checks.
 
 The oracle is the convolution written out token by token in float64 numpy, forward and backward, from its
-definition: out[t] = SiLU(p[t]), p[t] = sum over s < K of w[K - 1 - s] * x[t - s] over the taps inside t's document.
+definition: out[t] = SiLU(p[t]), p[t] = sum over s < K of w[K - 1 - s] * x[t - s] over the taps inside t's document;
+with the L2 norm per head, z = out / n, n = sqrt(sum of out^2 over the head + eps), whose Jacobian dz_i/dout_j is
+delta_ij / n - out_i out_j / n^3.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import pytest
 
 from pallas_kernels import short_conv, target_platform
 from pallas_kernels.short_conv import gpu, ops
-from pallas_kernels.short_conv.reference import xla_short_conv
+from pallas_kernels.short_conv.reference import L2_EPS, xla_short_conv
 
 BOUNDS = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 
-def _oracle(x: np.ndarray, w: np.ndarray, segments: np.ndarray | None, dy: np.ndarray) -> tuple[np.ndarray, ...]:
-    """out, dx, dw of the convolution for the output cotangent dy, token by token in float64."""
-    batch, length, _ = x.shape
+def _oracle(
+    x: np.ndarray, w: np.ndarray, segments: np.ndarray | None, dy: np.ndarray, head_dim: int | None = None
+) -> tuple[np.ndarray, ...]:
+    """out, dx, dw of the convolution (L2-normalised over heads of head_dim channels, when given) for the output
+    cotangent dy, token by token in float64."""
+    batch, length, width = x.shape
     taps = w.shape[0]
     reads = lambda b, t, u: u >= 0 and (segments is None or segments[b, u] == segments[b, t])  # noqa: E731
     p = np.zeros_like(x)
@@ -33,6 +38,13 @@ def _oracle(x: np.ndarray, w: np.ndarray, segments: np.ndarray | None, dy: np.nd
                 if reads(b, t, t - s):
                     p[b, t] += w[taps - 1 - s] * x[b, t - s]
     sigmoid = 1 / (1 + np.exp(-p))
+    out = p * sigmoid
+    if head_dim is not None:
+        heads = out.reshape(batch, length, width // head_dim, head_dim)
+        n = np.sqrt(np.sum(heads**2, axis=-1, keepdims=True) + L2_EPS)
+        jacobian = np.eye(head_dim) / n[..., None] - heads[..., :, None] * heads[..., None, :] / n[..., None] ** 3
+        out = (heads / n).reshape(x.shape)
+        dy = np.einsum("bthij,bthi->bthj", jacobian, dy.reshape(heads.shape)).reshape(x.shape)
     dp = dy * sigmoid * (1 + p * (1 - sigmoid))
     dx, dw = np.zeros_like(x), np.zeros_like(w)
     for b in range(batch):
@@ -41,7 +53,7 @@ def _oracle(x: np.ndarray, w: np.ndarray, segments: np.ndarray | None, dy: np.nd
                 if reads(b, t, t - s):
                     dx[b, t - s] += w[taps - 1 - s] * dp[b, t]
                     dw[taps - 1 - s] += x[b, t - s] * dp[b, t]
-    return p * sigmoid, dx, dw
+    return out, dx, dw
 
 
 def _inputs(shape: tuple[int, ...], taps: int, documents: bool, dtype, seed: int) -> tuple:
@@ -66,36 +78,42 @@ def _as_float64(*arrays) -> list[np.ndarray | None]:
 
 
 @pytest.mark.parametrize(
-    "shape, taps, documents, dtype, tiles",
+    "shape, taps, documents, dtype, tiles, head_dim",
     [
-        ((2, 64, 32), 4, False, jnp.float32, {}),
-        ((2, 64, 32), 4, True, jnp.float32, {}),
-        ((1, 48, 48), 3, True, jnp.float32, {}),  # three row groups of 16, channel tiles of 16
-        ((1, 1024, 16), 4, True, jnp.float32, {}),  # two row groups of 512
-        ((2, 64, 64), 4, True, jnp.float32, {"rows": 32, "channels": 16, "group": 32}),
-        ((1, 32, 16), 1, True, jnp.float32, {}),
-        ((2, 64, 32), 4, True, jnp.bfloat16, {}),
+        ((2, 64, 32), 4, False, jnp.float32, {}, None),
+        ((2, 64, 32), 4, True, jnp.float32, {}, None),
+        ((1, 48, 48), 3, True, jnp.float32, {}, None),  # three row groups of 16, channel tiles of 16
+        ((1, 1024, 16), 4, True, jnp.float32, {}, None),  # two row groups of 512
+        ((2, 64, 64), 4, True, jnp.float32, {"rows": 32, "channels": 16, "group": 32}, None),
+        ((1, 32, 16), 1, True, jnp.float32, {}, None),
+        ((2, 64, 32), 4, True, jnp.bfloat16, {}, None),
+        ((2, 64, 192), 4, True, jnp.float32, {}, 96),  # two heads, each loaded in three parts of 32
+        ((1, 48, 128), 3, False, jnp.float32, {"rows": 16, "group": 16}, 64),  # heads of one part, three row groups
+        ((1, 32, 48), 4, True, jnp.float32, {}, 16),
+        ((2, 64, 192), 4, True, jnp.bfloat16, {}, 96),
     ],
 )
-def test_backward_kernels_match_the_oracle(shape, taps, documents, dtype, tiles):
+def test_backward_kernels_match_the_oracle(shape, taps, documents, dtype, tiles, head_dim):
     """dx and dw of the kernels (interpreter) against the float64 oracle: several row groups and channel tiles, odd
-    K, documents starting anywhere (also within K tokens of each other and of a step's start)."""
+    K, documents starting anywhere (also within K tokens of each other and of a step's start), the L2 norm over
+    heads of one and of several loads."""
     x, w, dy, segments = _inputs(shape, taps, documents, dtype, seed=shape[1] + taps)
-    _, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy))
-    dx, dw = gpu.short_conv_backward(x, w, segments, dy, interpret=True, tiling=gpu.Tiling(**tiles))
+    _, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy), head_dim)
+    dx, dw = gpu.short_conv_backward(x, w, segments, dy, head_dim, interpret=True, tiling=gpu.Tiling(**tiles))
     assert dx.dtype == x.dtype and dw.dtype == w.dtype
     assert _rel(dx, want_dx) < BOUNDS[dtype]
     assert _rel(dw, want_dw) < BOUNDS[dtype]
 
 
+@pytest.mark.parametrize("head_dim", [None, 16])
 @pytest.mark.parametrize("impl", ["xla", "pallas_gpu"])
-def test_gradients_through_the_entry_point_match_the_oracle(impl: str):
+def test_gradients_through_the_entry_point_match_the_oracle(impl: str, head_dim: int | None):
     """short_conv's output and jax.grad for both implementations (the kernel's through its custom VJP)."""
-    x, w, dy, segments = _inputs((2, 32, 16), 4, True, jnp.float32, seed=7)
-    want = _oracle(*_as_float64(x, w, segments, dy))
+    x, w, dy, segments = _inputs((2, 32, 32), 4, True, jnp.float32, seed=7)
+    want = _oracle(*_as_float64(x, w, segments, dy), head_dim)
     run = gpu.pallas_gpu_short_conv if impl == "pallas_gpu" else xla_short_conv
     options = {"interpret": True} if impl == "pallas_gpu" else {}
-    out, pullback = jax.vjp(lambda x, w: run(x, w, segments, **options), x, w)
+    out, pullback = jax.vjp(lambda x, w: run(x, w, segments, head_dim, **options), x, w)
     for got, expected in zip((out, *pullback(dy)), want):
         assert _rel(got, expected) < 1e-5
 
@@ -106,6 +124,9 @@ def test_auto_takes_the_kernel_on_gpus_and_xla_elsewhere_or_for_other_shapes():
         assert ops.resolve_impl("auto", (2, 64, 32), 4) == "pallas_gpu"
         assert ops.resolve_impl("auto", (2, 1000, 32), 4) == "xla"  # T not a multiple of 16
         assert ops.resolve_impl("pallas_gpu", (2, 64, 40), 4) == "xla"  # C not a multiple of 16
+        assert ops.resolve_impl("auto", (2, 64, 192), 4, 96) == "pallas_gpu"
+        assert ops.resolve_impl("auto", (2, 64, 192), 4, 24) == "xla"  # heads not a multiple of 16
+        assert ops.resolve_impl("auto", (2, 64, 1024), 4, 512) == "xla"  # heads over 256 channels
     with target_platform("tpu"):
         assert ops.resolve_impl("auto", (2, 64, 32), 4) == "xla"
 
@@ -117,11 +138,12 @@ def test_auto_takes_the_kernel_on_gpus_and_xla_elsewhere_or_for_other_shapes():
         ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 8))), r"expected weight \[K, C\] with C = 16"),
         ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 16), jnp.bfloat16)), "share one floating dtype"),
         ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 16)), jnp.zeros((2, 9), jnp.int32)), r"expected int \[B, T\]"),
+        ((jnp.zeros((2, 8, 16)), jnp.zeros((4, 16)), None, 6), "l2_head_dim=6 does not divide the channels"),
     ],
 )
 def test_bad_inputs_are_named(args, message):
     with pytest.raises(ValueError, match=message):
-        short_conv(*args)
+        short_conv(*args[:3], l2_head_dim=args[3] if len(args) > 3 else None)
 
 
 def test_bad_impls_are_named():
@@ -132,15 +154,15 @@ def test_bad_impls_are_named():
         short_conv(x, w, impl="pallas_gpu")
 
 
-@pytest.mark.parametrize("documents", [False, True])
-def test_backward_lowers_for_cuda(documents: bool):
+@pytest.mark.parametrize("documents, head_dim", [(False, None), (True, None), (True, 96), (False, 128)])
+def test_backward_lowers_for_cuda(documents: bool, head_dim: int | None):
     """The gradient of a loss on the kernel path lowers to Triton calls for a CUDA GPU (the CPU builds the IR), at
-    the 1B hybrid's key width."""
+    the 1B hybrid's key width, with and without the L2 norm over its heads of 96 (and over heads of 128)."""
     from jax import export
 
     x, w = jnp.zeros((1, 8192, 1536), jnp.bfloat16), jnp.zeros((4, 1536), jnp.bfloat16)
     segments = jnp.zeros((1, 8192), jnp.int32) if documents else None
-    loss = lambda x, w: jnp.sum(gpu.pallas_gpu_short_conv(x, w, segments).astype(jnp.float32))  # noqa: E731
+    loss = lambda x, w: jnp.sum(gpu.pallas_gpu_short_conv(x, w, segments, head_dim).astype(jnp.float32))  # noqa: E731
     unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     module = export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=("cuda",), disabled_checks=unchecked)(x, w)
     assert {"short_conv_bwd_gradient", "short_conv_bwd_transpose"} <= set(
@@ -149,14 +171,15 @@ def test_backward_lowers_for_cuda(documents: bool):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("documents", [False, True])
+@pytest.mark.parametrize("documents, head_dim", [(False, None), (True, None), (True, 96)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_compiled_kernels_match_xla(documents: bool, dtype):
-    """On a GPU: the compiled kernels' dx, dw against XLA's autodiff in float32, at the 1B hybrid's value width."""
+def test_compiled_kernels_match_xla(documents: bool, head_dim: int | None, dtype):
+    """On a GPU: the compiled kernels' dx, dw against XLA's autodiff in float32, at the 1B hybrid's value width, and
+    with the L2 norm over heads of 96."""
     x, w, dy, segments = _inputs((2, 4096, 3072), 4, documents, dtype, seed=3)
     upcast = [a.astype(jnp.float32) for a in (x, w, dy)]
-    _, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments), *upcast[:2])
+    _, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments, head_dim), *upcast[:2])
     want = [np.asarray(a, np.float64) for a in pullback(upcast[2])]
-    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy))(x, w, dy)
+    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy, head_dim))(x, w, dy)
     for a, b in zip(got, want):
         assert _rel(a, b) < BOUNDS[dtype]

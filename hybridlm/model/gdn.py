@@ -12,11 +12,11 @@ from hybridlm import partitioning
 from hybridlm.model.config import ModelConfig
 from hybridlm.model.layers import linear, truncated_normal
 from pallas_kernels import gated_delta_rule, gated_delta_rule_step, gated_rms_norm, short_conv
+from pallas_kernels.short_conv import l2_normalize_heads
 
 _A_RANGE = (0.0, 16.0)  # A ~ U(0, 16), stored as A_log = log(A)
 _DT_RANGE = (1e-3, 1e-1)  # dt ~ exp(U(log 1e-3, log 1e-1)), floored, stored as dt_bias = softplus^-1(dt)
 _DT_FLOOR = 1e-4
-_L2_EPS = 1e-6
 
 
 def _a_log_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
@@ -32,16 +32,11 @@ def _dt_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> j
     return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse softplus
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    """x: [..., K] -> x / sqrt(sum(x^2) + eps), in float32."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + _L2_EPS)
-
-
 class CausalConv(nnx.Module):
-    """Depthwise causal 1-D convolution (no bias) followed by SiLU: [B, T, C] -> [B, T, C]."""
+    """Depthwise causal 1-D convolution (no bias) followed by SiLU, then, with l2_head_dim, the L2 norm of each head of
+    that many channels: [B, T, C] -> [B, T, C]."""
 
-    def __init__(self, config: ModelConfig, channels: int, heads_axis: str, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, channels: int, heads_axis: str, l2_head_dim: int | None, rngs: nnx.Rngs):
         # N(0, init_std^2) cut at 3 std, as OLMo-core's src/scripts/official/OLMo-hybrid/OLMo-hybrid-7B-pretrain.py
         self.weight = nnx.Param(
             truncated_normal(config)(rngs.params(), (config.gdn.conv_kernel, channels), config.params_dtype),
@@ -51,13 +46,16 @@ class CausalConv(nnx.Module):
         self.dtype = config.compute_dtype
         self.impl = config.gdn.conv_impl
         self.heads_axis = heads_axis
+        self.l2_head_dim = l2_head_dim
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         """x: [B, T, C]; segment_ids: int [B, T] (taps never reach into the previous document) or None. Each device
         convolves its own rows and channels (the Pallas backward cannot be split by XLA)."""
 
         def convolve(x: jax.Array, weight: jax.Array, *segments: jax.Array) -> jax.Array:
-            return short_conv(x, weight, segments[0] if segments else None, impl=self.impl)
+            return short_conv(
+                x, weight, segments[0] if segments else None, l2_head_dim=self.l2_head_dim, impl=self.impl
+            )
 
         with jax.named_scope("gdn_conv"):
             args = (x.astype(self.dtype), self.weight[...].astype(self.dtype))
@@ -85,7 +83,8 @@ class CausalConv(nnx.Module):
         out = window[:, -1] * weight[-1]
         for shift in range(1, window.shape[1]):
             out = out + window[:, -1 - shift] * weight[-1 - shift]
-        return jax.nn.silu(out), window[:, 1:]
+        out = jax.nn.silu(out)
+        return out if self.l2_head_dim is None else l2_normalize_heads(out, self.l2_head_dim), window[:, 1:]
 
 
 class GatedDeltaNet(nnx.Module):
@@ -108,9 +107,9 @@ class GatedDeltaNet(nnx.Module):
         self.b_proj = linear(config, config.d_model, gdn.num_value_heads, values, rngs)
         self.g_proj = linear(config, config.d_model, value_width, values, rngs)
         self.o_proj = linear(config, value_width, config.d_model, ("gdn_value_heads", "embed"), rngs)
-        self.q_conv = CausalConv(config, key_width, "gdn_key_heads", rngs)
-        self.k_conv = CausalConv(config, key_width, "gdn_key_heads", rngs)
-        self.v_conv = CausalConv(config, value_width, "gdn_value_heads", rngs)
+        self.q_conv = CausalConv(config, key_width, "gdn_key_heads", gdn.key_head_dim, rngs)
+        self.k_conv = CausalConv(config, key_width, "gdn_key_heads", gdn.key_head_dim, rngs)
+        self.v_conv = CausalConv(config, value_width, "gdn_value_heads", None, rngs)
         per_head = {"out_sharding": ("gdn_value_heads",), "eager_sharding": False}
         self.A_log = nnx.Param(_a_log_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype), **per_head)
         self.dt_bias = nnx.Param(_dt_bias_init(rngs.params(), (gdn.num_value_heads,), config.params_dtype), **per_head)
@@ -137,7 +136,8 @@ class GatedDeltaNet(nnx.Module):
     def _convolve(
         self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The short convolutions over [B, T, width] inputs, as heads: q, k [B, T, H_k, K], v [B, T, H_v, V]."""
+        """The short convolutions over [B, T, width] inputs, as heads: q, k [B, T, H_k, K] (L2-normalised per head),
+        v [B, T, H_v, V]."""
         return self._heads(x, self.q_conv(q, segment_ids), self.k_conv(k, segment_ids), self.v_conv(v, segment_ids))
 
     def _heads(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -157,14 +157,14 @@ class GatedDeltaNet(nnx.Module):
         segment_ids: jax.Array | None,
         state: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """The gates from x [B, T, d_model], the rule on the convolved q, k [B, T, H_k, K] and v [B, T, H_v, V]
-        (the chunked form, or the one-token recurrence from `state` [B, H_v, K, V] when given, T = 1), and the
-        gated output norm -> (out [B, T, d_model], final state float32 [B, H_v, K, V])."""
+        """The gates from x [B, T, d_model], the rule on the convolved q, k [B, T, H_k, K] (L2-normalised) and v
+        [B, T, H_v, V] (the chunked form, or the one-token recurrence from `state` [B, H_v, K, V] when given, T = 1),
+        and the gated output norm -> (out [B, T, d_model], final state float32 [B, H_v, K, V])."""
         gdn = self.config.gdn
         b, t, _ = x.shape
         heads_per_key = gdn.num_value_heads // gdn.num_key_heads
-        q = jnp.repeat(_l2_normalize(q), heads_per_key, axis=2).astype(v.dtype)
-        k = jnp.repeat(_l2_normalize(k), heads_per_key, axis=2).astype(v.dtype)
+        q = jnp.repeat(q, heads_per_key, axis=2).astype(v.dtype)
+        k = jnp.repeat(k, heads_per_key, axis=2).astype(v.dtype)
         beta = jax.nn.sigmoid(self.b_proj(x).astype(jnp.float32))
         if gdn.allow_neg_eigval:
             beta = 2.0 * beta

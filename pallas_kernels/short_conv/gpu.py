@@ -11,7 +11,11 @@ takes two passes. Each program of either walks a group of rows over a tile of ch
 rows at a time, reading its inputs at row offsets (rows clamped into the sequence and masked, so every load is in
 bounds). The first recomputes p from x at offsets -(K - 1) .. 0, writes dp (in x's dtype) and adds x * dp to K
 float32 tiles kept in registers, which it sums over rows once at the end of its walk ([B, row groups, K, C]; XLA adds
-those up). The second forms dx from dp at offsets 0 .. K - 1. Timed on an H200 (BENCHMARKS.md, 2026-12-03), this
+those up). The second forms dx from dp at offsets 0 .. K - 1.
+
+With the L2 norm per head after the SiLU (the GDN's queries and keys), y = SiLU(p), r = (sum over the head of y^2 +
+eps)^-1/2 and the cotangent dz of z = y * r, the first pass forms dy = r * (dz - z * sum over the head of z * dz)
+before dp, so its channel tile is one head, loaded in power-of-two parts (a head of 96 as three of 32). Timed on an H200 (BENCHMARKS.md, 2026-12-03), this
 beat XLA's autodiff of the shifted copies by 8-10% at the 1B hybrid's widths, and beat one pass that recomputes p at
 the K offsets dx reads (K sigmoids per element) by 20%.
 
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.short_conv.reference import xla_short_conv
+from pallas_kernels.short_conv.reference import L2_EPS, xla_short_conv
 
 _F32 = jnp.float32
 
@@ -48,19 +52,34 @@ class Tiling:
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    """taps: K. length: T. rows: rows per step. steps: steps per program. channels: channels per program."""
+    """taps: K. length: T. rows: rows per step. steps: steps per program. channels: channels per program, loaded
+    ``part`` at a time. normalized: the channels are one head of the L2 norm."""
 
     taps: int
     length: int
     rows: int
     steps: int
     channels: int
+    part: int
+    normalized: bool
+
+    @property
+    def parts(self) -> list[pl.Slice]:
+        """The channel slices of a tile that each load reads."""
+        return [pl.ds(start, self.part) for start in range(0, self.channels, self.part)]
 
 
-def supports(x_shape: tuple[int, ...], taps: int) -> bool:
-    """Whether the kernel takes x [B, T, C] with K taps: T and C multiples of 16, K at most 16 and below T."""
+_MAX_HEAD_DIM = 256  # the first pass keeps K + 1 float32 tiles of a head per step in registers
+
+
+def supports(x_shape: tuple[int, ...], taps: int, l2_head_dim: int | None = None) -> bool:
+    """Whether the kernel takes x [B, T, C] with K taps and the L2 norm over heads of l2_head_dim channels (None: no
+    norm): T and C multiples of 16, K at most 16 and below T, heads of a multiple of 16 channels up to 256."""
     _, length, channels = x_shape
-    return length % 16 == 0 and channels % 16 == 0 and 0 < taps <= min(16, length)
+    heads_fit = l2_head_dim is None or (
+        l2_head_dim % 16 == 0 and l2_head_dim <= _MAX_HEAD_DIM and channels % l2_head_dim == 0
+    )
+    return length % 16 == 0 and channels % 16 == 0 and 0 < taps <= min(16, length) and heads_fit
 
 
 def _largest_power_of_two_divisor(n: int, limit: int) -> int:
@@ -70,11 +89,16 @@ def _largest_power_of_two_divisor(n: int, limit: int) -> int:
     return size
 
 
-def _make_config(x_shape: tuple[int, ...], taps: int, tiling: Tiling) -> _Config:
+def _make_config(x_shape: tuple[int, ...], taps: int, tiling: Tiling, l2_head_dim: int | None) -> _Config:
+    """The walk for ``tiling``; with l2_head_dim, each tile is one head in parts of its largest power-of-two divisor."""
     _, length, width = x_shape
     rows = _largest_power_of_two_divisor(length, tiling.rows)
     group = _largest_power_of_two_divisor(length, max(tiling.group, rows))
-    return _Config(taps, length, rows, group // rows, _largest_power_of_two_divisor(width, tiling.channels))
+    if l2_head_dim is None:
+        channels = _largest_power_of_two_divisor(width, tiling.channels)
+        return _Config(taps, length, rows, group // rows, channels, channels, normalized=False)
+    part = _largest_power_of_two_divisor(l2_head_dim, _MAX_HEAD_DIM)
+    return _Config(taps, length, rows, group // rows, l2_head_dim, part, normalized=True)
 
 
 class _Window:
@@ -89,10 +113,11 @@ class _Window:
     def clamped(self, offset: int) -> jax.Array:
         return jnp.clip(self.rows[offset], 0, self.last)
 
-    def load(self, ref, offset: int) -> jax.Array:
-        """ref's rows at the step's rows + offset, 0 outside the sequence: [rows, Cb] float32."""
+    def load(self, ref, offset: int, part: pl.Slice) -> jax.Array:
+        """ref's rows at the step's rows + offset and the channels of ``part``, 0 outside the sequence: [rows, part]
+        float32."""
         valid = (self.rows[offset] >= 0) & (self.rows[offset] <= self.last)
-        return jnp.where(valid[:, None], ref[self.clamped(offset), :].astype(_F32), 0.0)
+        return jnp.where(valid[:, None], ref[self.clamped(offset), part].astype(_F32), 0.0)
 
     def same_document(self, value: jax.Array, a: int, b: int) -> jax.Array:
         """value where the rows at offsets a and b are in one document, else 0 (unmasked without documents: the
@@ -108,46 +133,83 @@ def _walk(cfg: _Config, step, carry):
     return jax.lax.fori_loop(0, cfg.steps, lambda i, c: step(i, group_start + i * cfg.rows, c), carry)
 
 
+def _l2_norm_backward(y: list[jax.Array], dz: list[jax.Array]) -> list[jax.Array]:
+    """The cotangent of y for z = y * (sum of y^2 over the head + eps)^-1/2, from z's: y, dz are a head's parts, each
+    [rows, part] float32."""
+    r = jax.lax.rsqrt(sum(jnp.sum(part * part, axis=1) for part in y) + L2_EPS)[:, None]
+    z = [part * r for part in y]
+    along_z = sum(jnp.sum(z_part * dz_part, axis=1) for z_part, dz_part in zip(z, dz))[:, None]
+    return [r * (dz_part - z_part * along_z) for z_part, dz_part in zip(z, dz)]
+
+
 def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
-    """The first pass, for one (batch row, row group, channel tile): dp = dy * SiLU'(p) and the group's partial sums
-    of dw.
+    """The first pass, for one (batch row, row group, channel tile): dp = dy * SiLU'(p) (dy through the L2 norm's
+    backward when the tile is a normalized head) and the group's partial sums of dw.
 
     x_ref, dy_ref: [T, Cb] (the whole sequence of the tile's channels); w_ref: [K, Cb]; segments_ref (when documents
     are masked): int [T]; dp_ref: [rows * steps, Cb]; dw_ref: float32 [K, Cb].
     """
     segments_ref, dp_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
-    taps, rows = cfg.taps, cfg.rows
-    w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
+    taps, rows, parts = cfg.taps, cfg.rows, cfg.parts
+    w = [[w_ref[i, part].astype(_F32)[None, :] for part in parts] for i in range(taps)]
 
     def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
         window = _Window(cfg, start, range(1 - taps, 1), segments_ref)
-        x = {o: window.load(x_ref, o) for o in window.rows}
-        p = sum(w[taps - 1 - s] * window.same_document(x[-s], -s, 0) for s in range(taps))
-        sigmoid = jax.nn.sigmoid(p)
-        dp = window.load(dy_ref, 0) * sigmoid * (1.0 + p * (1.0 - sigmoid))
-        dp_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dp.astype(dp_ref.dtype)
+        x = [{o: window.load(x_ref, o, part) for o in window.rows} for part in parts]
+        p = [
+            sum(w[taps - 1 - s][j] * window.same_document(x[j][-s], -s, 0) for s in range(taps))
+            for j in range(len(parts))
+        ]
+        sigmoid = [jax.nn.sigmoid(p_part) for p_part in p]
+        dy = [window.load(dy_ref, 0, part) for part in parts]
+        if cfg.normalized:
+            dy = _l2_norm_backward([p_part * s_part for p_part, s_part in zip(p, sigmoid)], dy)
+        dp = [dy_j * s_j * (1.0 + p_j * (1.0 - s_j)) for dy_j, s_j, p_j in zip(dy, sigmoid, p)]
+        for part, dp_part in zip(parts, dp):
+            dp_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), part] = dp_part.astype(dp_ref.dtype)
         # dw[i] gathers x at offset i + 1 - K times dp, per row; the rows are summed once, after the walk.
-        return tuple(dw[i] + window.same_document(x[i + 1 - taps], i + 1 - taps, 0) * dp for i in range(taps))
+        return tuple(
+            tuple(
+                dw[i][j] + window.same_document(x[j][i + 1 - taps], i + 1 - taps, 0) * dp[j] for j in range(len(parts))
+            )
+            for i in range(taps)
+        )
 
-    dw = _walk(cfg, step, tuple(jnp.zeros((rows, dw_ref.shape[1]), _F32) for _ in w))
+    zeros = jnp.zeros((rows, cfg.part), _F32)
+    dw = _walk(cfg, step, tuple(tuple(zeros for _ in parts) for _ in range(taps)))
     for i, sums in enumerate(dw):
-        dw_ref[i, :] = jnp.sum(sums, axis=0)
+        for part, part_sums in zip(parts, sums):
+            dw_ref[i, part] = jnp.sum(part_sums, axis=0)
 
 
 def _transpose_kernel(dp_ref, w_ref, *refs, cfg: _Config):
     """The second pass: dx = sum over s of w[K - 1 - s] * dp[t + s] within t's document. dp_ref: [T, Cb]; dx_ref:
     [rows * steps, Cb]."""
     segments_ref, dx_ref = refs if len(refs) == 2 else (None, *refs)
-    taps, rows = cfg.taps, cfg.rows
-    w = [w_ref[i, :].astype(_F32)[None, :] for i in range(taps)]
+    taps, rows, (part,) = cfg.taps, cfg.rows, cfg.parts
+    w = [w_ref[i, part].astype(_F32)[None, :] for i in range(taps)]
 
     def step(i: jax.Array, start: jax.Array, carry: tuple) -> tuple:
         window = _Window(cfg, start, range(taps), segments_ref)
-        dx = sum(w[taps - 1 - j] * window.same_document(window.load(dp_ref, j), 0, j) for j in range(taps))
+        dx = sum(w[taps - 1 - j] * window.same_document(window.load(dp_ref, j, part), 0, j) for j in range(taps))
         dx_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), :] = dx.astype(dx_ref.dtype)
         return carry
 
     _walk(cfg, step, ())
+
+
+class _Specs:
+    """The block specs of a pass over a grid of (batch row, row group, channel tile) cut as ``cfg`` says."""
+
+    def __init__(self, cfg: _Config, x_shape: tuple[int, ...]):
+        batch, length, width = x_shape
+        group, channels = cfg.rows * cfg.steps, cfg.channels
+        self.grid = (batch, length // group, width // channels)
+        self.sequence = pl.BlockSpec((None, length, channels), lambda b, g, c: (b, 0, c))  # a tile's whole sequence
+        self.weights = pl.BlockSpec((cfg.taps, channels), lambda b, g, c: (0, c))
+        self.group_rows = pl.BlockSpec((None, group, channels), lambda b, g, c: (b, g, c))  # a program's rows
+        self.partial_sums = pl.BlockSpec((None, None, cfg.taps, channels), lambda b, g, c: (b, g, 0, c))
+        self.segments = pl.BlockSpec((None, length), lambda b, g, c: (b, 0))
 
 
 def short_conv_backward(
@@ -155,67 +217,67 @@ def short_conv_backward(
     weight: jax.Array,
     segment_ids: jax.Array | None,
     dy: jax.Array,
+    l2_head_dim: int | None = None,
     *,
     interpret: bool = False,
     tiling: Tiling = Tiling(),
 ) -> tuple[jax.Array, jax.Array]:
-    """The gradients of ``xla_short_conv(x, weight, segment_ids)`` for the output cotangent dy.
+    """The gradients of ``xla_short_conv(x, weight, segment_ids, l2_head_dim)`` for the output cotangent dy.
 
     Args:
-      x, dy: [B, T, C] (``supports`` holds); weight: [K, C]; segment_ids: int [B, T] or None.
+      x, dy: [B, T, C] (``supports`` holds); weight: [K, C]; segment_ids: int [B, T] or None; l2_head_dim: the
+        channels per head of the L2 norm after the SiLU, or None for none.
       interpret: run in the Pallas interpreter (any backend, e.g. CPU tests).
-      tiling: how the work is cut up (``Tiling``).
+      tiling: how the work is cut up (``Tiling``; with the norm, the first pass's channel tile is one head).
 
     Returns:
       dx [B, T, C] in x's dtype, dw [K, C] in weight's dtype.
     """
-    batch, length, width = x.shape
     taps = weight.shape[0]
-    cfg = _make_config(x.shape, taps, tiling)
-    groups = length // (cfg.rows * cfg.steps)
-    sequence = pl.BlockSpec((None, length, cfg.channels), lambda b, g, c: (b, 0, c))
-    weights = pl.BlockSpec((taps, cfg.channels), lambda b, g, c: (0, c))
-    group_rows = pl.BlockSpec((None, cfg.rows * cfg.steps, cfg.channels), lambda b, g, c: (b, g, c))
-    partial_sums = pl.BlockSpec((None, None, taps, cfg.channels), lambda b, g, c: (b, g, 0, c))
+    gradient_cfg = _make_config(x.shape, taps, tiling, l2_head_dim)
+    transpose_cfg = _make_config(x.shape, taps, tiling, None)
+    gradient, transpose = _Specs(gradient_cfg, x.shape), _Specs(transpose_cfg, x.shape)
     segments = [] if segment_ids is None else [segment_ids.astype(jnp.int32)]
-    segment_specs = [pl.BlockSpec((None, length), lambda b, g, c: (b, 0))] * len(segments)
     call = functools.partial(
         pl.pallas_call,
-        grid=(batch, groups, width // cfg.channels),
         compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=1),
         interpret=interpret,
     )
     like_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    dw_parts = jax.ShapeDtypeStruct((batch, groups, taps, width), _F32)
+    dw_parts = jax.ShapeDtypeStruct((*gradient.grid[:2], taps, x.shape[2]), _F32)
     dp, dw_parts = call(
-        functools.partial(_gradient_kernel, cfg=cfg),
-        in_specs=[sequence, sequence, weights, *segment_specs],
-        out_specs=[group_rows, partial_sums],
+        functools.partial(_gradient_kernel, cfg=gradient_cfg),
+        grid=gradient.grid,
+        in_specs=[gradient.sequence, gradient.sequence, gradient.weights, *[gradient.segments] * len(segments)],
+        out_specs=[gradient.group_rows, gradient.partial_sums],
         out_shape=[like_x, dw_parts],
         name="short_conv_bwd_gradient",
     )(x, dy, weight, *segments)
     dx = call(
-        functools.partial(_transpose_kernel, cfg=cfg),
-        in_specs=[sequence, weights, *segment_specs],
-        out_specs=group_rows,
+        functools.partial(_transpose_kernel, cfg=transpose_cfg),
+        grid=transpose.grid,
+        in_specs=[transpose.sequence, transpose.weights, *[transpose.segments] * len(segments)],
+        out_specs=transpose.group_rows,
         out_shape=like_x,
         name="short_conv_bwd_transpose",
     )(dp, weight, *segments)
     return dx, jnp.sum(dw_parts, axis=(0, 1)).astype(weight.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _short_conv(x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, interpret: bool) -> jax.Array:
-    return xla_short_conv(x, weight, segment_ids)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _short_conv(
+    x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, l2_head_dim: int | None, interpret: bool
+) -> jax.Array:
+    return xla_short_conv(x, weight, segment_ids, l2_head_dim)
 
 
-def _short_conv_fwd(x, weight, segment_ids, interpret):
-    return xla_short_conv(x, weight, segment_ids), (x, weight, segment_ids)
+def _short_conv_fwd(x, weight, segment_ids, l2_head_dim, interpret):
+    return xla_short_conv(x, weight, segment_ids, l2_head_dim), (x, weight, segment_ids)
 
 
-def _short_conv_bwd(interpret, residuals, dy):
+def _short_conv_bwd(l2_head_dim, interpret, residuals, dy):
     x, weight, segment_ids = residuals
-    dx, dw = short_conv_backward(x, weight, segment_ids, dy, interpret=interpret)
+    dx, dw = short_conv_backward(x, weight, segment_ids, dy, l2_head_dim, interpret=interpret)
     return dx, dw, None
 
 
@@ -223,7 +285,13 @@ _short_conv.defvjp(_short_conv_fwd, _short_conv_bwd)
 
 
 def pallas_gpu_short_conv(
-    x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, *, interpret: bool = False
+    x: jax.Array,
+    weight: jax.Array,
+    segment_ids: jax.Array | None,
+    l2_head_dim: int | None = None,
+    *,
+    interpret: bool = False,
 ) -> jax.Array:
-    """``xla_short_conv`` (same arguments, ``supports`` holding for x) whose gradient is ``short_conv_backward``."""
-    return _short_conv(x, weight, segment_ids, interpret)
+    """``xla_short_conv`` (same arguments, ``supports`` holding for the call) whose gradient is
+    ``short_conv_backward``."""
+    return _short_conv(x, weight, segment_ids, l2_head_dim, interpret)

@@ -11,8 +11,9 @@ from pallas_kernels.platform import Backend, impl_problem, resolve
 from pallas_kernels.short_conv.gpu import pallas_gpu_short_conv, supports
 from pallas_kernels.short_conv.reference import xla_short_conv
 
-# The implementations by impl name, in the order "auto" tries those of the current platform: run(x, weight, segment_ids)
-# as the entry point checked it; supports(x_shape, taps): the calls it takes (others fall back to XLA).
+# The implementations by impl name, in the order "auto" tries those of the current platform: run(x, weight, segment_ids,
+# l2_head_dim) as the entry point checked it; supports(x_shape, taps, l2_head_dim): the calls it takes (others fall
+# back to XLA).
 BACKENDS: dict[str, Backend] = {
     "xla": Backend(xla_short_conv),
     "pallas_gpu": Backend(pallas_gpu_short_conv, "gpu", supports),
@@ -24,25 +25,33 @@ def _fail(message: str) -> NoReturn:
     raise ValueError(f"short_conv: {message}")
 
 
-def resolve_impl(impl: str, x_shape: tuple[int, ...], taps: int) -> str:
+def resolve_impl(impl: str, x_shape: tuple[int, ...], taps: int, l2_head_dim: int | None = None) -> str:
     """Maps "auto" to the backend of this platform (the Pallas backward on GPUs, XLA elsewhere), and any impl to XLA
     for shapes its backend does not take."""
-    return resolve(BACKENDS, impl, _PORTABLE, x_shape, taps)
+    return resolve(BACKENDS, impl, _PORTABLE, x_shape, taps, l2_head_dim)
 
 
 def short_conv(
-    x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None = None, *, impl: str = "auto"
+    x: jax.Array,
+    weight: jax.Array,
+    segment_ids: jax.Array | None = None,
+    *,
+    l2_head_dim: int | None = None,
+    impl: str = "auto",
 ) -> jax.Array:
-    """SiLU of the depthwise causal convolution of x with K taps per channel, restarted at each document.
+    """SiLU of the depthwise causal convolution of x with K taps per channel, restarted at each document; optionally
+    L2-normalised per head after (the GDN layer's queries and keys).
 
     Args:
       x: [B, T, C].
       weight: [K, C], the oldest tap first, x's dtype: out[t] = SiLU(sum over s < K of weight[K - 1 - s] * x[t - s]),
         where a tap before the sequence or in an earlier document reads 0.
       segment_ids: optional int [B, T]; a document is a run of equal ids along the row.
+      l2_head_dim: when given, each run of l2_head_dim channels (a head; it divides C) of the SiLU's output, rounded
+        to x's dtype, is divided by sqrt(its sum of squares + ``reference.L2_EPS``) in float32.
       impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (the same
         forward, the backward as two Pallas Triton kernels: ``gpu.py``; shapes they do not take use "xla") or "auto"
-        (the kernels on GPUs, else XLA).
+        (the kernels on GPUs, else XLA). The kernels' first pass also takes the norm's backward.
 
     Returns:
       [B, T, C] in x's dtype.
@@ -67,4 +76,7 @@ def short_conv(
             f"segment_ids has shape {segment_ids.shape} and dtype {segment_ids.dtype}; expected int [B, T] = "
             f"{list(x.shape[:2])}"
         )
-    return BACKENDS[resolve_impl(impl, x.shape, weight.shape[0])].run(x, weight, segment_ids)
+    if l2_head_dim is not None and (l2_head_dim < 1 or x.shape[2] % l2_head_dim):
+        _fail(f"l2_head_dim={l2_head_dim} does not divide the channels of x {x.shape}; expected a head size dividing C")
+    backend = BACKENDS[resolve_impl(impl, x.shape, weight.shape[0], l2_head_dim)]
+    return backend.run(x, weight, segment_ids, l2_head_dim)
