@@ -93,14 +93,17 @@ def _as_float64(*arrays) -> list[np.ndarray | None]:
         ((2, 64, 192), 4, True, jnp.bfloat16, {}, 96),
     ],
 )
-def test_backward_kernels_match_the_oracle(shape, taps, documents, dtype, tiles, head_dim):
-    """dx and dw of the kernels (interpreter) against the float64 oracle: several row groups and channel tiles, odd
-    K, documents starting anywhere (also within K tokens of each other and of a step's start), the L2 norm over
-    heads of one and of several loads."""
+def test_kernels_match_the_oracle(shape, taps, documents, dtype, tiles, head_dim):
+    """The forward and dx, dw of the kernels (interpreter) against the float64 oracle: several row groups and
+    channel tiles, odd K, documents starting anywhere (also within K tokens of each other and of a step's start), the
+    L2 norm over heads of one and of several loads."""
     x, w, dy, segments = _inputs(shape, taps, documents, dtype, seed=shape[1] + taps)
-    _, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy), head_dim)
-    dx, dw = gpu.short_conv_backward(x, w, segments, dy, head_dim, interpret=True, tiling=gpu.Tiling(**tiles))
-    assert dx.dtype == x.dtype and dw.dtype == w.dtype
+    want_out, want_dx, want_dw = _oracle(*_as_float64(x, w, segments, dy), head_dim)
+    tiling = gpu.Tiling(**tiles)
+    out = gpu.short_conv_forward(x, w, segments, head_dim, interpret=True, tiling=tiling)
+    dx, dw = gpu.short_conv_backward(x, w, segments, dy, head_dim, interpret=True, tiling=tiling)
+    assert out.dtype == dx.dtype == x.dtype and dw.dtype == w.dtype
+    assert _rel(out, want_out) < BOUNDS[dtype]
     assert _rel(dx, want_dx) < BOUNDS[dtype]
     assert _rel(dw, want_dw) < BOUNDS[dtype]
 
@@ -156,7 +159,7 @@ def test_bad_impls_are_named():
 
 @pytest.mark.parametrize("documents, head_dim", [(False, None), (True, None), (True, 96), (False, 128)])
 def test_backward_lowers_for_cuda(documents: bool, head_dim: int | None):
-    """The gradient of a loss on the kernel path lowers to Triton calls for a CUDA GPU (the CPU builds the IR), at
+    """The loss and its gradient on the kernel path lower to Triton calls for a CUDA GPU (the CPU builds the IR), at
     the 1B hybrid's key width, with and without the L2 norm over its heads of 96 (and over heads of 128)."""
     from jax import export
 
@@ -164,9 +167,11 @@ def test_backward_lowers_for_cuda(documents: bool, head_dim: int | None):
     segments = jnp.zeros((1, 8192), jnp.int32) if documents else None
     loss = lambda x, w: jnp.sum(gpu.pallas_gpu_short_conv(x, w, segments, head_dim).astype(jnp.float32))  # noqa: E731
     unchecked = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    module = export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=("cuda",), disabled_checks=unchecked)(x, w)
-    assert {"short_conv_bwd_gradient", "short_conv_bwd_transpose"} <= set(
-        re.findall(r"short_conv_bwd_\w+", module.mlir_module())
+    module = export.export(jax.jit(jax.value_and_grad(loss, (0, 1))), platforms=("cuda",), disabled_checks=unchecked)(
+        x, w
+    )
+    assert {"short_conv_fwd", "short_conv_bwd_gradient", "short_conv_bwd_transpose"} <= set(
+        re.findall(r"short_conv_\w+", module.mlir_module())
     )
 
 
@@ -174,12 +179,17 @@ def test_backward_lowers_for_cuda(documents: bool, head_dim: int | None):
 @pytest.mark.parametrize("documents, head_dim", [(False, None), (True, None), (True, 96)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_compiled_kernels_match_xla(documents: bool, head_dim: int | None, dtype):
-    """On a GPU: the compiled kernels' dx, dw against XLA's autodiff in float32, at the 1B hybrid's value width, and
-    with the L2 norm over heads of 96."""
+    """On a GPU: the compiled kernels' output and dx, dw against XLA's float32 forward and autodiff, at the 1B
+    hybrid's value width, and with the L2 norm over heads of 96."""
     x, w, dy, segments = _inputs((2, 4096, 3072), 4, documents, dtype, seed=3)
     upcast = [a.astype(jnp.float32) for a in (x, w, dy)]
-    _, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments, head_dim), *upcast[:2])
-    want = [np.asarray(a, np.float64) for a in pullback(upcast[2])]
-    got = jax.jit(lambda x, w, dy: gpu.short_conv_backward(x, w, segments, dy, head_dim))(x, w, dy)
+    out, pullback = jax.vjp(lambda x, w: xla_short_conv(x, w, segments, head_dim), *upcast[:2])
+    want = [np.asarray(a, np.float64) for a in (out, *pullback(upcast[2]))]
+    got = jax.jit(
+        lambda x, w, dy: (
+            gpu.short_conv_forward(x, w, segments, head_dim),
+            *gpu.short_conv_backward(x, w, segments, dy, head_dim),
+        )
+    )(x, w, dy)
     for a, b in zip(got, want):
         assert _rel(a, b) < BOUNDS[dtype]

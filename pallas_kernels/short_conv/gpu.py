@@ -1,26 +1,27 @@
-"""The short convolution with its backward as two Pallas GPU kernels (Triton lowering).
+"""The short convolution, optionally L2-normalised per head, as Pallas GPU kernels (Triton lowering): one pass
+forward, two backward.
 
 The forward, y = SiLU(p) with p[t] = sum over s < K of w[K - 1 - s] * x[t - s] * m_s[t] (m_s[t]: token t - s exists
-and is in t's document), is XLA's fusion of shifted copies (``reference.py``), which XLA merges with the ops that
-read y. The backward, with dp = dy * SiLU'(p),
+and is in t's document), and with the norm z = y * r per head, r = (sum over the head of y^2 + eps)^-1/2, is one
+pass. The backward, with dy = r * (dz - z * sum over the head of z * dz) under the norm and dp = dy * SiLU'(p),
 
     dx[t]           = sum over s < K of w[K - 1 - s] * dp[t + s] * m_s[t + s]
     dw[K - 1 - s]   = sum over b, t of x[t - s] * dp[t] * m_s[t],
 
-takes two passes. Each program of either walks a group of rows over a tile of channels, a step of ``Tiling.rows``
-rows at a time, reading its inputs at row offsets (rows clamped into the sequence and masked, so every load is in
-bounds). The first recomputes p from x at offsets -(K - 1) .. 0, writes dp (in x's dtype) and adds x * dp to K
-float32 tiles kept in registers, which it sums over rows once at the end of its walk ([B, row groups, K, C]; XLA adds
-those up). The second forms dx from dp at offsets 0 .. K - 1.
+takes two. Each program of any pass walks a group of rows over a tile of channels, a step of ``Tiling.rows`` rows at
+a time, reading its inputs at row offsets (rows clamped into the sequence and masked, so every load is in bounds).
+The forward and the first backward pass compute p from x at offsets -(K - 1) .. 0; the first backward pass writes dp
+(in x's dtype) and adds x * dp to K float32 tiles kept in registers, which it sums over rows once at the end of its
+walk ([B, row groups, K, C]; XLA adds those up). The second forms dx from dp at offsets 0 .. K - 1. Under the norm
+the channel tile of the first two passes is one head, loaded in power-of-two parts (a head of 96 as three of 32).
 
-With the L2 norm per head after the SiLU (the GDN's queries and keys), y = SiLU(p), r = (sum over the head of y^2 +
-eps)^-1/2 and the cotangent dz of z = y * r, the first pass forms dy = r * (dz - z * sum over the head of z * dz)
-before dp, so its channel tile is one head, loaded in power-of-two parts (a head of 96 as three of 32). Timed on an H200 (BENCHMARKS.md, 2026-12-03), this
-beat XLA's autodiff of the shifted copies by 8-10% at the 1B hybrid's widths, and beat one pass that recomputes p at
-the K offsets dx reads (K sigmoids per element) by 20%.
+Timed on an H200 (BENCHMARKS.md, 2026-12-03), the two backward passes beat XLA's autodiff of the shifted copies by
+8-10% at the 1B hybrid's widths, and beat one pass that recomputes p at the K offsets dx reads (K sigmoids per
+element) by 20%.
 
-All arithmetic is float32; dp and dx are rounded to x's dtype, dw to the weight's. The kernels take T and C multiples
-of 16 (``supports``); other shapes use XLA's backward.
+All arithmetic is float32 (the SiLU's output is rounded to x's dtype before the norm, as ``xla_short_conv`` rounds
+it); y, dp and dx are rounded to x's dtype, dw to the weight's. The kernels take T and C multiples of 16 and heads of
+a multiple of 16 channels up to 256 (``supports``); other shapes use XLA.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.short_conv.reference import L2_EPS, xla_short_conv
+from pallas_kernels.short_conv.reference import L2_EPS
 
 _F32 = jnp.float32
 
@@ -133,33 +134,70 @@ def _walk(cfg: _Config, step, carry):
     return jax.lax.fori_loop(0, cfg.steps, lambda i, c: step(i, group_start + i * cfg.rows, c), carry)
 
 
+def _tap_weights(w_ref, cfg: _Config) -> list[list[jax.Array]]:
+    """w[i][j]: tap i's weights of part j of the tile, [1, part] float32."""
+    return [[w_ref[i, part].astype(_F32)[None, :] for part in cfg.parts] for i in range(cfg.taps)]
+
+
+def _preactivation(window: _Window, x: list[dict[int, jax.Array]], w: list[list[jax.Array]]) -> list[jax.Array]:
+    """p of the step's rows per part: x[j][o] is part j of x at row offset o, -(K - 1) <= o <= 0."""
+    taps = len(w)
+    return [
+        sum(w[taps - 1 - s][j] * window.same_document(x_j[-s], -s, 0) for s in range(taps)) for j, x_j in enumerate(x)
+    ]
+
+
+def _inverse_norm(y: list[jax.Array]) -> jax.Array:
+    """r = (sum of y^2 over the head + eps)^-1/2 of a head's parts y [rows, part] float32: [rows, 1]."""
+    return jax.lax.rsqrt(sum(jnp.sum(part * part, axis=1) for part in y) + L2_EPS)[:, None]
+
+
 def _l2_norm_backward(y: list[jax.Array], dz: list[jax.Array]) -> list[jax.Array]:
-    """The cotangent of y for z = y * (sum of y^2 over the head + eps)^-1/2, from z's: y, dz are a head's parts, each
-    [rows, part] float32."""
-    r = jax.lax.rsqrt(sum(jnp.sum(part * part, axis=1) for part in y) + L2_EPS)[:, None]
+    """The cotangent of y for z = y * r, from z's: y, dz are a head's parts, each [rows, part] float32."""
+    r = _inverse_norm(y)
     z = [part * r for part in y]
     along_z = sum(jnp.sum(z_part * dz_part, axis=1) for z_part, dz_part in zip(z, dz))[:, None]
     return [r * (dz_part - z_part * along_z) for z_part, dz_part in zip(z, dz)]
 
 
+def _forward_kernel(x_ref, w_ref, *refs, cfg: _Config):
+    """The forward, for one (batch row, row group, channel tile): y = SiLU(p), times r when the tile is a normalized
+    head. x_ref: [T, Cb]; w_ref: [K, Cb]; segments_ref (when documents are masked): int [T]; y_ref: [rows * steps,
+    Cb]."""
+    segments_ref, y_ref = refs if len(refs) == 2 else (None, *refs)
+    taps, rows, parts = cfg.taps, cfg.rows, cfg.parts
+    w = _tap_weights(w_ref, cfg)
+
+    def step(i: jax.Array, start: jax.Array, carry: tuple) -> tuple:
+        window = _Window(cfg, start, range(1 - taps, 1), segments_ref)
+        x = [{o: window.load(x_ref, o, part) for o in window.rows} for part in parts]
+        y = [p * jax.nn.sigmoid(p) for p in _preactivation(window, x, w)]
+        if cfg.normalized:
+            y = [part.astype(y_ref.dtype).astype(_F32) for part in y]
+            r = _inverse_norm(y)
+            y = [part * r for part in y]
+        for part, y_part in zip(parts, y):
+            y_ref[pl.ds(pl.multiple_of(i * rows, rows), rows), part] = y_part.astype(y_ref.dtype)
+        return carry
+
+    _walk(cfg, step, ())
+
+
 def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
-    """The first pass, for one (batch row, row group, channel tile): dp = dy * SiLU'(p) (dy through the L2 norm's
-    backward when the tile is a normalized head) and the group's partial sums of dw.
+    """The first backward pass, for one (batch row, row group, channel tile): dp = dy * SiLU'(p) (dy through the L2
+    norm's backward when the tile is a normalized head) and the group's partial sums of dw.
 
     x_ref, dy_ref: [T, Cb] (the whole sequence of the tile's channels); w_ref: [K, Cb]; segments_ref (when documents
     are masked): int [T]; dp_ref: [rows * steps, Cb]; dw_ref: float32 [K, Cb].
     """
     segments_ref, dp_ref, dw_ref = refs if len(refs) == 3 else (None, *refs)
     taps, rows, parts = cfg.taps, cfg.rows, cfg.parts
-    w = [[w_ref[i, part].astype(_F32)[None, :] for part in parts] for i in range(taps)]
+    w = _tap_weights(w_ref, cfg)
 
     def step(i: jax.Array, start: jax.Array, dw: tuple) -> tuple:
         window = _Window(cfg, start, range(1 - taps, 1), segments_ref)
         x = [{o: window.load(x_ref, o, part) for o in window.rows} for part in parts]
-        p = [
-            sum(w[taps - 1 - s][j] * window.same_document(x[j][-s], -s, 0) for s in range(taps))
-            for j in range(len(parts))
-        ]
+        p = _preactivation(window, x, w)
         sigmoid = [jax.nn.sigmoid(p_part) for p_part in p]
         dy = [window.load(dy_ref, 0, part) for part in parts]
         if cfg.normalized:
@@ -170,9 +208,9 @@ def _gradient_kernel(x_ref, dy_ref, w_ref, *refs, cfg: _Config):
         # dw[i] gathers x at offset i + 1 - K times dp, per row; the rows are summed once, after the walk.
         return tuple(
             tuple(
-                dw[i][j] + window.same_document(x[j][i + 1 - taps], i + 1 - taps, 0) * dp[j] for j in range(len(parts))
+                dw_i[j] + window.same_document(x[j][i + 1 - taps], i + 1 - taps, 0) * dp[j] for j in range(len(parts))
             )
-            for i in range(taps)
+            for i, dw_i in enumerate(dw)
         )
 
     zeros = jnp.zeros((rows, cfg.part), _F32)
@@ -187,7 +225,7 @@ def _transpose_kernel(dp_ref, w_ref, *refs, cfg: _Config):
     [rows * steps, Cb]."""
     segments_ref, dx_ref = refs if len(refs) == 2 else (None, *refs)
     taps, rows, (part,) = cfg.taps, cfg.rows, cfg.parts
-    w = [w_ref[i, part].astype(_F32)[None, :] for i in range(taps)]
+    w = [tap for (tap,) in _tap_weights(w_ref, cfg)]
 
     def step(i: jax.Array, start: jax.Array, carry: tuple) -> tuple:
         window = _Window(cfg, start, range(taps), segments_ref)
@@ -210,6 +248,42 @@ class _Specs:
         self.group_rows = pl.BlockSpec((None, group, channels), lambda b, g, c: (b, g, c))  # a program's rows
         self.partial_sums = pl.BlockSpec((None, None, cfg.taps, channels), lambda b, g, c: (b, g, 0, c))
         self.segments = pl.BlockSpec((None, length), lambda b, g, c: (b, 0))
+
+
+def _pallas_call(kernel, cfg: _Config, tiling: Tiling, interpret: bool, **options):
+    return pl.pallas_call(
+        functools.partial(kernel, cfg=cfg),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=1),
+        interpret=interpret,
+        **options,
+    )
+
+
+def short_conv_forward(
+    x: jax.Array,
+    weight: jax.Array,
+    segment_ids: jax.Array | None,
+    l2_head_dim: int | None = None,
+    *,
+    interpret: bool = False,
+    tiling: Tiling = Tiling(),
+) -> jax.Array:
+    """``xla_short_conv(x, weight, segment_ids, l2_head_dim)`` in one pass: x [B, T, C] (``supports`` holds), weight
+    [K, C], segment_ids int [B, T] or None -> [B, T, C] in x's dtype. interpret, tiling: as ``short_conv_backward``."""
+    cfg = _make_config(x.shape, weight.shape[0], tiling, l2_head_dim)
+    specs = _Specs(cfg, x.shape)
+    segments = [] if segment_ids is None else [segment_ids.astype(jnp.int32)]
+    return _pallas_call(
+        _forward_kernel,
+        cfg,
+        tiling,
+        interpret,
+        grid=specs.grid,
+        in_specs=[specs.sequence, specs.weights, *[specs.segments] * len(segments)],
+        out_specs=specs.group_rows,
+        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        name="short_conv_fwd",
+    )(x, weight, *segments)
 
 
 def short_conv_backward(
@@ -238,23 +312,24 @@ def short_conv_backward(
     transpose_cfg = _make_config(x.shape, taps, tiling, None)
     gradient, transpose = _Specs(gradient_cfg, x.shape), _Specs(transpose_cfg, x.shape)
     segments = [] if segment_ids is None else [segment_ids.astype(jnp.int32)]
-    call = functools.partial(
-        pl.pallas_call,
-        compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=1),
-        interpret=interpret,
-    )
     like_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
     dw_parts = jax.ShapeDtypeStruct((*gradient.grid[:2], taps, x.shape[2]), _F32)
-    dp, dw_parts = call(
-        functools.partial(_gradient_kernel, cfg=gradient_cfg),
+    dp, dw_parts = _pallas_call(
+        _gradient_kernel,
+        gradient_cfg,
+        tiling,
+        interpret,
         grid=gradient.grid,
         in_specs=[gradient.sequence, gradient.sequence, gradient.weights, *[gradient.segments] * len(segments)],
         out_specs=[gradient.group_rows, gradient.partial_sums],
         out_shape=[like_x, dw_parts],
         name="short_conv_bwd_gradient",
     )(x, dy, weight, *segments)
-    dx = call(
-        functools.partial(_transpose_kernel, cfg=transpose_cfg),
+    dx = _pallas_call(
+        _transpose_kernel,
+        transpose_cfg,
+        tiling,
+        interpret,
         grid=transpose.grid,
         in_specs=[transpose.sequence, transpose.weights, *[transpose.segments] * len(segments)],
         out_specs=transpose.group_rows,
@@ -268,11 +343,11 @@ def short_conv_backward(
 def _short_conv(
     x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, l2_head_dim: int | None, interpret: bool
 ) -> jax.Array:
-    return xla_short_conv(x, weight, segment_ids, l2_head_dim)
+    return short_conv_forward(x, weight, segment_ids, l2_head_dim, interpret=interpret)
 
 
 def _short_conv_fwd(x, weight, segment_ids, l2_head_dim, interpret):
-    return xla_short_conv(x, weight, segment_ids, l2_head_dim), (x, weight, segment_ids)
+    return short_conv_forward(x, weight, segment_ids, l2_head_dim, interpret=interpret), (x, weight, segment_ids)
 
 
 def _short_conv_bwd(l2_head_dim, interpret, residuals, dy):
@@ -292,6 +367,6 @@ def pallas_gpu_short_conv(
     *,
     interpret: bool = False,
 ) -> jax.Array:
-    """``xla_short_conv`` (same arguments, ``supports`` holding for the call) whose gradient is
-    ``short_conv_backward``."""
+    """``xla_short_conv`` (same arguments, ``supports`` holding for the call) as ``short_conv_forward``, whose
+    gradient is ``short_conv_backward``."""
     return _short_conv(x, weight, segment_ids, l2_head_dim, interpret)

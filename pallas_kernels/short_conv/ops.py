@@ -49,9 +49,9 @@ def short_conv(
       segment_ids: optional int [B, T]; a document is a run of equal ids along the row.
       l2_head_dim: when given, each run of l2_head_dim channels (a head; it divides C) of the SiLU's output, rounded
         to x's dtype, is divided by sqrt(its sum of squares + ``reference.L2_EPS``) in float32.
-      impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (the same
-        forward, the backward as two Pallas Triton kernels: ``gpu.py``; shapes they do not take use "xla") or "auto"
-        (the kernels on GPUs, else XLA). The kernels' first pass also takes the norm's backward.
+      impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (Pallas
+        Triton kernels, one pass forward and two backward: ``gpu.py``; shapes they do not take use "xla") or "auto"
+        (the kernels on GPUs, else XLA).
 
     Returns:
       [B, T, C] in x's dtype.
