@@ -34,7 +34,7 @@ _F32 = jnp.float32
 class Tiling:
     """rows: rows per program (a power of two, taken down to one dividing N); warps: per program."""
 
-    rows: int = 64
+    rows: int = 16  # the fastest of 16 to 128 at the 1B hybrid's shape on an H200 (BENCHMARKS.md, 2026-12-03)
     warps: int = 4
 
 
