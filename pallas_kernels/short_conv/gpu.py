@@ -71,7 +71,7 @@ class _Config:
         return [pl.ds(start, self.part) for start in range(0, self.channels, self.part)]
 
 
-_MAX_HEAD_DIM = 256  # the first pass keeps K + 1 float32 tiles of a head per step in registers
+_MAX_HEAD_DIM = 256  # the first backward pass holds 2K float32 [rows, head] tiles (x, dw sums) in registers
 
 
 def supports(x_shape: tuple[int, ...], taps: int, l2_head_dim: int | None = None) -> bool:
@@ -252,6 +252,7 @@ class _Specs:
 
 
 def _pallas_call(kernel, cfg: _Config, tiling: Tiling, interpret: bool, **options):
+    """pl.pallas_call of one pass's kernel with its config, warps and `options` (grid, specs, shapes, name)."""
     return pl.pallas_call(
         functools.partial(kernel, cfg=cfg),
         compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=1),
