@@ -35,8 +35,8 @@ _FLOAT16_PROBLEM = {
     "or bfloat16",
 }
 GDN_IMPLS = ("auto", "chunked", "naive", "pallas_gpu", "pallas_tpu")
-# The forward kernels whose outputs "dots_and_kernels" keeps: Pallas calls (the GDN and Pallas attention kernels,
-# residuals included) and cuDNN's fused attention.
+# The forward kernels whose outputs "dots_and_kernels" keeps: Pallas calls (the GDN, Pallas attention, short
+# convolution and output norm kernels, residuals included) and cuDNN's fused attention.
 _KERNEL_PRIMITIVES = ("pallas_call", "dot_product_attention_fwd_wrapper")
 
 

@@ -3,8 +3,7 @@ forward, two backward.
 
 The forward, y = SiLU(p) with p[t] = sum over s < K of w[K - 1 - s] * x[t - s] * m_s[t] (m_s[t]: token t - s exists
 and is in t's document), and with the norm z = y * r per head, r = (sum over the head of y^2 + eps)^-1/2, is one
-pass under the norm (without it, XLA's fusion of shifted copies, ``reference.py``, was faster). The backward, with
-dy = r * (dz - z * sum over the head of z * dz) under the norm and dp = dy * SiLU'(p),
+pass. The backward, with dy = r * (dz - z * sum over the head of z * dz) under the norm and dp = dy * SiLU'(p),
 
     dx[t]           = sum over s < K of w[K - 1 - s] * dp[t + s] * m_s[t + s]
     dw[K - 1 - s]   = sum over b, t of x[t - s] * dp[t] * m_s[t],
@@ -16,9 +15,12 @@ The forward and the first backward pass compute p from x at offsets -(K - 1) .. 
 walk ([B, row groups, K, C]; XLA adds those up). The second forms dx from dp at offsets 0 .. K - 1. Under the norm
 the channel tile of the first two passes is one head, loaded in power-of-two parts (a head of 96 as three of 32).
 
-Timed on an H200 at the 1B hybrid's key width, B,T,C = 8,8192,1536 (BENCHMARKS.md, 2026-12-03), the two backward
-passes took 0.76 ms against XLA autodiff's 0.88 without the norm and 0.91 against 1.37 with it over heads of 96; one
-pass that recomputes p at the K offsets dx reads (K sigmoids per element) was 20% slower than two.
+Timed on an H200 at the 1B hybrid's key width, B,T,C = 8,8192,1536 (BENCHMARKS.md, 2026-12-03): with the norm over
+heads of 96, the forward took 0.51 ms against XLA's 0.97 and the backward 0.91 against XLA autodiff's 1.37; without
+it, the backward 0.76 against 0.88 and the forward 0.44 against 0.40, yet the 1B hybrid's step was 2.3 ms shorter
+with the kernel for its value convolution too (remat "dots_and_kernels" keeps a kernel's output for the backward and
+recomputes XLA's). One backward pass that recomputes p at the K offsets dx reads (K sigmoids per element) was 20%
+slower than two.
 
 All arithmetic is float32 (the SiLU's output is rounded to x's dtype before the norm, as ``xla_short_conv`` rounds
 it); y, dp and dx are rounded to x's dtype, dw to the weight's. The kernels take T and C multiples of 16 and heads of
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.short_conv.reference import L2_EPS, xla_short_conv
+from pallas_kernels.short_conv.reference import L2_EPS
 
 _F32 = jnp.float32
 
@@ -341,25 +343,15 @@ def short_conv_backward(
     return dx, jnp.sum(dw_parts, axis=(0, 1)).astype(weight.dtype)
 
 
-def _forward(
-    x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, l2_head_dim: int | None, interpret: bool
-) -> jax.Array:
-    """The kernel under the norm, XLA's fusion without: timed on an H200 at 8,8192,1536 (BENCHMARKS.md, 2026-12-03),
-    the kernel took 0.51 ms against XLA's 0.97 with the norm over heads of 96 and 0.44 against 0.40 without."""
-    if l2_head_dim is None:
-        return xla_short_conv(x, weight, segment_ids)
-    return short_conv_forward(x, weight, segment_ids, l2_head_dim, interpret=interpret)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _short_conv(
     x: jax.Array, weight: jax.Array, segment_ids: jax.Array | None, l2_head_dim: int | None, interpret: bool
 ) -> jax.Array:
-    return _forward(x, weight, segment_ids, l2_head_dim, interpret)
+    return short_conv_forward(x, weight, segment_ids, l2_head_dim, interpret=interpret)
 
 
 def _short_conv_fwd(x, weight, segment_ids, l2_head_dim, interpret):
-    return _forward(x, weight, segment_ids, l2_head_dim, interpret), (x, weight, segment_ids)
+    return short_conv_forward(x, weight, segment_ids, l2_head_dim, interpret=interpret), (x, weight, segment_ids)
 
 
 def _short_conv_bwd(l2_head_dim, interpret, residuals, dy):
@@ -379,6 +371,6 @@ def pallas_gpu_short_conv(
     *,
     interpret: bool = False,
 ) -> jax.Array:
-    """``xla_short_conv`` (same arguments, ``supports`` holding for the call), by ``short_conv_forward`` under the
-    norm, whose gradient is ``short_conv_backward``."""
+    """``xla_short_conv`` (same arguments, ``supports`` holding for the call) as ``short_conv_forward``, whose
+    gradient is ``short_conv_backward``."""
     return _short_conv(x, weight, segment_ids, l2_head_dim, interpret)

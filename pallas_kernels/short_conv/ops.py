@@ -50,8 +50,7 @@ def short_conv(
       l2_head_dim: when given, each run of l2_head_dim channels (a head; it divides C) of the SiLU's output, rounded
         to x's dtype, is divided by sqrt(its sum of squares + ``reference.L2_EPS``) in float32.
       impl: "xla" (shifted copies, autodiff's backward; the CPU and TPU path and the oracle), "pallas_gpu" (Pallas
-        Triton kernels, the backward in two passes and, under the norm, the forward in one: ``gpu.py``; shapes they
-        do not take use "xla") or "auto" (the kernels on GPUs, else XLA).
+        Triton kernels, one pass forward and two backward: ``gpu.py``; shapes they do not take use "xla") or "auto" (the kernels on GPUs, else XLA).
 
     Returns:
       [B, T, C] in x's dtype.
