@@ -10,7 +10,8 @@ and r = rsqrt(mean(x^2) + eps) (float32 [N], kept for the backward). With n = x 
 so the backward is one pass over x, g and dy (each read twice, the second time from cache) that writes dx and dg;
 dw's sums are per program ([N / rows, D] float32, added up by XLA). XLA's autodiff of the plain form
 (``reference.py``) reads x, g and dy in separate reduction and element-wise fusions and recomputes r. Timed on an
-H200 (BENCHMARKS.md, 2026-12-03), the 1B hybrid's training step took 3.7 ms (0.4%) less with these kernels.
+H200 at the 1B hybrid's value heads, B,T,H,D = 8,8192,16,192 (BENCHMARKS.md, 2026-12-03), forward and backward took
+1.365 ms at 16 rows a program against XLA's 1.653.
 
 The normalised x is rounded to x's dtype before w multiplies it, as in the plain form; all other arithmetic is
 float32 and each output is rounded once.

@@ -26,7 +26,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def resolve_impl(impl: str, x_shape: tuple[int, ...], taps: int, l2_head_dim: int | None = None) -> str:
-    """Maps "auto" to the backend of this platform (the Pallas backward on GPUs, XLA elsewhere), and any impl to XLA
+    """Maps "auto" to the backend of this platform (the Pallas kernels on GPUs, XLA elsewhere), and any impl to XLA
     for shapes its backend does not take."""
     return resolve(BACKENDS, impl, _PORTABLE, x_shape, taps, l2_head_dim)
 
